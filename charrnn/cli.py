@@ -1,0 +1,433 @@
+"""The `charrnn` command: a thin click layer over the library.
+
+stdout carries only generated text or requested machine-readable output; everything else
+(progress, notes, errors) goes to stderr. Library errors (`CharrnnError`) become one-line
+`Error: ...` messages with exit status 1; bad option values are click usage errors (exit 2).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__, checkpoint
+from .durations import parse_duration
+from .errors import CharrnnError
+from .model import CELLS
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+DEFAULT_ROOT = "checkpoints"
+
+
+class Duration(click.ParamType):
+    """90s, 10m, 1h30m, or plain seconds."""
+
+    name = "duration"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True, soft_wrap=True)
+
+
+def fail_on_library_errors(fn):
+    """Turn library exceptions into click errors: one sentence, exit 1, no traceback."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except CharrnnError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+class StdoutWriter:
+    """Writes generated text to stdout as it arrives; a closed pipe ends the program quietly."""
+
+    def __init__(self):
+        self.stream = sys.stdout
+
+    def write(self, text: str) -> None:
+        if not text:
+            return
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except BrokenPipeError:
+            quiet_exit_on_broken_pipe()
+
+
+    def end_line_on_terminal(self, last: str) -> None:
+        """Leave the shell prompt on a line of its own, but only on a terminal: piped
+        output holds exactly the generated characters."""
+        if self.stream.isatty() and last and not last.endswith("\n"):
+            self.write("\n")
+
+
+def quiet_exit_on_broken_pipe():
+    # Point stdout at /dev/null so the interpreter's final flush cannot raise again.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+    raise SystemExit(0)
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, "--version", prog_name="charrnn")
+def main():
+    """Train character-level RNNs on any text and stream samples from them.
+
+    \b
+    Examples:
+      charrnn train corpora/tinyshakespeare.txt --max-time 10m
+      charrnn sample --temp 0.8 --length 500
+      charrnn sample --prime "ROMEO:" | head -5
+      cat notes/*.txt | charrnn train - --out checkpoints/notes
+    """
+
+
+# -- train ----------------------------------------------------------------------------------
+@main.command(context_settings=CONTEXT)
+@click.argument("corpus")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Run folder for checkpoints [default: checkpoints/<corpus name>].")
+@click.option("--cell", type=click.Choice(CELLS), default="lstm", show_default=True, help="Recurrent cell.")
+@click.option("--hidden-size", type=click.IntRange(min=1), default=512, show_default=True, help="Units per recurrent layer.")
+@click.option("--num-layers", type=click.IntRange(min=1), default=2, show_default=True, help="Stacked recurrent layers.")
+@click.option("--embedding-size", type=click.IntRange(min=1), default=64, show_default=True, help="Size of the learned character embedding.")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True, help="Dropout on the embedding, between layers and before the head.")
+@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=64, show_default=True, help="Parallel streams B.")
+@click.option("--seq-len", "-t", type=click.IntRange(min=1), default=128, show_default=True, help="Window length T for truncated backpropagation through time.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3, show_default=True, help="Peak learning rate (AdamW).")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.01, show_default=True, help="AdamW weight decay on weight matrices.")
+@click.option("--warmup-steps", type=click.IntRange(min=0), default=50, show_default=True, help="Linear learning-rate warmup steps before the cosine decay.")
+@click.option("--grad-clip", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Clip the gradient norm to this value (0 turns clipping off).")
+@click.option("--max-steps", type=click.IntRange(min=1), help="Stop after this many optimizer steps.")
+@click.option("--max-epochs", type=click.FloatRange(min=0, min_open=True), help="Stop after this many passes over the training text.")
+@click.option("--max-time", type=Duration(), help="Stop after this long, e.g. 90s, 10m, 1h [default: 10m when no budget is given].")
+@click.option("--eval-every", type=click.IntRange(min=1), default=100, show_default=True, help="Evaluate on validation text and checkpoint every N steps.")
+@click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True, help="Read back the training loss every N steps.")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True, help="Tail of the text held out for validation.")
+@click.option("--seed", type=int, default=1337, show_default=True, help="Random seed (initialisation and dropout).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True, envvar="CHARRNN_DEVICE", help="Where to train; auto prefers cuda, then mps, then cpu.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True, help="auto uses bf16 autocast on CUDA GPUs that support it, float32 elsewhere.")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for PyTorch [default: PyTorch's choice].")
+@click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the corpus.")
+@click.option("--errors", type=click.Choice(["strict", "replace", "ignore"]), default="strict", show_default=True, help="What to do with bytes that do not decode.")
+@click.option("--newline", type=click.Choice(["keep", "lf"]), default="keep", show_default=True, help="keep line endings as they are, or turn CRLF/CR into LF.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@fail_on_library_errors
+def train(corpus, out_dir, cell, hidden_size, num_layers, embedding_size, dropout, batch_size, seq_len, lr,
+          weight_decay, warmup_steps, grad_clip, max_steps, max_epochs, max_time, eval_every, log_every,
+          val_fraction, seed, device, precision, threads, encoding, errors, newline, quiet):
+    """Train a model on CORPUS: a text file, a folder of text files, or - for stdin.
+
+    The last --val-fraction of the text is held out for validation. Training stops at
+    the first of --max-steps, --max-epochs and --max-time (10m when none is given); the
+    learning rate warms up and then follows a cosine over that budget. The run folder
+    gets latest.pt (every evaluation) and best.pt (lowest validation loss).
+
+    \b
+    Examples:
+      charrnn train corpora/tinyshakespeare.txt
+      charrnn train corpora/tinyshakespeare.txt --max-time 30m --hidden-size 768
+      charrnn train my_notes/ --out checkpoints/notes --max-epochs 20
+      cat *.txt | charrnn train - --out checkpoints/stdin --max-steps 2000
+    """
+    import torch
+
+    from .data import read_corpus, split_ids
+    from .model import ModelConfig
+    from .train import TrainConfig, Trainer
+    from .ui import TrainView
+    from .vocab import CharVocab
+
+    if threads:
+        torch.set_num_threads(threads)
+    if max_steps is None and max_epochs is None and max_time is None:
+        max_time = 600.0
+    data = read_corpus(corpus, encoding=encoding, errors=errors, newline=newline)
+    vocab = CharVocab.from_text(data.text)
+    ids = vocab.encode(data.text)
+    train_ids, val_ids = split_ids(ids, val_fraction)
+    model_config = ModelConfig(
+        vocab_size=vocab.size, hidden_size=hidden_size, num_layers=num_layers,
+        embedding_size=embedding_size, dropout=dropout, cell=cell,
+    )
+    config = TrainConfig(
+        batch_size=batch_size, seq_len=seq_len, lr=lr, weight_decay=weight_decay,
+        warmup_steps=warmup_steps, grad_clip=grad_clip, max_steps=max_steps, max_epochs=max_epochs,
+        max_time=max_time, eval_every=eval_every, log_every=log_every, val_fraction=val_fraction,
+        seed=seed, device=device, precision=precision,
+    )
+    out = Path(out_dir) if out_dir else Path(os.environ.get("CHARRNN_CHECKPOINTS", DEFAULT_ROOT)) / data.name
+    corpus_info = {"name": data.name, "source": data.source, "chars": len(data.text), "files": data.files}
+    trainer = Trainer(model_config, config, vocab, train_ids, val_ids, out, corpus_info)
+    with TrainView(stderr_console(), quiet=quiet) as view:
+        for event in trainer.run():
+            view.handle(event)
+
+
+# -- sample ---------------------------------------------------------------------------------
+def find_checkpoint(path: str | None) -> Path:
+    if path:
+        return checkpoint.resolve(path)
+    root = os.environ.get("CHARRNN_CHECKPOINTS", DEFAULT_ROOT)
+    found = checkpoint.newest_best(root)
+    if found is None:
+        raise click.ClickException(
+            f"No checkpoint found under {root}/; train one with `charrnn train corpora/tinyshakespeare.txt` "
+            f"or pass -c PATH."
+        )
+    return found
+
+
+def unescape(text: str) -> str:
+    """Let `--stop '\\n\\n'` mean two newlines: \\n, \\t, \\r and \\\\ are decoded."""
+    out, i = [], 0
+    table = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in table:
+            out.append(table[text[i + 1]])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def read_prime(prime: str, prime_file: str | None) -> str:
+    if prime_file is not None:
+        if prime:
+            raise click.UsageError("Use either --prime or --prime-file, not both.")
+        with click.open_file(prime_file, "r", encoding="utf-8") as fh:
+            return fh.read()
+    if prime == "-":
+        return sys.stdin.read()
+    return prime
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("-c", "--checkpoint", "ckpt", help="Checkpoint file or run folder [default: newest best.pt under ./checkpoints].")
+@click.option("--temp", "--temperature", "temperature", type=click.FloatRange(min=0), default=0.8, show_default=True, help="Sampling temperature; 0 is greedy (always the most likely character).")
+@click.option("--top-k", type=click.IntRange(min=1), help="Sample only among the K most likely characters.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Nucleus sampling: only the most likely characters holding probability P.")
+@click.option("--length", "-n", type=click.IntRange(min=0), default=1000, show_default=True, help="Characters to generate per sample (the prime is not counted).")
+@click.option("--prime", default="", help="Text the model continues; - reads it from stdin.")
+@click.option("--prime-file", type=click.Path(dir_okay=False, allow_dash=True), help="Read the prime from a file (- for stdin).")
+@click.option("--echo-prime/--no-echo-prime", default=True, show_default=True, help="Write the prime to stdout before its continuation.")
+@click.option("--unknown", type=click.Choice(["error", "skip"]), default="error", show_default=True, help="Prime characters outside the vocabulary: fail, or drop them with a note.")
+@click.option("--stop", multiple=True, help="Stop right after this text appears (repeatable; \\n and \\t are understood).")
+@click.option("--max-time", type=Duration(), help="Stop generating after this long, e.g. 30s.")
+@click.option("--num-samples", "-N", type=click.IntRange(min=1), default=1, show_default=True, help="Generate N samples together in one batch.")
+@click.option("--separator", default="\\n\\n", show_default=True, help="Written between samples (\\n understood).")
+@click.option("--jsonl", is_flag=True, help='One JSON object per sample: {"sample": i, "prime": ..., "text": ...}.')
+@click.option("--seed", type=int, help="Random seed: same checkpoint, seed and options give the same text [default: random].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu", show_default=True, envvar="CHARRNN_DEVICE", help="Where to run the model.")
+@fail_on_library_errors
+def sample(ckpt, temperature, top_k, top_p, length, prime, prime_file, echo_prime, unknown, stop, max_time,
+           num_samples, separator, jsonl, seed, device):
+    """Stream generated text to stdout.
+
+    Only the generated text goes to stdout, written as it is produced, so the command
+    composes with pipes; closing the pipe early (e.g. `| head`) ends it quietly. With
+    --num-samples the samples are generated together and written one after another.
+
+    \b
+    Examples:
+      charrnn sample --temp 0.8
+      charrnn sample -c checkpoints/tinyshakespeare --prime "ROMEO:" --length 300 --seed 1
+      charrnn sample --temp 0.8 --length 2000 | grep -c KING
+      echo "JULIET:" | charrnn sample --prime - --stop '\\n\\n'
+      charrnn sample -N 4 --length 200 --jsonl | jq -r .text
+    """
+    from .api import load
+    from .sampling import Sampler, SampleConfig
+    from .vocab import unknown_message
+
+    model = load(find_checkpoint(ckpt), device=device)
+    prime = read_prime(prime, prime_file)
+    bad, count = model.vocab.unknown_chars(prime)
+    if bad:
+        if unknown == "error":
+            raise click.ClickException(unknown_message(bad, count) + " Use --unknown skip to drop them.")
+        prime = prime.translate({ord(c): None for c in bad})
+        click.echo(f"Note: dropped {count} prime character{'s' if count != 1 else ''} outside the vocabulary.", err=True)
+    cfg = SampleConfig(
+        length=length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+        num_samples=num_samples, stop=tuple(unescape(s) for s in stop if s), max_time=max_time,
+    )
+    out = StdoutWriter()
+    texts = [""] * num_samples
+    current = 0  # the sample being streamed; later ones are buffered until it finishes
+    shown = 0
+    lead = prime if echo_prime else ""
+    sep = unescape(separator)
+
+    def emit(i: int, text: str) -> None:
+        if jsonl:
+            out.write(json.dumps({"sample": i, "prime": prime, "text": texts[i]}, ensure_ascii=False) + "\n")
+        else:
+            out.write(text)
+
+    if not jsonl:
+        out.write(lead)
+    for chunk in Sampler(model.net, model.vocab, model.device).generate(prime, cfg):
+        for i, t in enumerate(chunk.texts):
+            texts[i] += t
+        while current < num_samples:
+            if not jsonl:
+                out.write(texts[current][shown:])
+                shown = len(texts[current])
+            if not chunk.done[current]:
+                break
+            if jsonl:
+                emit(current, "")
+            current += 1
+            shown = 0
+            if current < num_samples and not jsonl:
+                out.write(sep + lead)
+    if not jsonl:
+        out.end_line_on_terminal(lead + texts[-1])
+
+
+# -- eval -------------------------------------------------------------------------------------
+@main.command("eval", context_settings=CONTEXT)
+@click.argument("file")
+@click.option("-c", "--checkpoint", "ckpt", help="Checkpoint file or run folder [default: newest best.pt under ./checkpoints].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a sentence.")
+@click.option("--seq-len", type=click.IntRange(min=1), default=256, show_default=True, help="Window length; the state is carried across windows.")
+@click.option("--streams", type=click.IntRange(min=1), default=16, show_default=True, help="Parallel streams the file is cut into.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu", show_default=True, envvar="CHARRNN_DEVICE", help="Where to run the model.")
+@click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of FILE.")
+@fail_on_library_errors
+def evaluate(file, ckpt, as_json, seq_len, streams, device, encoding):
+    """Report a model's loss on FILE (- for stdin): nats and bits per character, perplexity.
+
+    The text is cut into a few long streams and read in windows with the state carried
+    across them, so memory does not grow with the file. Characters outside the model's
+    vocabulary are counted and left out.
+
+    \b
+    Examples:
+      charrnn eval held_out.txt -c checkpoints/tinyshakespeare
+      charrnn eval notes.txt --json | jq .bits_per_char
+    """
+    from .api import load
+    from .data import read_corpus
+
+    path = find_checkpoint(ckpt)
+    model = load(path, device=device)
+    text = read_corpus(file, encoding=encoding).text
+    report = model.loss(text, seq_len=seq_len, streams=streams)
+    if report.chars == 0:
+        raise click.ClickException(f"{file} has too few characters inside the model's vocabulary to evaluate.")
+    result = {
+        "file": file, "checkpoint": str(path), "nats_per_char": report.nats_per_char,
+        "bits_per_char": report.bits_per_char, "perplexity": report.perplexity,
+        "chars": report.chars, "excluded_chars": report.excluded,
+    }
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        excluded = f" ({report.excluded:,} characters outside the vocabulary excluded)" if report.excluded else ""
+        click.echo(
+            f"{file}: {report.nats_per_char:.4f} nats/char, {report.bits_per_char:.4f} bits/char, "
+            f"perplexity {report.perplexity:.3f} over {report.chars:,} characters{excluded}"
+        )
+
+
+# -- info -------------------------------------------------------------------------------------
+@main.command(context_settings=CONTEXT)
+@click.argument("ckpt", required=False, metavar="[CHECKPOINT]")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a report.")
+@fail_on_library_errors
+def info(ckpt, as_json):
+    """Describe a checkpoint: model, vocabulary, corpus, training and its loss curve.
+
+    CHECKPOINT is a .pt file or a run folder [default: newest best.pt under ./checkpoints].
+
+    \b
+    Examples:
+      charrnn info checkpoints/tinyshakespeare
+      charrnn info checkpoints/tinyshakespeare/latest.pt --json | jq .best_val_loss
+    """
+    from .api import load
+    from .termplot import line_plot
+    from .train import LN2
+
+    path = find_checkpoint(ckpt)
+    model = load(path)
+    d = model.data
+    mc = d["model_config"]
+    best = d.get("best_val_loss")
+    history = d.get("history", {"train": [], "val": []})
+    summary = {
+        "checkpoint": str(path),
+        "format": d["format"],
+        "version": d["version"],
+        "cell": mc["cell"],
+        "num_layers": mc["num_layers"],
+        "hidden_size": mc["hidden_size"],
+        "embedding_size": None if mc.get("one_hot") else mc["embedding_size"],
+        "dropout": mc["dropout"],
+        "num_parameters": model.net.num_parameters(),
+        "vocab_kind": model.vocab.kind,
+        "vocab_size": model.vocab.size,
+        "corpus": d.get("corpus", {}),
+        "step": d.get("step"),
+        "epoch": d.get("epoch"),
+        "best_val_loss": best,
+        "best_val_bits_per_char": None if best is None else best / LN2,
+        "val_loss": d.get("val_loss"),
+        "train_time_s": d.get("elapsed"),
+        "device": d.get("device"),
+        "train_config": d.get("train_config", {}),
+        "history": history,
+    }
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    corpus = summary["corpus"]
+    lines = [
+        f"checkpoint   {path} (format {d['format']} v{d['version']})",
+        f"model        {mc['cell'].upper()} {mc['num_layers']} x {mc['hidden_size']}, "
+        + ("one-hot input" if mc.get("one_hot") else f"embedding {mc['embedding_size']}")
+        + f", dropout {mc['dropout']}, {summary['num_parameters']:,} parameters",
+        f"vocabulary   {model.vocab.kind}, {model.vocab.size} entries: {model.vocab.preview()}",
+    ]
+    if corpus:
+        lines.append(f"corpus       {corpus.get('name')} ({corpus.get('chars', 0):,} characters from {corpus.get('source')})")
+    if summary["step"] is not None:
+        t = summary["train_time_s"] or 0.0
+        lines.append(f"training     {summary['step']:,} steps, {summary['epoch']:.2f} epochs, {t:,.0f} s on {summary['device']}")
+    if best is not None:
+        lines.append(f"best val     {best:.4f} nats/char, {best / LN2:.4f} bits/char")
+    click.echo("\n".join(lines))
+    if history.get("train") or history.get("val"):
+        click.echo("\nloss (nats/char) by step:")
+        plot = line_plot({"train": [tuple(p) for p in history.get("train", [])],
+                          "validation": [tuple(p) for p in history.get("val", [])]})
+        click.echo("\n".join(plot))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

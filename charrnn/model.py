@@ -1,0 +1,151 @@
+"""The network: embedding -> stacked recurrent cell -> linear head over the vocabulary.
+
+`forward` runs whole windows through cuDNN/oneDNN kernels (training, evaluation, prime
+warm-up). `step` advances one token with plain matrix-vector products over the same
+weights: at batch 1 on a CPU the fused `nn.LSTM` kernel costs several times more per call
+than the arithmetic itself, and sampling makes one call per character.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError
+
+CELLS = ("lstm", "gru", "rnn")
+State = tuple[torch.Tensor, ...]  # lstm: (h, c); gru/rnn: (h,); each (L, B, H)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    hidden_size: int = 512
+    num_layers: int = 2
+    embedding_size: int = 64
+    dropout: float = 0.1
+    cell: str = "lstm"
+    nonlinearity: str = "tanh"  # rnn only
+    one_hot: bool = False  # feed one-hot vectors (classic char-rnn) instead of an embedding
+    tie_weights: bool = False  # share the embedding table with the output head
+
+    def __post_init__(self):
+        if self.cell not in CELLS:
+            raise ConfigError(f"Unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}.")
+        if self.tie_weights and (self.one_hot or self.embedding_size != self.hidden_size):
+            raise ConfigError("--tie-weights needs an embedding (not --one-hot) with --embedding-size equal to --hidden-size.")
+
+    @property
+    def input_size(self) -> int:
+        return self.vocab_size if self.one_hot else self.embedding_size
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class CharRNN(nn.Module):
+    """forward(ids, state) -> logits, state, with state carried by the caller across windows."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.embedding = None if c.one_hot else nn.Embedding(c.vocab_size, c.embedding_size)
+        self.drop = nn.Dropout(c.dropout)
+        rnn_cls = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[c.cell]
+        kwargs = {"nonlinearity": c.nonlinearity} if c.cell == "rnn" else {}
+        self.rnn = rnn_cls(
+            c.input_size,
+            c.hidden_size,
+            num_layers=c.num_layers,
+            dropout=c.dropout if c.num_layers > 1 else 0.0,
+            batch_first=True,
+            **kwargs,
+        )
+        self.head = nn.Linear(c.hidden_size, c.vocab_size)
+        if c.tie_weights:
+            self.head.weight = self.embedding.weight
+        if c.cell == "lstm":
+            # Forget-gate bias 1: gradients flow through the cell state from the start.
+            for name, p in self.rnn.named_parameters():
+                if name.startswith("bias_ih"):
+                    with torch.no_grad():
+                        p[c.hidden_size : 2 * c.hidden_size].fill_(1.0)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+        """Zero state for B streams."""
+        device = device if device is not None else self.head.weight.device
+        shape = (self.config.num_layers, batch_size, self.config.hidden_size)
+        n = 2 if self.config.cell == "lstm" else 1
+        return tuple(torch.zeros(shape, device=device) for _ in range(n))
+
+    def _inputs(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.embedding is None:
+            return F.one_hot(ids.long(), self.config.vocab_size).to(self.head.weight.dtype)
+        return self.embedding(ids.long())
+
+    def forward(self, ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """ids (B, T) -> logits (B, T, V) and the state after the last position."""
+        if state is None:
+            state = self.init_state(ids.size(0), ids.device)
+        x = self.drop(self._inputs(ids))  # (B, T, E)
+        hx = state if self.config.cell == "lstm" else state[0]
+        out, new = self.rnn(x, hx)  # (B, T, H)
+        new_state = tuple(new) if self.config.cell == "lstm" else (new,)
+        return self.head(self.drop(out)), new_state  # (B, T, V)
+
+    @torch.no_grad()
+    def step(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """One token per stream without dropout: ids (B,) -> logits (B, V), new state.
+
+        Same weights and equations as `forward` (PyTorch's gate order: LSTM i,f,g,o;
+        GRU r,z,n), computed with `F.linear` so a batch-1 step costs little more than its
+        matrix-vector products.
+        """
+        c = self.config
+        x = self._inputs(ids)  # (B, E)
+        hs, cs = [], []
+        for layer in range(c.num_layers):
+            w_ih = getattr(self.rnn, f"weight_ih_l{layer}")
+            w_hh = getattr(self.rnn, f"weight_hh_l{layer}")
+            b_ih = getattr(self.rnn, f"bias_ih_l{layer}")
+            b_hh = getattr(self.rnn, f"bias_hh_l{layer}")
+            h = state[0][layer]  # (B, H)
+            if c.cell == "lstm":
+                gates = F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh)  # (B, 4H)
+                i, f, g, o = gates.chunk(4, dim=1)
+                cell = torch.sigmoid(f) * state[1][layer] + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(cell)
+                cs.append(cell)
+            elif c.cell == "gru":
+                gi = F.linear(x, w_ih, b_ih)  # (B, 3H)
+                gh = F.linear(h, w_hh, b_hh)
+                i_r, i_z, i_n = gi.chunk(3, dim=1)
+                h_r, h_z, h_n = gh.chunk(3, dim=1)
+                r = torch.sigmoid(i_r + h_r)
+                z = torch.sigmoid(i_z + h_z)
+                n = torch.tanh(i_n + r * h_n)
+                h = (1 - z) * n + z * h
+            else:
+                act = torch.tanh if c.nonlinearity == "tanh" else torch.relu
+                h = act(F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh))
+            hs.append(h)
+            x = h
+        new_state = (torch.stack(hs), torch.stack(cs)) if c.cell == "lstm" else (torch.stack(hs),)
+        return self.head(x), new_state
+
+
+def detach_state(state: State) -> State:
+    """Cut the graph at a window boundary while keeping the values (truncated BPTT)."""
+    return tuple(s.detach() for s in state)

@@ -1,0 +1,106 @@
+"""How the CLI shows training progress on stderr (rich on a terminal, plain lines otherwise).
+
+Only the CLI imports this module; the library yields events and never prints.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+from .durations import format_duration
+from .train import LN2, Evaluated, Finished, Progress as Step, Saved, Started
+
+
+def _loss(nats: float) -> str:
+    if not math.isfinite(nats):
+        return "n/a"
+    return f"{nats:.4f} ({nats / LN2:.3f} bpc)"
+
+
+class TrainView:
+    """Renders `Trainer.run()` events: a live bar on a TTY, a line every few seconds elsewhere."""
+
+    def __init__(self, console: Console, quiet: bool = False, plain_every: float = 10.0):
+        self.console = console
+        self.quiet = quiet
+        self.live = console.is_terminal and not quiet
+        self.plain_every = plain_every
+        self._last_plain = -math.inf
+        self._bar: Progress | None = None
+        self._task = None
+        self._val = math.nan
+
+    def __enter__(self):
+        if self.live:
+            self._bar = Progress(
+                TextColumn("[bold]step {task.fields[step]}[/] ep {task.fields[epoch]}"),
+                BarColumn(),
+                TaskProgressColumn(),
+                TextColumn("loss {task.fields[loss]}  val {task.fields[val]}"),
+                TextColumn("{task.fields[speed]} ch/s  {task.fields[elapsed]} ETA {task.fields[eta]}"),
+                console=self.console,
+                transient=False,
+            )
+            self._bar.__enter__()
+            self._task = self._bar.add_task(
+                "train", total=1000, step=0, epoch="0.00", loss="…", val="…", speed="…", elapsed="0s", eta="…"
+            )
+        return self
+
+    def __exit__(self, *exc):
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+        return False
+
+    def log(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(message, highlight=False, markup=False)
+
+    def handle(self, event) -> None:
+        if isinstance(event, Started):
+            self.log(
+                f"Training on {event.device}: {event.num_parameters:,} parameters, vocabulary "
+                f"{event.vocab_size}, {event.train_tokens:,} training and {event.val_tokens:,} "
+                f"validation tokens, {event.windows_per_epoch} windows per epoch; checkpoints in {event.out_dir}"
+            )
+        elif isinstance(event, Step):
+            eta = event.elapsed * (1 - event.fraction) / event.fraction if event.fraction > 0 else math.nan
+            eta_text = format_duration(eta) if math.isfinite(eta) else "…"
+            if self._bar is not None:
+                self._bar.update(
+                    self._task,
+                    completed=int(event.fraction * 1000),
+                    step=event.step,
+                    epoch=f"{event.epoch:.2f}",
+                    loss=f"{event.train_loss:.4f}",
+                    val="…" if not math.isfinite(self._val) else f"{self._val:.4f}",
+                    speed=f"{event.chars_per_sec:,.0f}",
+                    elapsed=format_duration(event.elapsed),
+                    eta=eta_text,
+                )
+            elif not self.quiet and time.monotonic() - self._last_plain >= self.plain_every:
+                self._last_plain = time.monotonic()
+                self.log(
+                    f"step {event.step}  epoch {event.epoch:.2f}  train {_loss(event.train_loss)}  "
+                    f"lr {event.lr:.2e}  {event.chars_per_sec:,.0f} chars/s  "
+                    f"elapsed {format_duration(event.elapsed)}  ETA {eta_text}"
+                )
+        elif isinstance(event, Evaluated):
+            self._val = event.val_loss
+            mark = "  (best)" if event.improved else ""
+            self.log(f"step {event.step}  val {_loss(event.val_loss)}{mark}")
+        elif isinstance(event, Saved):
+            pass  # reported once at the end; a line per save would drown the progress
+        elif isinstance(event, Finished):
+            if self._bar is not None:
+                self._bar.update(self._task, completed=1000)
+            self.log(
+                f"Done ({event.reason}) after {event.step} steps, {event.epoch:.2f} epochs, "
+                f"{format_duration(event.elapsed)}, {event.chars_per_sec:,.0f} chars/s. "
+                f"Best val {_loss(event.best_val_loss)}, final val {_loss(event.final_val_loss)}."
+            )
+            self.log(f"Checkpoints: {event.out_dir}/best.pt and latest.pt. Sample with: charrnn sample -c {event.out_dir}")

@@ -1,0 +1,211 @@
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from charrnn import checkpoint, load
+from charrnn.cli import main
+
+SMALL = ["--hidden-size", "48", "--num-layers", "1", "--embedding-size", "16", "--batch-size", "4",
+         "--seq-len", "16", "--lr", "0.01", "--warmup-steps", "5", "--dropout", "0", "--threads", "1"]
+TEXT = "the cat sat on the mat. " * 200
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model overfitted on a repetitive text, trained through the CLI."""
+    root = tmp_path_factory.mktemp("cli")
+    corpus = root / "cat.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    result = CliRunner().invoke(main, ["train", str(corpus), "--out", str(root / "run"), "--max-steps", "150",
+                                       "--eval-every", "50", *SMALL])
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def invoke(*args, input=None, env=None):
+    return CliRunner().invoke(main, [str(a) for a in args], input=input, env=env)
+
+
+def test_train_writes_checkpoints_and_reports_on_stderr_only(trained):
+    run = trained / "run"
+    assert (run / "best.pt").is_file() and (run / "latest.pt").is_file()
+    data = checkpoint.load(run / "latest.pt")
+    assert data["step"] == 150 and data["corpus"]["name"] == "cat"
+
+
+def test_train_output_goes_to_stderr(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(TEXT)
+    result = invoke("train", corpus, "--out", tmp_path / "r", "--max-steps", 10, *SMALL)
+    assert result.exit_code == 0
+    assert result.stdout == ""
+    assert "val" in result.stderr and "Checkpoints:" in result.stderr
+    quiet = invoke("train", corpus, "--out", tmp_path / "q", "--max-steps", 10, "-q", *SMALL)
+    assert quiet.exit_code == 0 and quiet.stdout == "" and quiet.stderr == ""
+
+
+def test_sample_stdout_holds_only_the_text(trained):
+    result = invoke("sample", "-c", trained / "run", "--prime", "the ", "--length", 120, "--seed", 3)
+    assert result.exit_code == 0, result.stderr
+    model = load(trained / "run")
+    expected = "".join(model.generate(prime="the ", temperature=0.8, length=120, seed=3))
+    assert result.stdout == "the " + expected
+    assert len(expected) == 120
+    assert result.stderr == ""
+
+
+def test_sample_learned_the_corpus(trained):
+    result = invoke("sample", "-c", trained / "run", "--prime", "the cat ", "--temp", 0, "--length", 48,
+                    "--no-echo-prime")
+    assert result.stdout == "sat on the mat. the cat sat on the mat. the cat "
+
+
+def test_sample_uses_newest_checkpoint_under_default_folder(trained, monkeypatch):
+    monkeypatch.chdir(trained)
+    import shutil
+    import time
+
+    shutil.copytree(trained / "run", "checkpoints/old")
+    shutil.copytree(trained / "run", "checkpoints/new")
+    (trained / "checkpoints" / "new" / "best.pt").touch()
+    os.utime("checkpoints/old/best.pt", (time.time() - 100, time.time() - 100))
+    assert checkpoint.newest_best("checkpoints").parent.name == "new"
+    result = invoke("sample", "--length", 10, "--seed", 1)
+    assert result.exit_code == 0 and len(result.stdout) == 10
+
+
+def test_no_checkpoint_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke("sample", env={"CHARRNN_CHECKPOINTS": str(tmp_path / "none")})
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: No checkpoint found") and result.stderr.count("\n") == 1
+
+
+def test_train_reads_stdin(tmp_path):
+    result = invoke("train", "-", "--out", tmp_path / "stdin", "--max-steps", 5, *SMALL, input=TEXT)
+    assert result.exit_code == 0, result.stderr
+    assert checkpoint.load(tmp_path / "stdin" / "latest.pt")["corpus"]["name"] == "stdin"
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda p: None, "does not exist"),
+        (lambda p: p.write_text(""), "is empty"),
+        (lambda p: p.write_text(" \n \n"), "only whitespace"),
+        (lambda p: p.write_bytes(b"ab\x00cd"), "NUL byte at byte offset 2"),
+        (lambda p: p.write_bytes(b"ab\xc3("), "byte offset 2"),
+    ],
+)
+def test_bad_corpus_is_one_line_and_exit_1(tmp_path, setup, message):
+    path = tmp_path / "corpus.txt"
+    setup(path)
+    result = invoke("train", path, "--out", tmp_path / "r", "--max-steps", 5, *SMALL)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: ") and message in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["sample", "--temp", "-1"],
+        ["sample", "--top-p", "0"],
+        ["sample", "--top-p", "1.5"],
+        ["sample", "--top-k", "0"],
+        ["sample", "--length", "-3"],
+        ["train", "x.txt", "--max-time", "soon"],
+        ["train", "x.txt", "--hidden-size", "0"],
+    ],
+)
+def test_bad_option_values_exit_2(args):
+    result = invoke(*args)
+    assert result.exit_code == 2
+    assert "Invalid value" in result.stderr
+
+
+def test_unknown_prime_characters(trained):
+    result = invoke("sample", "-c", trained / "run", "--prime", "the caté", "--length", 5)
+    assert result.exit_code == 1
+    assert "'\\u00e9'" in result.stderr and "1 occurrence of 1 character" in result.stderr
+    assert result.stdout == ""
+    skipped = invoke("sample", "-c", trained / "run", "--prime", "the caté", "--length", 5, "--unknown", "skip")
+    assert skipped.exit_code == 0 and skipped.stdout.startswith("the cat") and len(skipped.stdout) == 12
+    assert "dropped 1 prime character" in skipped.stderr
+
+
+def test_prime_from_stdin_and_file(trained, tmp_path):
+    a = invoke("sample", "-c", trained / "run", "--prime", "-", "--length", 20, "--seed", 2, input="the cat")
+    prime_file = tmp_path / "prime.txt"
+    prime_file.write_text("the cat")
+    b = invoke("sample", "-c", trained / "run", "--prime-file", prime_file, "--length", 20, "--seed", 2)
+    assert a.exit_code == b.exit_code == 0
+    assert a.stdout == b.stdout and a.stdout.startswith("the cat") and len(a.stdout) == 27
+
+
+def test_stop_sequence(trained):
+    result = invoke("sample", "-c", trained / "run", "--prime", "the ", "--temp", 0, "--stop", "mat.",
+                    "--no-echo-prime")
+    assert result.stdout == "cat sat on the mat."
+
+
+def test_num_samples_reproducible_distinct_and_jsonl(trained):
+    args = ["sample", "-c", trained / "run", "-N", 4, "--seed", 1, "--temp", 2.0, "--length", 30, "--jsonl"]
+    a, b = invoke(*args), invoke(*args)
+    assert a.exit_code == 0 and a.stdout == b.stdout
+    rows = [json.loads(line) for line in a.stdout.splitlines()]
+    assert [r["sample"] for r in rows] == [0, 1, 2, 3]
+    assert len({r["text"] for r in rows}) == 4 and all(len(r["text"]) == 30 for r in rows)
+    plain = invoke("sample", "-c", trained / "run", "-N", 4, "--seed", 1, "--temp", 2.0, "--length", 30,
+                   "--separator", "|", "--no-echo-prime")
+    assert plain.stdout == "|".join(r["text"] for r in rows)
+
+
+def test_eval_near_zero_on_training_text_and_near_uniform_on_noise(trained, tmp_path):
+    result = invoke("eval", trained / "cat.txt", "-c", trained / "run", "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["nats_per_char"] < 0.1 and report["chars"] > 4000
+    vocab = load(trained / "run").vocab
+    import random
+
+    rng = random.Random(0)
+    noise = tmp_path / "noise.txt"
+    noise.write_text("".join(rng.choice(vocab.chars) for _ in range(5000)) + "ÉÉÉ")
+    report = json.loads(invoke("eval", noise, "-c", trained / "run", "--json").stdout)
+    assert report["excluded_chars"] == 3
+    assert report["nats_per_char"] > 0.8 * math.log(vocab.size)
+    line = invoke("eval", trained / "cat.txt", "-c", trained / "run")
+    assert "nats/char" in line.stdout and "bits/char" in line.stdout and "perplexity" in line.stdout
+
+
+def test_info_json_round_trips_checkpoint_numbers(trained):
+    result = invoke("info", trained / "run" / "latest.pt", "--json")
+    assert result.exit_code == 0, result.stderr
+    info = json.loads(result.stdout)
+    data = checkpoint.load(trained / "run" / "latest.pt")
+    assert info["step"] == data["step"] == 150
+    assert info["best_val_loss"] == data["best_val_loss"]
+    assert info["num_parameters"] == data["num_parameters"]
+    assert info["vocab_size"] == len(data["vocab"]["chars"])
+    assert info["history"] == data["history"]
+    text = invoke("info", trained / "run")
+    assert "LSTM 1 x 48" in text.stdout and "best val" in text.stdout and "validation" in text.stdout
+
+
+def test_broken_pipe_ends_quietly(trained):
+    cmd = [sys.executable, "-m", "charrnn", "sample", "-c", str(trained / "run"), "--length", "100000", "--seed", "1"]
+    proc = subprocess.run(" ".join(cmd) + " | head -c 20", shell=True, capture_output=True, text=True, timeout=120)
+    assert len(proc.stdout) == 20
+    assert proc.stderr == ""
+
+
+def test_version_and_short_help():
+    assert invoke("--version").stdout.startswith("charrnn, version")
+    assert "Examples" in invoke("sample", "-h").stdout

@@ -1,0 +1,95 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from charrnn import checkpoint
+from charrnn.data import split_ids
+from charrnn.errors import ConfigError
+from charrnn.model import ModelConfig
+from charrnn.train import Evaluated, Finished, Progress, TrainConfig, Trainer
+from charrnn.vocab import CharVocab
+
+TEXT = "the cat sat on the mat. " * 200
+
+
+def run(tmp_path, steps=60, seed=3, text=TEXT, **kw):
+    vocab = CharVocab.from_text(text)
+    train_ids, val_ids = split_ids(vocab.encode(text), 0.1)
+    mc = ModelConfig(vocab_size=vocab.size, hidden_size=48, num_layers=1, embedding_size=16, dropout=0.0)
+    tc = TrainConfig(batch_size=4, seq_len=16, lr=1e-2, warmup_steps=5, max_steps=steps, eval_every=20,
+                     log_every=5, seed=seed, device="cpu", **kw)
+    trainer = Trainer(mc, tc, vocab, train_ids, val_ids, tmp_path / "run")
+    events = list(trainer.run())
+    return trainer, events
+
+
+def test_tiny_corpus_is_learned_far_below_uniform(tmp_path):
+    trainer, events = run(tmp_path)
+    uniform = math.log(trainer.vocab.size)
+    progress = [e for e in events if isinstance(e, Progress)]
+    assert progress[0].train_loss > 0.6 * uniform
+    assert progress[-1].train_loss < 0.2 * uniform
+    done = events[-1]
+    assert isinstance(done, Finished) and done.step == 60
+    assert done.best_val_loss < 0.2 * uniform
+    assert (tmp_path / "run" / "best.pt").is_file() and (tmp_path / "run" / "latest.pt").is_file()
+
+
+def test_same_seed_same_losses_and_different_seed_differs(tmp_path):
+    def losses(seed, sub):
+        _, events = run(tmp_path / sub, steps=20, seed=seed)
+        return [e.train_loss for e in events if isinstance(e, Progress)]
+
+    a, b, c = losses(1, "a"), losses(1, "b"), losses(2, "c")
+    assert a == b
+    assert a != c
+
+
+def test_evaluations_and_best_checkpoint_track_validation(tmp_path):
+    trainer, events = run(tmp_path)
+    evals = [e for e in events if isinstance(e, Evaluated)]
+    assert [e.step for e in evals] == [20, 40, 60]
+    best = checkpoint.load(tmp_path / "run" / "best.pt")
+    assert best["best_val_loss"] == pytest.approx(min(e.val_loss for e in evals))
+    latest = checkpoint.load(tmp_path / "run" / "latest.pt")
+    assert latest["step"] == 60
+    assert [s for s, _ in latest["history"]["val"]] == [20, 40, 60]
+
+
+def test_state_is_carried_between_windows(tmp_path, monkeypatch):
+    """The state fed into window k+1 is the detached state window k produced."""
+    from charrnn.model import CharRNN
+
+    seen = []
+    original = CharRNN.forward
+
+    def spy(self, ids, state=None):
+        logits, new = original(self, ids, state)
+        if self.training:
+            seen.append((state, new))
+        return logits, new
+
+    monkeypatch.setattr(CharRNN, "forward", spy)
+    run(tmp_path, steps=4)
+    assert all(float(s[0].abs().sum()) == 0 for s in [seen[0][0]])  # zero state at the start
+    for (_, produced), (fed, _) in zip(seen, seen[1:]):
+        assert torch.equal(fed[0], produced[0].detach()) and not fed[0].requires_grad
+
+
+def test_epoch_budget_and_too_short_corpus(tmp_path):
+    vocab = CharVocab.from_text(TEXT)
+    ids = vocab.encode(TEXT)
+    mc = ModelConfig(vocab_size=vocab.size, hidden_size=8, num_layers=1, embedding_size=4)
+    tc = TrainConfig(batch_size=4, seq_len=16, max_epochs=1, device="cpu", eval_every=1000)
+    trainer = Trainer(mc, tc, vocab, ids[:4000], ids[4000:], tmp_path / "e")
+    done = list(trainer.run())[-1]
+    assert done.step == trainer.windows_per_epoch and done.epoch == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match="too short"):
+        Trainer(mc, tc, vocab, ids[:50], ids[50:], tmp_path / "short")
+
+
+def test_a_budget_is_required():
+    with pytest.raises(ConfigError):
+        TrainConfig()

@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+
+from charrnn.errors import VocabularyError
+from charrnn.vocab import CharVocab, id_dtype, vocab_from_dict
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "First Citizen:\nBefore we proceed any further, hear me speak.\n",
+        "Анна Каренина. Все счастливые семьи похожи друг на друга.\r\n",
+        "emoji 🙂🚀 and combining e\u0301 and CJK 漢字かな",
+    ],
+)
+def test_round_trip(text):
+    vocab = CharVocab.from_text(text)
+    ids = vocab.encode(text)
+    assert ids.dtype == np.uint8
+    assert vocab.decode(ids) == text
+    assert vocab.size == len(set(text))
+
+
+def test_vocabulary_order_is_sorted_and_independent_of_text_order():
+    a = CharVocab.from_text("banana bread")
+    b = CharVocab.from_text("daerb ananab")
+    assert a.chars == b.chars == sorted(set("banana bread"))
+
+
+def test_streaming_build_equals_one_shot():
+    text = "абв xyz 🙂" * 10
+    assert CharVocab.from_blocks([text[:7], text[7:30], text[30:]]).chars == CharVocab.from_text(text).chars
+
+
+def test_id_width_grows_with_vocabulary():
+    assert id_dtype(256) == np.uint8
+    assert id_dtype(257) == np.uint16
+    assert id_dtype(65_536) == np.uint16
+    assert id_dtype(65_537) == np.int32
+    text = "".join(chr(0x4E00 + i) for i in range(300))
+    vocab = CharVocab.from_text(text)
+    ids = vocab.encode(text)
+    assert ids.dtype == np.uint16
+    assert vocab.decode(ids) == text
+
+
+def test_unknown_characters_are_listed_not_crashed_on():
+    vocab = CharVocab.from_text("abc")
+    with pytest.raises(VocabularyError) as info:
+        vocab.encode("abéxé")
+    assert info.value.unknown == ("é", "x")
+    assert info.value.count == 3
+    assert "'\\u00e9'" in str(info.value)
+
+
+def test_dict_round_trip():
+    vocab = CharVocab.from_text("hello\nworld 🙂")
+    again = vocab_from_dict(vocab.to_dict())
+    assert again.chars == vocab.chars
