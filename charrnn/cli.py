@@ -106,13 +106,62 @@ def main():
 
 
 # -- train ----------------------------------------------------------------------------------
+MODEL_OPTIONS = ("hidden_size", "num_layers", "embedding_size", "dropout", "cell", "nonlinearity", "one_hot", "tie_weights")
+TRAIN_OPTIONS = ("batch_size", "seq_len", "lr", "weight_decay", "warmup_steps", "grad_clip", "max_steps", "max_epochs",
+                 "max_time", "eval_every", "log_every", "val_fraction", "seed", "device", "precision", "patience",
+                 "keep_every")
+
+
+def explicit_options(ctx: click.Context, names) -> set[str]:
+    """Options the user set on the command line or through the environment."""
+    from click.core import ParameterSource
+
+    given = {ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT}
+    return {n for n in names if ctx.get_parameter_source(n) in given}
+
+
+class StopOnSignal:
+    """First SIGINT/SIGTERM: finish the step, save, exit 130/143. Second: exit at once
+    (checkpoints are written atomically, so nothing on disk can be half-written)."""
+
+    def __init__(self, trainer):
+        import signal
+
+        self.trainer = trainer
+        self.signum = None
+        self.previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self.handle)
+
+    def handle(self, signum, frame):
+        import signal
+
+        if self.signum is not None:
+            os._exit(128 + signum)
+        self.signum = signum
+        self.trainer.request_stop(f"interrupted by {signal.Signals(signum).name}")
+
+    def restore(self):
+        import signal
+
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
 @main.command(context_settings=CONTEXT)
-@click.argument("corpus")
+@click.argument("corpus", required=False)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Run folder for checkpoints [default: checkpoints/<corpus name>].")
+@click.option("--resume", "resume", is_flag=False, flag_value=".", default=None, metavar="[RUN]",
+              help="Continue the run in --out (or in RUN) from its latest.pt exactly where it stopped.")
+@click.option("--init-from", type=click.Path(exists=True), help="Start a new run from a checkpoint's weights (fine-tuning; same vocabulary).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run in the output folder instead of refusing.")
 @click.option("--cell", type=click.Choice(CELLS), default="lstm", show_default=True, help="Recurrent cell.")
 @click.option("--hidden-size", type=click.IntRange(min=1), default=512, show_default=True, help="Units per recurrent layer.")
 @click.option("--num-layers", type=click.IntRange(min=1), default=2, show_default=True, help="Stacked recurrent layers.")
 @click.option("--embedding-size", type=click.IntRange(min=1), default=64, show_default=True, help="Size of the learned character embedding.")
+@click.option("--nonlinearity", type=click.Choice(["tanh", "relu"]), default="tanh", show_default=True, help="Activation of the vanilla rnn cell.")
+@click.option("--one-hot", is_flag=True, help="Feed one-hot characters (classic char-rnn) instead of a learned embedding.")
+@click.option("--tie-weights", is_flag=True, help="Share the embedding table with the output layer (needs --embedding-size equal to --hidden-size).")
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True, help="Dropout on the embedding, between layers and before the head.")
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=64, show_default=True, help="Parallel streams B.")
 @click.option("--seq-len", "-t", type=click.IntRange(min=1), default=128, show_default=True, help="Window length T for truncated backpropagation through time.")
@@ -126,18 +175,19 @@ def main():
 @click.option("--eval-every", type=click.IntRange(min=1), default=100, show_default=True, help="Evaluate on validation text and checkpoint every N steps.")
 @click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True, help="Read back the training loss every N steps.")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True, help="Tail of the text held out for validation.")
+@click.option("--patience", type=click.IntRange(min=1), help="Stop after N evaluations without a better validation loss [default: off].")
+@click.option("--keep-every", type=click.IntRange(min=1), help="Also keep a step-NNNNNNNN.pt snapshot every N steps [default: off].")
 @click.option("--seed", type=int, default=1337, show_default=True, help="Random seed (initialisation and dropout).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True, envvar="CHARRNN_DEVICE", help="Where to train; auto prefers cuda, then mps, then cpu.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True, envvar="CHARRNN_DEVICE", help="Where to train; auto prefers cuda, then mps, then cpu (env CHARRNN_DEVICE).")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True, help="auto uses bf16 autocast on CUDA GPUs that support it, float32 elsewhere.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for PyTorch [default: PyTorch's choice].")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the corpus.")
 @click.option("--errors", type=click.Choice(["strict", "replace", "ignore"]), default="strict", show_default=True, help="What to do with bytes that do not decode.")
 @click.option("--newline", type=click.Choice(["keep", "lf"]), default="keep", show_default=True, help="keep line endings as they are, or turn CRLF/CR into LF.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.pass_context
 @fail_on_library_errors
-def train(corpus, out_dir, cell, hidden_size, num_layers, embedding_size, dropout, batch_size, seq_len, lr,
-          weight_decay, warmup_steps, grad_clip, max_steps, max_epochs, max_time, eval_every, log_every,
-          val_fraction, seed, device, precision, threads, encoding, errors, newline, quiet):
+def train(ctx, corpus, out_dir, resume, init_from, overwrite, threads, encoding, errors, newline, quiet, **options):
     """Train a model on CORPUS: a text file, a folder of text files, or - for stdin.
 
     The last --val-fraction of the text is held out for validation. Training stops at
@@ -145,45 +195,65 @@ def train(corpus, out_dir, cell, hidden_size, num_layers, embedding_size, dropou
     learning rate warms up and then follows a cosine over that budget. The run folder
     gets latest.pt (every evaluation) and best.pt (lowest validation loss).
 
+    Ctrl-C (or SIGTERM) finishes the current step, saves latest.pt and prints the
+    command that resumes; a second Ctrl-C exits at once.
+
     \b
     Examples:
       charrnn train corpora/tinyshakespeare.txt
       charrnn train corpora/tinyshakespeare.txt --max-time 30m --hidden-size 768
+      charrnn train corpora/tinyshakespeare.txt --resume --max-time 20m
+      charrnn train --resume checkpoints/tinyshakespeare
       charrnn train my_notes/ --out checkpoints/notes --max-epochs 20
+      charrnn train more.txt --init-from checkpoints/tinyshakespeare --out checkpoints/more
       cat *.txt | charrnn train - --out checkpoints/stdin --max-steps 2000
     """
     import torch
 
-    from .data import read_corpus, split_ids
-    from .model import ModelConfig
-    from .train import TrainConfig, Trainer
+    from .runs import prepare_training
     from .ui import TrainView
-    from .vocab import CharVocab
 
     if threads:
         torch.set_num_threads(threads)
-    if max_steps is None and max_epochs is None and max_time is None:
-        max_time = 600.0
-    data = read_corpus(corpus, encoding=encoding, errors=errors, newline=newline)
-    vocab = CharVocab.from_text(data.text)
-    ids = vocab.encode(data.text)
-    train_ids, val_ids = split_ids(ids, val_fraction)
-    model_config = ModelConfig(
-        vocab_size=vocab.size, hidden_size=hidden_size, num_layers=num_layers,
-        embedding_size=embedding_size, dropout=dropout, cell=cell,
+    if resume is not None and resume != ".":
+        if corpus is None and (resume == "-" or Path(resume).is_file()):
+            corpus = resume  # `--resume corpus.txt`: the flag took the corpus as its value
+        elif out_dir is not None and Path(out_dir) != Path(resume):
+            raise click.UsageError("--resume RUN and --out name different folders.")
+        else:
+            out_dir = resume
+    explicit = explicit_options(ctx, MODEL_OPTIONS + TRAIN_OPTIONS)
+    trainer = prepare_training(
+        corpus,
+        out_dir=out_dir,
+        model_options={k: options[k] for k in MODEL_OPTIONS},
+        train_options={k: options[k] for k in TRAIN_OPTIONS},
+        resume=resume is not None,
+        init_from=init_from,
+        overwrite=overwrite,
+        explicit=explicit,
+        encoding=encoding,
+        errors=errors,
+        newline=newline,
+        root=os.environ.get("CHARRNN_CHECKPOINTS", DEFAULT_ROOT),
     )
-    config = TrainConfig(
-        batch_size=batch_size, seq_len=seq_len, lr=lr, weight_decay=weight_decay,
-        warmup_steps=warmup_steps, grad_clip=grad_clip, max_steps=max_steps, max_epochs=max_epochs,
-        max_time=max_time, eval_every=eval_every, log_every=log_every, val_fraction=val_fraction,
-        seed=seed, device=device, precision=precision,
-    )
-    out = Path(out_dir) if out_dir else Path(os.environ.get("CHARRNN_CHECKPOINTS", DEFAULT_ROOT)) / data.name
-    corpus_info = {"name": data.name, "source": data.source, "chars": len(data.text), "files": data.files}
-    trainer = Trainer(model_config, config, vocab, train_ids, val_ids, out, corpus_info)
-    with TrainView(stderr_console(), quiet=quiet) as view:
-        for event in trainer.run():
-            view.handle(event)
+    signals = StopOnSignal(trainer)
+    finished = None
+    try:
+        with TrainView(stderr_console(), quiet=quiet) as view:
+            for event in trainer.run():
+                view.handle(event)
+                finished = event
+    finally:
+        signals.restore()
+    if signals.signum is not None and finished is not None and finished.reason.startswith("interrupted"):
+        source = trainer.corpus_info.get("source", corpus)
+        click.echo(
+            f"Interrupted at step {trainer.step}; saved {trainer.out_dir / 'latest.pt'}. Resume with: "
+            f"charrnn train {source} --out {trainer.out_dir} --resume",
+            err=True,
+        )
+        ctx.exit(128 + signals.signum)
 
 
 # -- sample ---------------------------------------------------------------------------------

@@ -12,7 +12,10 @@ state window k+1 needs (char-rnn / pytorch examples `batchify`)::
 
 from __future__ import annotations
 
+import codecs
+import hashlib
 import io
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -23,8 +26,13 @@ import numpy as np
 import torch
 
 from .errors import CorpusError
+from .vocab import CharCounter, CharVocab
 
 _SNIFF_BYTES = 8192
+_READ_BYTES = 1 << 24  # streaming reads: 16 MB of the corpus at a time
+CACHE_IDS = "corpus.ids"
+CACHE_META = "corpus.json"
+_CACHE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -147,6 +155,190 @@ def read_corpus(
     return Corpus(normalise_newlines(text, newline), name, src, files)
 
 
+# -- streaming ingest ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EncodedCorpus:
+    """A corpus as ids (an in-memory array or a read-only memory map) plus what describes it."""
+
+    ids: np.ndarray
+    vocab: CharVocab
+    name: str
+    source: str
+    chars: int
+    files: int
+    sha256: str  # of the decoded, normalised text (UTF-8), so it identifies the training data
+
+    def info(self) -> dict:
+        return {"name": self.name, "source": self.source, "chars": self.chars, "files": self.files, "sha256": self.sha256}
+
+
+def _source_files(source: str) -> tuple[list[Path], str]:
+    path = Path(source)
+    if not path.exists():
+        raise CorpusError(f"Corpus {source} does not exist.")
+    if path.is_dir():
+        files = text_files(path)
+        if not files:
+            raise CorpusError(f"Folder {source} contains no text files.")
+        return files, path.resolve().name or "corpus"
+    return [path], path.resolve().stem or "corpus"
+
+
+def _text_blocks(files: list[Path], encoding: str, errors: str, newline: str) -> Iterator[str]:
+    """Decoded text of the files, joined as `read_corpus` joins them, in blocks of bounded size."""
+    enc = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+    try:
+        decoder_cls = codecs.getincrementaldecoder(enc)
+    except LookupError:
+        raise CorpusError(f"Unknown text encoding {encoding!r}.") from None
+    for path in files:
+        decoder = decoder_cls(errors)
+        offset, last, held = 0, "", ""
+        try:
+            fh = path.open("rb")
+        except OSError as exc:
+            raise CorpusError(f"Cannot read {path}: {exc.strerror or exc}.") from None
+        with fh:
+            while True:
+                data = fh.read(_READ_BYTES)
+                if offset == 0 and errors == "strict":
+                    nul = _looks_binary(data)
+                    if nul >= 0:
+                        raise CorpusError(
+                            f"{path} looks like a binary file (NUL byte at byte offset {nul}); pass "
+                            f"--encoding to name its encoding or --errors replace to read it anyway."
+                        )
+                pending = len(decoder.getstate()[0])  # bytes held back from the previous block
+                bom = 3 if offset == 0 and enc == "utf-8-sig" and data.startswith(codecs.BOM_UTF8) else 0
+                try:
+                    text = decoder.decode(data, final=not data)
+                except UnicodeDecodeError as exc:
+                    raise CorpusError(
+                        f"{path} is not valid {encoding.upper()} text (byte offset "
+                        f"{offset - pending + bom + max(exc.start, 0)}); pass --encoding to name "
+                        f"its encoding or --errors replace to substitute bad bytes."
+                    ) from None
+                offset += len(data)
+                if newline == "lf":
+                    text = held + text
+                    held = ""
+                    if data and text.endswith("\r"):
+                        text, held = text[:-1], "\r"  # its \n may start the next block
+                    text = normalise_newlines(text, newline)
+                if text:
+                    last = text[-1]
+                    yield text
+                if not data:
+                    break
+        if last and last != "\n":
+            yield "\n"
+
+
+def _fingerprint(files: list[Path], options: dict) -> dict:
+    """Cheap identity of the corpus files: size, mtime and hashes of head and tail."""
+    entries = []
+    for path in files:
+        st = path.stat()
+        with path.open("rb") as fh:
+            head = fh.read(1 << 16)
+            fh.seek(max(0, st.st_size - (1 << 16)))
+            tail = fh.read()
+        entries.append([str(path.resolve()), st.st_size, st.st_mtime_ns,
+                        hashlib.sha256(head + tail).hexdigest()])
+    return {"version": _CACHE_VERSION, "files": entries, **options}
+
+
+def _check_text(chars: int, has_text: bool, source: str) -> None:
+    if chars == 0:
+        raise CorpusError(f"Corpus {source} is empty.")
+    if not has_text:
+        raise CorpusError(f"Corpus {source} contains only whitespace.")
+
+
+def encode_corpus(
+    source: str | os.PathLike,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    vocab: CharVocab | None = None,
+    encoding: str = "utf-8",
+    errors: str = "strict",
+    newline: str = "keep",
+    stdin: io.BufferedIOBase | None = None,
+) -> EncodedCorpus:
+    """Read and encode a corpus without ever holding more than a block of its text.
+
+    Files and folders are read in two streaming passes: the first counts characters
+    (building the vocabulary) and hashes the text, the second writes the ids into
+    `cache_dir/corpus.ids`, which is then memory-mapped. The cache is reused while the
+    files keep their size, mtime and head/tail hashes. Standard input is read into memory.
+    With `vocab` given (fine-tuning), the text is encoded with it instead of a new one.
+    """
+    src = str(source)
+    if src == "-":
+        corpus = read_corpus(src, encoding=encoding, errors=errors, newline=newline, stdin=stdin)
+        vocab = vocab or CharVocab.from_text(corpus.text)
+        ids = vocab.encode(corpus.text)
+        digest = hashlib.sha256(corpus.text.encode("utf-8", "surrogatepass")).hexdigest()
+        return EncodedCorpus(ids, vocab, "stdin", "-", len(corpus.text), 1, digest)
+
+    files, name = _source_files(src)
+    options = {"encoding": encoding, "errors": errors, "newline": newline,
+               "vocab": None if vocab is None else "".join(vocab.chars)}
+    ids_path = meta_path = None
+    if cache_dir is not None:
+        ids_path, meta_path = Path(cache_dir) / CACHE_IDS, Path(cache_dir) / CACHE_META
+        fingerprint = _fingerprint(files, options)
+        cached = _load_cache(ids_path, meta_path, fingerprint)
+        if cached is not None:
+            ids, meta = cached
+            return EncodedCorpus(ids, CharVocab(list(meta["chars"])), name, src, meta["count"], len(files), meta["sha256"])
+
+    counter, digest, has_text = CharCounter(), hashlib.sha256(), False
+    for block in _text_blocks(files, encoding, errors, newline):
+        counter.add(block)
+        digest.update(block.encode("utf-8", "surrogatepass"))
+        has_text = has_text or not block.isspace()
+    _check_text(counter.chars, has_text, src)
+    vocab = vocab or counter.vocab()
+    count = counter.chars
+
+    if ids_path is None:
+        ids = np.empty(count, dtype=vocab.dtype)
+    else:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        tmp = ids_path.with_name(f".{CACHE_IDS}.{os.getpid()}.tmp")
+        ids = np.lib.format.open_memmap(tmp, mode="w+", dtype=vocab.dtype, shape=(count,))
+    pos = 0
+    for block in _text_blocks(files, encoding, errors, newline):
+        part = vocab.encode(block)
+        ids[pos : pos + len(part)] = part
+        pos += len(part)
+    if ids_path is None:
+        return EncodedCorpus(ids, vocab, name, src, count, len(files), digest.hexdigest())
+    ids.flush()
+    del ids
+    os.replace(tmp, ids_path)
+    meta = {**fingerprint, "chars": "".join(vocab.chars), "count": count, "sha256": digest.hexdigest()}
+    meta_tmp = meta_path.with_name(f".{CACHE_META}.{os.getpid()}.tmp")
+    meta_tmp.write_text(json.dumps(meta), encoding="utf-8")
+    os.replace(meta_tmp, meta_path)
+    ids, _ = _load_cache(ids_path, meta_path, fingerprint)
+    return EncodedCorpus(ids, vocab, name, src, count, len(files), digest.hexdigest())
+
+
+def _load_cache(ids_path: Path, meta_path: Path, fingerprint: dict):
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if {k: meta.get(k) for k in fingerprint} != fingerprint:
+            return None
+        ids = np.load(ids_path, mmap_mode="c")  # copy-on-write: writable for torch, file untouched
+        if len(ids) != meta["count"]:
+            return None
+        return ids, meta
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def split_ids(ids: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """Contiguous split: the last `val_fraction` of the ids is validation (nanoGPT's split)."""
     n_val = int(len(ids) * val_fraction)
@@ -164,10 +356,7 @@ def as_streams(ids: np.ndarray, batch_size: int) -> torch.Tensor:
             f"The text has {len(ids)} tokens, too few for {batch_size} streams; "
             f"lower --batch-size or use a longer corpus."
         )
-    arr = np.asarray(ids[: batch_size * length])
-    if arr.dtype == np.uint16:  # torch has no uint16 arithmetic on every build; widen lazily
-        arr = arr.astype(np.int32)
-    return torch.from_numpy(arr).view(batch_size, length)
+    return torch.from_numpy(ids[: batch_size * length]).view(batch_size, length)
 
 
 def num_windows(streams: torch.Tensor, seq_len: int) -> int:

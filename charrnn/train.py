@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from . import checkpoint
 from .data import as_streams, eval_windows, num_windows, windows
 from .devices import autocast, device_name, resolve_device, use_bf16
-from .errors import ConfigError
+from .errors import CharrnnError, ConfigError
 from .model import CharRNN, ModelConfig, State, detach_state
 
 LN2 = math.log(2)
@@ -46,6 +46,13 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"
     precision: str = "auto"
+    patience: int | None = None  # evaluations without improvement before stopping early
+    keep_every: int | None = None  # keep a step-NNNNNNNN.pt snapshot every N steps
+    max_bad_steps: int = 8  # consecutive non-finite steps (skipped) before giving up
+
+    # Options a resumed run may change; every other one must match the checkpoint.
+    RESUMABLE = ("max_steps", "max_epochs", "max_time", "eval_every", "log_every", "device",
+                 "precision", "patience", "keep_every", "max_bad_steps")
 
     def __post_init__(self):
         if self.max_steps is None and self.max_epochs is None and self.max_time is None:
@@ -71,11 +78,12 @@ class Started:
 class Progress:
     step: int
     epoch: float
-    train_loss: float  # nats per token, mean since the previous Progress
+    train_loss: float  # nats per token, mean over the finite steps since the previous Progress
     lr: float
     chars_per_sec: float
     elapsed: float
     fraction: float  # of the budget used, 0..1
+    skipped: int = 0  # updates skipped so far because the loss or gradients were not finite
 
 
 @dataclass(frozen=True)
@@ -110,6 +118,10 @@ class History:
 
     train: list[list[float]] = field(default_factory=list)  # [step, nats/token]
     val: list[list[float]] = field(default_factory=list)  # [step, nats/char]
+
+
+class TrainingError(CharrnnError):
+    """Training cannot go on (e.g. the loss stays non-finite); the last good checkpoint stays."""
 
 
 def bits(nats: float) -> float:
@@ -149,7 +161,11 @@ def seed_everything(seed: int) -> None:
 
 
 class Trainer:
-    """Owns model, optimizer and data layout for one run; `run()` yields events."""
+    """Owns model, optimizer and data layout for one run; `run()` yields events.
+
+    Everything needed to continue a run exactly is in `payload()`: weights, optimizer,
+    step, data position, carried hidden state and RNG state; `restore()` puts it back.
+    """
 
     def __init__(
         self,
@@ -170,17 +186,17 @@ class Trainer:
         self.chars_per_token = chars_per_token
         self.device = resolve_device(config.device)
         self.bf16 = use_bf16(self.device, config.precision)
+        self.lock = None  # a RunLock held for the run, released when run() ends
 
         seed_everything(config.seed)
         self.model = CharRNN(model_config).to(self.device)
         self.train_streams = as_streams(train_ids, config.batch_size)
         if num_windows(self.train_streams, config.seq_len) < 1:
-            per_stream = self.train_streams.size(1)
             raise ConfigError(
                 f"The training text is too short for --batch-size {config.batch_size} and "
                 f"--seq-len {config.seq_len}: it needs at least "
-                f"{config.batch_size * (config.seq_len + 1)} tokens but has "
-                f"{len(train_ids)} ({per_stream} per stream)."
+                f"{config.batch_size * (config.seq_len + 1)} characters but has {len(train_ids)}; "
+                f"lower --batch-size or --seq-len."
             )
         val_ids = val_ids[: config.eval_max_tokens]
         val_batch = max(1, min(config.batch_size, len(val_ids) // (config.seq_len + 1)))
@@ -190,20 +206,26 @@ class Trainer:
             if self.val_streams is not None:
                 self.val_streams = self.val_streams.to(self.device)
 
-        self.optimizer = torch.optim.AdamW(
-            self._param_groups(),
-            lr=config.lr,
-            betas=(0.9, 0.99),
-            fused=self.device.type == "cuda",
-        )
+        # Fused AdamW reads `found_inf` and skips a non-finite update on the device itself,
+        # so guarding against NaN/inf costs no host synchronisation per step.
+        try:
+            self.optimizer = torch.optim.AdamW(self._param_groups(), lr=config.lr, betas=(0.9, 0.99), fused=True)
+            self.fused = True
+        except (RuntimeError, ValueError):
+            self.optimizer = torch.optim.AdamW(self._param_groups(), lr=config.lr, betas=(0.9, 0.99))
+            self.fused = False
         self.step = 0
         self.window = 0  # next window index within the current epoch
         self.epochs_done = 0
         self.elapsed = 0.0
         self.best_val = math.inf
         self.last_val = math.nan
+        self.evals_without_improvement = 0
+        self.skipped = torch.zeros((), dtype=torch.long, device=self.device)
+        self.bad_streak = torch.zeros((), dtype=torch.long, device=self.device)
         self.history = History()
         self.state: State = self.model.init_state(config.batch_size, self.device)
+        self._stop_reason: str | None = None
 
     def _param_groups(self) -> list[dict]:
         """Weight decay on matrices only; biases and the embedding table are left alone."""
@@ -214,6 +236,14 @@ class Trainer:
             {"params": decay, "weight_decay": self.config.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the loop to stop after the current step and save (safe from a signal handler)."""
+        self._stop_reason = reason
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_reason is not None
 
     # -- budget and schedule ---------------------------------------------------------------
     @property
@@ -246,6 +276,9 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------
     def payload(self) -> dict:
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {
             "model_config": self.model_config.to_dict(),
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
@@ -259,21 +292,51 @@ class Trainer:
             "elapsed": self.elapsed,
             "best_val_loss": self.best_val if math.isfinite(self.best_val) else None,
             "val_loss": self.last_val if math.isfinite(self.last_val) else None,
+            "evals_without_improvement": self.evals_without_improvement,
+            "skipped_steps": int(self.skipped),
             "history": {"train": self.history.train, "val": self.history.val},
             "optimizer": self.optimizer.state_dict(),
             "state": [s.detach().cpu() for s in self.state],
-            "rng": {"torch": torch.get_rng_state()},
+            "rng": rng,
             "device": device_name(self.device),
             "chars_per_token": self.chars_per_token,
             "num_parameters": self.model.num_parameters(),
         }
 
+    def restore(self, data: dict) -> None:
+        """Continue from a checkpoint's payload exactly where it was written."""
+        self.model.load_state_dict(data["model"])
+        self.optimizer.load_state_dict(data["optimizer"])
+        self.step = int(data["step"])
+        self.window = int(data["window"])
+        self.epochs_done = int(data["epochs_done"])
+        self.elapsed = float(data["elapsed"])
+        self.best_val = data["best_val_loss"] if data.get("best_val_loss") is not None else math.inf
+        self.last_val = data["val_loss"] if data.get("val_loss") is not None else math.nan
+        self.evals_without_improvement = int(data.get("evals_without_improvement", 0))
+        self.skipped.fill_(int(data.get("skipped_steps", 0)))
+        self.history = History(train=[list(p) for p in data["history"]["train"]], val=[list(p) for p in data["history"]["val"]])
+        self.state = tuple(s.to(self.device) for s in data["state"])
+        torch.set_rng_state(data["rng"]["torch"])
+        if "cuda" in data["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(data["rng"]["cuda"], self.device)
+
+    def _write(self, name: str) -> Saved:
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            raise TrainingError("The weights are no longer finite; no checkpoint was written and the previous ones are intact.")
+        return Saved(str(checkpoint.save(self._payload_cache(), self.out_dir / name)), name)
+
+    def _payload_cache(self) -> dict:
+        # One payload serves latest, best and snapshots written at the same step.
+        if getattr(self, "_cached_step", None) != self.step:
+            self._cached, self._cached_step = self.payload(), self.step
+        return self._cached
+
     def save(self, improved: bool) -> Iterator[Saved]:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        payload = self.payload()
-        yield Saved(str(checkpoint.save(payload, self.out_dir / checkpoint.LATEST)), "latest")
+        yield self._write(checkpoint.LATEST)
         if improved or not (self.out_dir / checkpoint.BEST).exists():
-            yield Saved(str(checkpoint.save(payload, self.out_dir / checkpoint.BEST)), "best")
+            yield self._write(checkpoint.BEST)
+        self._cached_step = None
 
     def validate(self) -> float:
         """Validation loss in nats per character (NaN when there is no validation text)."""
@@ -288,15 +351,30 @@ class Trainer:
         improved = math.isfinite(val) and val < self.best_val
         if improved:
             self.best_val = val
+            self.evals_without_improvement = 0
+        else:
+            self.evals_without_improvement += 1
         if math.isfinite(val):
             self.history.val.append([self.step, val])
         yield Evaluated(self.step, val, self.best_val, improved)
-        yield from self.save(improved or not math.isfinite(val))
+        # Without validation text there is nothing to compare: best follows latest.
+        yield from self.save(improved or self.val_streams is None)
+        patience = self.config.patience
+        if patience and self.evals_without_improvement >= patience:
+            self.request_stop(f"early stopping: no improvement in {patience} evaluations")
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> Iterator[Started | Progress | Evaluated | Saved | Finished]:
+        try:
+            yield from self._run()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def _run(self) -> Iterator[Started | Progress | Evaluated | Saved | Finished]:
         c = self.config
         model, opt, device = self.model, self.optimizer, self.device
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         yield Started(
             device_name(device),
             model.num_parameters(),
@@ -307,17 +385,18 @@ class Trainer:
             str(self.out_dir),
         )
         model.train()
+        params = [p for p in model.parameters()]
         tokens_per_step = c.batch_size * c.seq_len
         loss_sum = torch.zeros((), device=device)
-        loss_steps = 0
+        good_steps = torch.zeros((), device=device)
         start = time.monotonic() - self.elapsed
         first_step, first_elapsed, self.eval_time = self.step, self.elapsed, 0.0
         last_log_time, last_log_step = time.monotonic(), self.step
-        reason = "budget"
+        evaluated_at = None
         while True:
             elapsed = time.monotonic() - start
             fraction = self.fraction(elapsed)
-            if fraction >= 1.0:
+            if fraction >= 1.0 or self.stop_requested:
                 break
             lr = self.lr_at(fraction)
             for group in opt.param_groups:
@@ -331,12 +410,19 @@ class Trainer:
                 loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if c.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
-            opt.step()
-            self.state = detach_state(state)
-            loss_sum += loss.detach()
-            loss_steps += 1
+            norm = torch.nn.utils.clip_grad_norm_(params, c.grad_clip if c.grad_clip > 0 else math.inf)
+            bad = ~(torch.isfinite(loss.detach()) & torch.isfinite(norm))  # () bool, stays on device
+            if self.fused:
+                opt.found_inf = bad.float()
+                opt.step()
+            elif not bool(bad):
+                opt.step()
+            self.skipped += bad
+            self.bad_streak = (self.bad_streak + 1) * bad
+            # A non-finite step may have poisoned the carried state: restart it from zero.
+            self.state = tuple(torch.where(bad, torch.zeros_like(s), s.detach()) for s in state)
+            loss_sum += torch.where(bad, torch.zeros_like(loss), loss.detach())
+            good_steps += ~bad
             self.step += 1
             self.window += 1
             if self.window >= self.windows_per_epoch:
@@ -347,23 +433,39 @@ class Trainer:
             self.elapsed = time.monotonic() - start
             if self.step % c.log_every == 0:
                 now = time.monotonic()
-                train_loss = float(loss_sum) / loss_steps
-                self.history.train.append([self.step, train_loss])
+                if int(self.bad_streak) >= c.max_bad_steps:
+                    raise TrainingError(
+                        f"Training stopped at step {self.step}: the loss or gradients were not finite "
+                        f"for {int(self.bad_streak)} steps in a row (those updates were skipped); lower "
+                        f"--lr or check the data. The last good checkpoint in {self.out_dir} is intact."
+                    )
+                n_good = float(good_steps)
+                train_loss = float(loss_sum) / n_good if n_good else math.nan
+                if n_good:
+                    self.history.train.append([self.step, train_loss])
                 speed = (self.step - last_log_step) * tokens_per_step * self.chars_per_token / max(now - last_log_time, 1e-9)
-                yield Progress(self.step, self.epoch, train_loss, lr, speed, self.elapsed, self.fraction(self.elapsed))
+                yield Progress(self.step, self.epoch, train_loss, lr, speed, self.elapsed,
+                               self.fraction(self.elapsed), int(self.skipped))
                 loss_sum.zero_()
-                loss_steps = 0
+                good_steps.zero_()
                 last_log_time, last_log_step = now, self.step
             if self.step % c.eval_every == 0:
                 t_eval = time.monotonic()
                 yield from self.evaluate_and_save()
+                evaluated_at = self.step
                 # Evaluation and saving count against --max-time but not against chars/s.
                 self.eval_time += time.monotonic() - t_eval
                 last_log_time = time.monotonic()
+            if c.keep_every and self.step % c.keep_every == 0:
+                yield self._write(f"step-{self.step:08d}.pt")
         train_time = time.monotonic() - start - first_elapsed - self.eval_time
-        if loss_steps:
-            self.history.train.append([self.step, float(loss_sum) / loss_steps])
-        if not self.history.val or self.history.val[-1][0] != self.step:
+        if float(good_steps):
+            self.history.train.append([self.step, float(loss_sum) / float(good_steps)])
+        reason = self._stop_reason or "budget reached"
+        if self._stop_reason is not None and not self._stop_reason.startswith("early"):
+            yield self._write(checkpoint.LATEST)  # interrupted: save where we are, no evaluation
+            self._cached_step = None
+        elif evaluated_at != self.step:
             yield from self.evaluate_and_save()
         self.elapsed = time.monotonic() - start
         total_chars = (self.step - first_step) * tokens_per_step * self.chars_per_token

@@ -1,9 +1,10 @@
 """Text <-> integer ids.
 
 A character vocabulary is the sorted set of distinct code points of the corpus, so the
-same text always gives the same ids. Encoding goes through numpy (UTF-32 code points +
-`searchsorted`) rather than a Python dict lookup per character: a 100 MB corpus encodes
-in seconds and ends up as a compact uint8/uint16/int32 array, never a list of ints.
+same text always gives the same ids. Encoding goes through numpy (UTF-32 code points and
+a code point -> id lookup table) rather than a Python dict lookup per character: a 100 MB
+corpus encodes in seconds and ends up as a compact uint8/uint16/int32 array, never a list
+of ints.
 """
 
 from __future__ import annotations
@@ -54,7 +55,10 @@ class CharVocab:
             raise VocabularyError("A character vocabulary must be sorted and without repeats.")
         self.chars: list[str] = chars
         self._points = np.array([ord(c) for c in chars], dtype=np.uint32)
-        self._index = {c: i for i, c in enumerate(chars)}
+        # code point -> id, -1 for characters outside the vocabulary (one slot past the
+        # largest code point catches everything bigger after clipping)
+        self._lut = np.full(int(self._points[-1]) + 2, -1, dtype=np.int32)
+        self._lut[self._points] = np.arange(len(chars), dtype=np.int32)
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -65,11 +69,10 @@ class CharVocab:
     @classmethod
     def from_blocks(cls, blocks: Iterable[str]) -> "CharVocab":
         """Build the vocabulary from text arriving in pieces (a streaming pass)."""
-        seen = np.zeros(0, dtype=np.uint32)
+        counter = CharCounter()
         for block in blocks:
-            for i in range(0, len(block), _BLOCK_CHARS):
-                seen = np.union1d(seen, np.unique(_code_points(block[i : i + _BLOCK_CHARS])))
-        return cls(chr(int(c)) for c in seen)
+            counter.add(block)
+        return counter.vocab()
 
     # -- the interface shared by every vocabulary kind ---------------------------------------
     @property
@@ -80,12 +83,15 @@ class CharVocab:
     def dtype(self) -> np.dtype:
         return id_dtype(self.size)
 
+    def _lookup(self, points: np.ndarray) -> np.ndarray:
+        """Ids of code points, -1 where a code point is outside the vocabulary."""
+        return self._lut[np.minimum(points, len(self._lut) - 1)]
+
     def unknown_chars(self, text: str) -> tuple[tuple[str, ...], int]:
         """Distinct characters of `text` outside the vocabulary (in order of first use) and
         how many occurrences there are in total."""
         points = _code_points(text)
-        pos = np.searchsorted(self._points, points).clip(max=self.size - 1)
-        bad = self._points[pos] != points
+        bad = self._lookup(points) < 0
         if not bad.any():
             return (), 0
         bad_points = points[bad]
@@ -97,12 +103,11 @@ class CharVocab:
         """Ids of `text` as a compact array; unknown characters raise `VocabularyError`."""
         out = np.empty(len(text), dtype=self.dtype)
         for i in range(0, len(text), _BLOCK_CHARS):
-            points = _code_points(text[i : i + _BLOCK_CHARS])
-            pos = np.searchsorted(self._points, points).clip(max=self.size - 1)
-            if (self._points[pos] != points).any():
+            ids = self._lookup(_code_points(text[i : i + _BLOCK_CHARS]))
+            if ids.size and ids.min() < 0:
                 unknown, count = self.unknown_chars(text)
                 raise VocabularyError(unknown_message(unknown, count), unknown, count)
-            out[i : i + len(points)] = pos
+            out[i : i + len(ids)] = ids
         return out
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -131,6 +136,28 @@ class CharVocab:
         """A printable one-line preview of the vocabulary for `charrnn info`."""
         shown = "".join(c if c.isprintable() and c != " " else escape_char(c)[1:-1] for c in self.chars[:limit])
         return shown + ("…" if self.size > limit else "")
+
+
+class CharCounter:
+    """Counts code points over text blocks: the streaming pass that builds a vocabulary."""
+
+    def __init__(self):
+        self.counts = np.zeros(256, dtype=np.int64)
+        self.chars = 0
+
+    def add(self, block: str) -> None:
+        for i in range(0, len(block), _BLOCK_CHARS):
+            points = _code_points(block[i : i + _BLOCK_CHARS])
+            if not points.size:
+                continue
+            top = int(points.max()) + 1
+            if top > len(self.counts):
+                self.counts = np.pad(self.counts, (0, top - len(self.counts)))
+            self.counts[: top] += np.bincount(points, minlength=top)
+            self.chars += len(points)
+
+    def vocab(self) -> "CharVocab":
+        return CharVocab(chr(int(c)) for c in np.flatnonzero(self.counts))
 
 
 def unknown_message(unknown: tuple[str, ...], count: int, limit: int = 10) -> str:

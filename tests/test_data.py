@@ -88,3 +88,51 @@ def test_missing_path_and_empty_folder(tmp_path):
         read_corpus(tmp_path / "nope.txt")
     with pytest.raises(CorpusError, match="no text files"):
         read_corpus(tmp_path)
+
+
+def test_streaming_encode_equals_in_memory(tmp_path, monkeypatch):
+    import charrnn.data as data
+    from charrnn.data import encode_corpus
+
+    monkeypatch.setattr(data, "_READ_BYTES", 7)  # force blocks that split characters and CRLFs
+    text = "Привет, мир!\r\nhello 🙂\r\n" * 20
+    (tmp_path / "a.txt").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    (tmp_path / "b.txt").write_text("tail without newline")
+    whole = text + "tail without newline\n"
+    enc = encode_corpus(tmp_path)
+    assert enc.vocab.decode(enc.ids) == whole
+    assert enc.chars == len(whole) and enc.files == 2
+    lf = encode_corpus(tmp_path, newline="lf")
+    assert lf.vocab.decode(lf.ids) == whole.replace("\r\n", "\n")
+
+
+def test_cache_is_reused_and_invalidated(tmp_path):
+    from charrnn.data import encode_corpus
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("abcabc\n" * 100)
+    first = encode_corpus(corpus, cache_dir=tmp_path / "run")
+    assert isinstance(first.ids, np.memmap)
+    again = encode_corpus(corpus, cache_dir=tmp_path / "run")
+    assert np.array_equal(again.ids, first.ids) and again.sha256 == first.sha256
+    corpus.write_text("xyzxyz\n" * 100)
+    changed = encode_corpus(corpus, cache_dir=tmp_path / "run")
+    assert changed.vocab.chars == ["\n", "x", "y", "z"]
+    assert changed.sha256 != first.sha256
+
+
+def test_streaming_errors_name_the_byte_offset(tmp_path, monkeypatch):
+    import charrnn.data as data
+    from charrnn.data import encode_corpus
+
+    monkeypatch.setattr(data, "_READ_BYTES", 5)
+    path = tmp_path / "bad.txt"
+    path.write_bytes("ééé".encode() + b"ab\xffcd")
+    with pytest.raises(CorpusError, match="byte offset 8"):
+        encode_corpus(path)
+    path.write_bytes(b"\xef\xbb\xbfab\xff")
+    with pytest.raises(CorpusError, match="byte offset 5"):
+        encode_corpus(path)
+    path.write_text(" \n\t")
+    with pytest.raises(CorpusError, match="only whitespace"):
+        encode_corpus(path)

@@ -1,0 +1,33 @@
+# Set-up and everyday commands. `make demo` trains on the bundled corpus and samples;
+# `make test` runs the test suite. Both create .venv and install what they need.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Without an NVIDIA GPU the CPU build of torch is installed first, so the `torch>=2.3`
+# range in setup.cfg is already satisfied and pip does not pull a multi-GB CUDA build.
+TORCH_CPU ?= torch==2.13.0
+TIME ?= 10m
+
+.PHONY: install demo test bench clean
+
+$(BIN)/charrnn: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	@if command -v nvidia-smi >/dev/null 2>&1; then \
+	  echo "NVIDIA GPU found: installing torch with CUDA from the package index"; \
+	else \
+	  $(BIN)/pip install -q --disable-pip-version-check "$(TORCH_CPU)"; \
+	fi
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[test]"
+	@touch $@
+
+install: $(BIN)/charrnn
+
+demo: install
+	$(BIN)/charrnn train corpora/tinyshakespeare.txt --max-time $(TIME)
+	$(BIN)/charrnn sample -c checkpoints/tinyshakespeare --temp 0.8 --length 1000
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,173 @@
+"""Setting up a training run: new, resumed (--resume) or fine-tuned (--init-from).
+
+This is where the rules that protect earlier work live: one process per run folder, no
+silent overwrite of an existing run, and a resume that refuses a different corpus or an
+option that would change the model or the data it was trained on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+from pathlib import Path
+from typing import Collection
+
+from . import checkpoint
+from .data import encode_corpus, split_ids, _source_files
+from .errors import ConfigError
+from .model import ModelConfig
+from .runlock import RunLock
+from .train import TrainConfig, Trainer
+from .vocab import vocab_from_dict
+
+DEFAULT_MAX_TIME = 600.0  # seconds, when a new run is given no budget at all
+DEFAULT_ROOT = "checkpoints"
+BUDGETS = ("max_steps", "max_epochs", "max_time")
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def corpus_name(source: str) -> str:
+    """The run name a corpus gets by default: its file stem, folder name, or 'stdin'."""
+    if source == "-":
+        return "stdin"
+    path = Path(source).resolve()
+    return (path.name if path.is_dir() else path.stem) or "corpus"
+
+
+def _differences(given: dict, stored: dict, names: Collection[str], explicit: Collection[str]) -> list[str]:
+    out = []
+    for name in names:
+        if name in explicit and name in stored and given.get(name) != stored[name]:
+            out.append(f"{flag(name)} {given[name]} (the run has {stored[name]})")
+    return out
+
+
+def _clear_run(out: Path) -> None:
+    for path in [out / checkpoint.BEST, out / checkpoint.LATEST, *out.glob("step-*.pt")]:
+        path.unlink(missing_ok=True)
+
+
+def _remove_stale_temp_files(out: Path) -> None:
+    """Temporary files left by a process killed mid-save (we hold the run lock now)."""
+    for path in out.glob(".*.tmp"):
+        path.unlink(missing_ok=True)
+
+
+def prepare_training(
+    corpus: str | None,
+    *,
+    out_dir: str | os.PathLike | None = None,
+    model_options: dict | None = None,
+    train_options: dict | None = None,
+    resume: bool = False,
+    init_from: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    explicit: Collection[str] | None = None,
+    encoding: str = "utf-8",
+    errors: str = "strict",
+    newline: str = "keep",
+    root: str | os.PathLike = DEFAULT_ROOT,
+    stdin: io.BufferedIOBase | None = None,
+) -> Trainer:
+    """Read the corpus, check it against any existing run, and return a ready `Trainer`.
+
+    `explicit` names the options the user actually set (all given ones when None): on
+    resume only those are compared with the checkpoint, the rest are taken from it.
+    """
+    model_options = dict(model_options or {})
+    train_options = dict(train_options or {})
+    explicit = set(explicit) if explicit is not None else set(model_options) | set(train_options)
+    if resume and init_from is not None:
+        raise ConfigError("Use either --resume or --init-from, not both.")
+    if corpus is None and not (resume and out_dir is not None):
+        raise ConfigError("Name a corpus to train on (a file, a folder, or - for stdin).")
+    if corpus is not None and corpus != "-":
+        _source_files(corpus)  # a missing corpus is reported before any folder is created
+    out = Path(out_dir) if out_dir is not None else Path(root) / corpus_name(corpus)
+
+    lock = RunLock(out).acquire()
+    try:
+        _remove_stale_temp_files(out)
+        trainer = _prepare_locked(
+            corpus, out, model_options, train_options, resume, init_from, overwrite, explicit,
+            encoding, errors, newline, stdin,
+        )
+    except BaseException:
+        lock.release()
+        raise
+    trainer.lock = lock
+    return trainer
+
+
+def _prepare_locked(corpus, out, model_options, train_options, resume, init_from, overwrite, explicit,
+                    encoding, errors, newline, stdin) -> Trainer:
+    stored = None
+    vocab = None
+    if resume:
+        latest = out / checkpoint.LATEST
+        if not latest.is_file():
+            raise ConfigError(f"Nothing to resume: {out} has no {checkpoint.LATEST}.")
+        stored = checkpoint.load(latest)
+        if corpus is None:
+            corpus = stored.get("corpus", {}).get("source")
+            if corpus in (None, "-"):
+                raise ConfigError(f"The run in {out} was trained on standard input; pipe the same text and pass - as the corpus.")
+        vocab = vocab_from_dict(stored["vocab"])
+    elif init_from is not None:
+        source = checkpoint.resolve(init_from)
+        stored = checkpoint.load(source)
+        vocab = vocab_from_dict(stored["vocab"])
+    if not resume and not overwrite and ((out / checkpoint.LATEST).exists() or (out / checkpoint.BEST).exists()):
+        raise ConfigError(
+            f"{out} already holds a training run; continue it with --resume, start over with "
+            f"--overwrite, or choose another folder with --out."
+        )
+
+    if stored is not None:
+        problems = _differences(model_options, stored["model_config"], model_options.keys(), explicit)
+        if resume:
+            fixed = [f for f in stored.get("train_config", {}) if f not in TrainConfig.RESUMABLE]
+            problems += _differences(train_options, stored["train_config"], fixed, explicit)
+        if problems:
+            what = "resume" if resume else "fine-tune from"
+            raise ConfigError(f"Cannot {what} {out if resume else init_from} with different settings: {'; '.join(problems)}.")
+        model_options = {k: v for k, v in stored["model_config"].items() if k != "vocab_size"}
+        if resume:
+            merged = dict(stored["train_config"])
+            for name in TrainConfig.RESUMABLE:
+                if name in explicit and name in train_options:
+                    merged[name] = train_options[name]
+            if any(b in explicit for b in BUDGETS):  # a new budget replaces the old one whole
+                for b in BUDGETS:
+                    merged[b] = train_options.get(b)
+            train_options = merged
+
+    if all(train_options.get(b) is None for b in BUDGETS):
+        train_options["max_time"] = DEFAULT_MAX_TIME
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in train_options.items() if k in known})
+
+    encoded = encode_corpus(corpus, cache_dir=out, vocab=vocab, encoding=encoding, errors=errors,
+                            newline=newline, stdin=stdin)
+    if resume:
+        was = stored.get("corpus", {}).get("sha256")
+        if was is not None and was != encoded.sha256:
+            raise ConfigError(
+                f"The corpus {corpus} differs from the text the run in {out} was trained on; "
+                f"resume with the same text, or start a new run on it with --init-from {out}."
+            )
+    if overwrite and not resume:
+        _clear_run(out)
+    model_config = ModelConfig(vocab_size=encoded.vocab.size, **model_options)
+    train_ids, val_ids = split_ids(encoded.ids, config.val_fraction)
+    trainer = Trainer(model_config, config, encoded.vocab, train_ids, val_ids, out, encoded.info())
+    if resume:
+        trainer.restore(stored)
+    elif init_from is not None:
+        trainer.model.load_state_dict(stored["model"])
+        trainer.corpus_info["init_from"] = str(init_from)
+    return trainer

@@ -1,0 +1,53 @@
+"""`kill -9` at random moments, mid-save included, never leaves a checkpoint that fails to load."""
+
+import random
+import signal
+import subprocess
+import sys
+import time
+
+from charrnn import checkpoint
+
+ARGS = ["--hidden-size", "96", "--embedding-size", "16", "--batch-size", "4", "--seq-len", "16",
+        "--threads", "1", "--eval-every", "1", "--max-steps", "100000"]
+
+
+def test_kill_9_twenty_times_then_resume(tmp_path, shakespeare_head):
+    rng = random.Random(1234)
+    out = tmp_path / "run"
+    kills = 0
+    steps_seen = []
+    while kills < 20:
+        resume = ["--resume"] if (out / "latest.pt").exists() else ["--overwrite"]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "charrnn", "train", str(shakespeare_head), "--out", str(out), "-q", *ARGS, *resume],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        # Wait until this process has saved once, then kill it a random moment later: with a
+        # save after every step, many kills land in the middle of writing a checkpoint.
+        started = time.time()
+        deadline = time.monotonic() + 90
+        while not ((out / "latest.pt").exists() and (out / "latest.pt").stat().st_mtime > started):
+            if proc.poll() is not None:
+                raise AssertionError(proc.stderr.read().decode())
+            assert time.monotonic() < deadline, "no checkpoint was written"
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.4))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stderr.close()
+        kills += 1
+        for path in out.glob("*.pt"):
+            data = checkpoint.load(path)  # raises if truncated or corrupt
+            assert data["model"] and data["step"] >= 0
+        if (out / "latest.pt").exists():
+            steps_seen.append(checkpoint.load(out / "latest.pt")["step"])
+    assert len(steps_seen) >= 15 and steps_seen == sorted(steps_seen) and steps_seen[-1] > steps_seen[0]
+    final = subprocess.run(
+        [sys.executable, "-m", "charrnn", "train", str(shakespeare_head), "--out", str(out), "-q", "--resume",
+         "--max-steps", str(steps_seen[-1] + 5)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert final.returncode == 0, final.stderr
+    assert checkpoint.load(out / "latest.pt")["step"] == steps_seen[-1] + 5
+    assert not list(out.glob(".*.tmp"))  # a resume clears temp files left by killed saves

@@ -1,0 +1,233 @@
+"""Runs that never lose work: exact resume, refusals, fine-tuning, signals, locks."""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from charrnn import checkpoint
+from charrnn.cli import main
+from charrnn.errors import ConfigError
+from charrnn.runlock import RunLock
+from charrnn.runs import prepare_training
+from charrnn.train import Finished, Progress, TrainingError
+
+MODEL = {"hidden_size": 32, "num_layers": 2, "embedding_size": 8, "dropout": 0.2}
+TRAIN = {"batch_size": 4, "seq_len": 16, "lr": 1e-2, "warmup_steps": 5, "max_steps": 40, "eval_every": 10,
+         "log_every": 5, "device": "cpu", "seed": 7}
+CLI_SMALL = ["--hidden-size", "32", "--embedding-size", "8", "--batch-size", "4", "--seq-len", "16",
+             "--dropout", "0.2", "--threads", "1", "--warmup-steps", "5"]
+
+
+@pytest.fixture
+def corpus(shakespeare_head):
+    return str(shakespeare_head)
+
+
+def train(corpus, out, **kw):
+    opts = dict(TRAIN)
+    opts.update(kw.pop("train", {}))
+    trainer = prepare_training(corpus, out_dir=out, model_options=dict(MODEL), train_options=opts, **kw)
+    return trainer
+
+
+def weights(path):
+    return checkpoint.load(path)["model"]
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, corpus):
+    events_a = list(train(corpus, tmp_path / "a").run())
+    trainer = train(corpus, tmp_path / "b")
+    for event in trainer.run():
+        if isinstance(event, Progress) and event.step == 15:
+            trainer.request_stop("interrupted by test")
+    assert checkpoint.load(tmp_path / "b" / "latest.pt")["step"] == 15
+    events_b = list(train(corpus, tmp_path / "b", resume=True, explicit=()).run())
+    a, b = weights(tmp_path / "a" / "latest.pt"), weights(tmp_path / "b" / "latest.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    assert events_b[-1].final_val_loss == pytest.approx(events_a[-1].final_val_loss, abs=1e-6)
+    assert events_b[-1].step == 40
+
+
+def test_extended_budget_continues(tmp_path, corpus):
+    list(train(corpus, tmp_path / "r").run())
+    done = list(train(corpus, tmp_path / "r", resume=True, train={"max_steps": 60}, explicit={"max_steps"}).run())[-1]
+    assert done.step == 60
+    history = checkpoint.load(tmp_path / "r" / "latest.pt")["history"]["val"]
+    assert [s for s, _ in history] == [10, 20, 30, 40, 50, 60]
+
+
+def test_resume_refuses_other_corpus_and_other_sizes(tmp_path, corpus):
+    list(train(corpus, tmp_path / "r", train={"max_steps": 5}).run())
+    other = tmp_path / "other.txt"
+    other.write_text(open(corpus).read()[::-1])
+    with pytest.raises(ConfigError, match="differs from the text"):
+        train(str(other), tmp_path / "r", resume=True, explicit=())
+    with pytest.raises(ConfigError, match=r"--hidden-size 64 \(the run has 32\)"):
+        prepare_training(corpus, out_dir=tmp_path / "r", model_options={**MODEL, "hidden_size": 64},
+                         train_options=TRAIN, resume=True, explicit={"hidden_size"})
+    with pytest.raises(ConfigError, match="--batch-size 8"):
+        prepare_training(corpus, out_dir=tmp_path / "r", model_options=MODEL,
+                         train_options={**TRAIN, "batch_size": 8}, resume=True, explicit={"batch_size"})
+
+
+def test_existing_run_is_not_overwritten_without_asking(tmp_path, corpus):
+    list(train(corpus, tmp_path / "r", train={"max_steps": 5}).run())
+    before = (tmp_path / "r" / "best.pt").read_bytes()
+    with pytest.raises(ConfigError, match="already holds a training run"):
+        train(corpus, tmp_path / "r")
+    assert (tmp_path / "r" / "best.pt").read_bytes() == before
+    list(train(corpus, tmp_path / "r", overwrite=True, train={"max_steps": 5, "seed": 8}).run())
+    assert (tmp_path / "r" / "best.pt").read_bytes() != before
+
+
+def test_init_from_starts_a_new_run_from_weights(tmp_path, corpus):
+    list(train(corpus, tmp_path / "base", train={"max_steps": 20}).run())
+    base = checkpoint.load(tmp_path / "base" / "latest.pt")
+    trainer = train(corpus, tmp_path / "tuned", init_from=str(tmp_path / "base"), train={"max_steps": 1})
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(v, base["model"][k])
+    assert trainer.step == 0
+    list(trainer.run())
+    bad = tmp_path / "bad.txt"
+    bad.write_text("Ωmega " * 1000)
+    with pytest.raises(Exception, match="outside the model's vocabulary"):
+        train(str(bad), tmp_path / "bad", init_from=str(tmp_path / "base"))
+
+
+def test_second_trainer_on_same_folder_is_refused(tmp_path, corpus):
+    with RunLock(tmp_path / "r"):
+        with pytest.raises(ConfigError, match=f"pid {os.getpid()}"):
+            train(corpus, tmp_path / "r")
+    # the lock is gone once its owner is done
+    list(train(corpus, tmp_path / "r", train={"max_steps": 2}).run())
+
+
+def test_non_finite_steps_are_skipped_then_training_stops(tmp_path, corpus, monkeypatch):
+    from charrnn.model import CharRNN
+
+    trainer = train(corpus, tmp_path / "r", train={"max_steps": 60, "max_bad_steps": 4, "log_every": 2})
+    original = CharRNN.forward
+    calls = {"n": 0}
+
+    def poisoned(self, ids, state=None):
+        logits, new = original(self, ids, state)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 3 or calls["n"] >= 25:
+                logits = logits * float("nan")
+        return logits, new
+
+    monkeypatch.setattr(CharRNN, "forward", poisoned)
+    before_step3 = None
+    events = []
+    with pytest.raises(TrainingError, match="not finite"):
+        for event in trainer.run():
+            events.append(event)
+            if isinstance(event, Progress) and event.step == 2:
+                before_step3 = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+            if isinstance(event, Progress) and event.step == 4:
+                assert event.skipped == 1
+                assert math.isfinite(event.train_loss)
+    latest = checkpoint.load(tmp_path / "r" / "latest.pt")
+    assert latest["step"] == 20  # last evaluation before the bad streak; nothing non-finite saved
+    assert all(torch.isfinite(v).all() for v in latest["model"].values())
+
+
+def test_skipped_step_leaves_weights_and_optimizer_untouched(tmp_path, corpus, monkeypatch):
+    from charrnn.model import CharRNN
+
+    trainer = train(corpus, tmp_path / "r", train={"max_steps": 1})
+    original = CharRNN.forward
+    monkeypatch.setattr(CharRNN, "forward", lambda self, ids, state=None: (
+        original(self, ids, state)[0] * float("inf"), original(self, ids, state)[1]))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    list(trainer.run())
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert int(trainer.skipped) == 1
+
+
+def test_patience_stops_early(tmp_path, corpus):
+    done = list(train(corpus, tmp_path / "r", train={"max_steps": 400, "eval_every": 2, "lr": 0.5,
+                                                      "patience": 2}).run())[-1]
+    assert isinstance(done, Finished) and done.reason.startswith("early stopping") and done.step < 400
+
+
+def test_keep_every_keeps_snapshots(tmp_path, corpus):
+    list(train(corpus, tmp_path / "r", train={"max_steps": 20, "keep_every": 8}).run())
+    names = sorted(p.name for p in (tmp_path / "r").glob("*.pt"))
+    assert names == ["best.pt", "latest.pt", "step-00000008.pt", "step-00000016.pt"]
+    assert checkpoint.load(tmp_path / "r" / "step-00000008.pt")["step"] == 8
+
+
+def test_unwritable_output_folder_is_a_clear_error(tmp_path, corpus):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = CliRunner().invoke(main, ["train", corpus, "--out", str(blocker / "run"), "--max-steps", "2", *CLI_SMALL])
+    assert result.exit_code == 1 and result.stderr.startswith("Error: Cannot use run folder")
+
+
+def test_cli_refuses_running_twice_and_resumes(tmp_path, corpus):
+    out = tmp_path / "r"
+    runner = CliRunner()
+    first = runner.invoke(main, ["train", corpus, "--out", str(out), "--max-steps", "10", *CLI_SMALL])
+    assert first.exit_code == 0, first.stderr
+    again = runner.invoke(main, ["train", corpus, "--out", str(out), "--max-steps", "10", *CLI_SMALL])
+    assert again.exit_code == 1 and "--resume" in again.stderr
+    more = runner.invoke(main, ["train", "--resume", str(out), "--max-steps", "20"])
+    assert more.exit_code == 0, more.stderr
+    assert checkpoint.load(out / "latest.pt")["step"] == 20
+    changed = runner.invoke(main, ["train", "--resume", str(out), "--hidden-size", "64"])
+    assert changed.exit_code == 1 and "--hidden-size 64 (the run has 32)" in changed.stderr
+
+
+def _start(corpus, out, steps, eval_every=5):
+    cmd = [sys.executable, "-m", "charrnn", "train", corpus, "--out", str(out), "--max-steps", str(steps),
+           "--eval-every", str(eval_every), *CLI_SMALL]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path, proc, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_sigint_saves_and_resume_matches_uninterrupted(tmp_path, corpus):
+    runner = CliRunner()
+    ref = runner.invoke(main, ["train", corpus, "--out", str(tmp_path / "ref"), "--max-steps", "300",
+                               "--eval-every", "5", *CLI_SMALL])
+    assert ref.exit_code == 0
+    proc = _start(corpus, tmp_path / "run", 300)
+    _wait_for(tmp_path / "run" / "latest.pt", proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Resume with: charrnn train" in err and "Traceback" not in err
+    stopped = checkpoint.load(tmp_path / "run" / "latest.pt")["step"]
+    assert 0 < stopped < 300
+    resumed = runner.invoke(main, ["train", corpus, "--out", str(tmp_path / "run"), "--resume"])
+    assert resumed.exit_code == 0, resumed.stderr
+    a, b = weights(tmp_path / "ref" / "latest.pt"), weights(tmp_path / "run" / "latest.pt")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+def test_sigterm_exits_143(tmp_path, corpus):
+    proc = _start(corpus, tmp_path / "run", 100000)
+    _wait_for(tmp_path / "run" / "latest.pt", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert checkpoint.load(tmp_path / "run" / "latest.pt")["step"] > 0
