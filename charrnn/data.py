@@ -184,13 +184,16 @@ def _source_files(source: str) -> tuple[list[Path], str]:
     return [path], path.resolve().stem or "corpus"
 
 
-def _text_blocks(files: list[Path], encoding: str, errors: str, newline: str) -> Iterator[str]:
-    """Decoded text of the files, joined as `read_corpus` joins them, in blocks of bounded size."""
+def _text_blocks(files: list[Path], encoding: str, errors: str, newline: str, folder: bool) -> Iterator[str | bytes]:
+    """Decoded text of the files, joined as `read_corpus` joins them, in blocks of bounded size.
+
+    A block of pure ASCII may come as `bytes` (which the vocabulary reads as code points)."""
     enc = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
     try:
         decoder_cls = codecs.getincrementaldecoder(enc)
     except LookupError:
         raise CorpusError(f"Unknown text encoding {encoding!r}.") from None
+    ascii_fast = enc in ("utf-8-sig", "ascii", "latin-1", "iso-8859-1", "cp1252")
     for path in files:
         decoder = decoder_cls(errors)
         offset, last, held = 0, "", ""
@@ -210,6 +213,12 @@ def _text_blocks(files: list[Path], encoding: str, errors: str, newline: str) ->
                         )
                 pending = len(decoder.getstate()[0])  # bytes held back from the previous block
                 bom = 3 if offset == 0 and enc == "utf-8-sig" and data.startswith(codecs.BOM_UTF8) else 0
+                if data and ascii_fast and not pending and not bom and not held and data.isascii():
+                    # Pure ASCII needs no decoding: its bytes are its code points.
+                    offset += len(data)
+                    last = chr(data[-1])
+                    yield data if newline == "keep" else normalise_newlines(data.decode("ascii"), newline)
+                    continue
                 try:
                     text = decoder.decode(data, final=not data)
                 except UnicodeDecodeError as exc:
@@ -230,8 +239,8 @@ def _text_blocks(files: list[Path], encoding: str, errors: str, newline: str) ->
                     yield text
                 if not data:
                     break
-        if last and last != "\n":
-            yield "\n"
+        if folder and last and last != "\n":
+            yield "\n"  # files of a folder are joined on line boundaries
 
 
 def _fingerprint(files: list[Path], options: dict) -> dict:
@@ -294,9 +303,9 @@ def encode_corpus(
             return EncodedCorpus(ids, CharVocab(list(meta["chars"])), name, src, meta["count"], len(files), meta["sha256"])
 
     counter, digest, has_text = CharCounter(), hashlib.sha256(), False
-    for block in _text_blocks(files, encoding, errors, newline):
+    for block in _text_blocks(files, encoding, errors, newline, Path(src).is_dir()):
         counter.add(block)
-        digest.update(block.encode("utf-8", "surrogatepass"))
+        digest.update(block if isinstance(block, bytes) else block.encode("utf-8", "surrogatepass"))
         has_text = has_text or not block.isspace()
     _check_text(counter.chars, has_text, src)
     vocab = vocab or counter.vocab()
@@ -309,7 +318,7 @@ def encode_corpus(
         tmp = ids_path.with_name(f".{CACHE_IDS}.{os.getpid()}.tmp")
         ids = np.lib.format.open_memmap(tmp, mode="w+", dtype=vocab.dtype, shape=(count,))
     pos = 0
-    for block in _text_blocks(files, encoding, errors, newline):
+    for block in _text_blocks(files, encoding, errors, newline, Path(src).is_dir()):
         part = vocab.encode(block)
         ids[pos : pos + len(part)] = part
         pos += len(part)

@@ -28,7 +28,10 @@ def id_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.int32)
 
 
-def _code_points(text: str) -> np.ndarray:
+def _code_points(text: str | bytes) -> np.ndarray:
+    """Code points of `text`; ASCII `bytes` are taken as they are (no decoding needed)."""
+    if isinstance(text, bytes):
+        return np.frombuffer(text, dtype=np.uint8)
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
 
 
@@ -85,7 +88,10 @@ class CharVocab:
 
     def _lookup(self, points: np.ndarray) -> np.ndarray:
         """Ids of code points, -1 where a code point is outside the vocabulary."""
-        return self._lut[np.minimum(points, len(self._lut) - 1)]
+        top = len(self._lut) - 1
+        if top > np.iinfo(points.dtype).max:
+            return self._lut[points]  # every value of this dtype is a valid index
+        return self._lut[np.minimum(points, points.dtype.type(top))]
 
     def unknown_chars(self, text: str) -> tuple[tuple[str, ...], int]:
         """Distinct characters of `text` outside the vocabulary (in order of first use) and
@@ -150,10 +156,10 @@ class CharCounter:
             points = _code_points(block[i : i + _BLOCK_CHARS])
             if not points.size:
                 continue
-            top = int(points.max()) + 1
-            if top > len(self.counts):
-                self.counts = np.pad(self.counts, (0, top - len(self.counts)))
-            self.counts[: top] += np.bincount(points, minlength=top)
+            counts = np.bincount(points)
+            if len(counts) > len(self.counts):
+                self.counts = np.pad(self.counts, (0, len(counts) - len(self.counts)))
+            self.counts[: len(counts)] += counts
             self.chars += len(points)
 
     def vocab(self) -> "CharVocab":

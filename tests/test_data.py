@@ -136,3 +136,19 @@ def test_streaming_errors_name_the_byte_offset(tmp_path, monkeypatch):
     path.write_text(" \n\t")
     with pytest.raises(CorpusError, match="only whitespace"):
         encode_corpus(path)
+
+
+@pytest.mark.parametrize("newline", ["keep", "lf"])
+def test_ascii_fast_path_mixes_with_decoded_blocks(tmp_path, monkeypatch, newline):
+    import charrnn.data as data
+    from charrnn.data import encode_corpus, normalise_newlines
+
+    monkeypatch.setattr(data, "_READ_BYTES", 16)
+    text = ("plain ascii line\r\n" * 3 + "naïve café\r\n") * 5
+    (tmp_path / "m.txt").write_text(text, newline="")
+    enc = encode_corpus(tmp_path / "m.txt", newline=newline)
+    expected = normalise_newlines(text, newline)
+    assert enc.vocab.decode(enc.ids) == expected
+    import hashlib
+
+    assert enc.sha256 == hashlib.sha256(expected.encode()).hexdigest()

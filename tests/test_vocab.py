@@ -57,3 +57,20 @@ def test_dict_round_trip():
     vocab = CharVocab.from_text("hello\nworld 🙂")
     again = vocab_from_dict(vocab.to_dict())
     assert again.chars == vocab.chars
+
+
+def test_vocabulary_over_65535_characters_trains(tmp_path):
+    from charrnn.runs import prepare_training
+
+    chars = [chr(c) for c in range(0x4E00, 0x4E00 + 20_000)] + [chr(c) for c in range(0x20000, 0x20000 + 50_000)]
+    text = "".join(chars) * 2
+    (tmp_path / "huge.txt").write_text(text, encoding="utf-8")
+    trainer = prepare_training(
+        str(tmp_path / "huge.txt"), out_dir=tmp_path / "run",
+        model_options={"hidden_size": 4, "num_layers": 1, "embedding_size": 4},
+        train_options={"batch_size": 2, "seq_len": 8, "max_steps": 2, "device": "cpu", "eval_every": 2},
+    )
+    assert trainer.vocab.size == 70_000 and trainer.vocab.dtype == np.int32
+    assert trainer.vocab.decode(trainer.train_streams[0, :5].tolist()) == text[:5]
+    done = list(trainer.run())[-1]
+    assert done.step == 2
