@@ -25,6 +25,8 @@ class LossReport:
     nats_per_char: float
     chars: int  # characters scored
     excluded: int  # characters outside the vocabulary, left out
+    nats_per_token: float = math.nan
+    tokens: int = 0
 
     @property
     def bits_per_char(self) -> float:
@@ -76,9 +78,9 @@ class Model:
         if len(ids) < 2:
             return LossReport(math.nan, 0, excluded)
         streams = max(1, min(streams, len(ids) // (seq_len + 1)))
-        total, count = evaluate(self.net, as_streams(ids, streams), seq_len, self.device)
-        chars = self.vocab.char_count(text) * count / len(ids)
-        return LossReport(total / chars, int(round(chars)), excluded)
+        lengths = torch.from_numpy(self.vocab.char_lengths())
+        result = evaluate(self.net, as_streams(ids, streams), seq_len, self.device, char_lengths=lengths)
+        return LossReport(result.per_char, result.chars, excluded, result.per_token, result.tokens)
 
 
 def load(path: str | os.PathLike, device: str = "cpu") -> Model:

@@ -163,6 +163,9 @@ class StopOnSignal:
 @click.option("--one-hot", is_flag=True, help="Feed one-hot characters (classic char-rnn) instead of a learned embedding.")
 @click.option("--tie-weights", is_flag=True, help="Share the embedding table with the output layer (needs --embedding-size equal to --hidden-size).")
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True, help="Dropout on the embedding, between layers and before the head.")
+@click.option("--tokenizer", type=click.Choice(["char", "sentencepiece"]), default="char", show_default=True, help="Characters, or subword pieces trained with sentencepiece on the corpus.")
+@click.option("--vocab-size", type=click.IntRange(min=260), default=2000, show_default=True, help="Pieces in a sentencepiece vocabulary (at least 260: 256 byte pieces come first).")
+@click.option("--sp-model-type", type=click.Choice(["unigram", "bpe"]), default="unigram", show_default=True, help="sentencepiece algorithm.")
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=64, show_default=True, help="Parallel streams B.")
 @click.option("--seq-len", "-t", type=click.IntRange(min=1), default=128, show_default=True, help="Window length T for truncated backpropagation through time.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3, show_default=True, help="Peak learning rate (AdamW).")
@@ -187,7 +190,8 @@ class StopOnSignal:
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.pass_context
 @fail_on_library_errors
-def train(ctx, corpus, out_dir, resume, init_from, overwrite, threads, encoding, errors, newline, quiet, **options):
+def train(ctx, corpus, out_dir, resume, init_from, overwrite, threads, encoding, errors, newline, quiet,
+          tokenizer, vocab_size, sp_model_type, **options):
     """Train a model on CORPUS: a text file, a folder of text files, or - for stdin.
 
     The last --val-fraction of the text is held out for validation. Training stops at
@@ -222,7 +226,7 @@ def train(ctx, corpus, out_dir, resume, init_from, overwrite, threads, encoding,
             raise click.UsageError("--resume RUN and --out name different folders.")
         else:
             out_dir = resume
-    explicit = explicit_options(ctx, MODEL_OPTIONS + TRAIN_OPTIONS)
+    explicit = explicit_options(ctx, MODEL_OPTIONS + TRAIN_OPTIONS + ("tokenizer",))
     trainer = prepare_training(
         corpus,
         out_dir=out_dir,
@@ -232,6 +236,9 @@ def train(ctx, corpus, out_dir, resume, init_from, overwrite, threads, encoding,
         init_from=init_from,
         overwrite=overwrite,
         explicit=explicit,
+        tokenizer=tokenizer,
+        vocab_size=vocab_size,
+        sp_model_type=sp_model_type,
         encoding=encoding,
         errors=errors,
         newline=newline,
@@ -414,11 +421,14 @@ def evaluate(file, ckpt, as_json, seq_len, streams, device, encoding):
         "file": file, "checkpoint": str(path), "nats_per_char": report.nats_per_char,
         "bits_per_char": report.bits_per_char, "perplexity": report.perplexity,
         "chars": report.chars, "excluded_chars": report.excluded,
+        "nats_per_token": report.nats_per_token, "tokens": report.tokens, "tokenizer": model.vocab.kind,
     }
     if as_json:
         click.echo(json.dumps(result))
     else:
         excluded = f" ({report.excluded:,} characters outside the vocabulary excluded)" if report.excluded else ""
+        if model.vocab.kind != "char":
+            excluded += f"; {report.nats_per_token:.4f} nats/token over {report.tokens:,} tokens"
         click.echo(
             f"{file}: {report.nats_per_char:.4f} nats/char, {report.bits_per_char:.4f} bits/char, "
             f"perplexity {report.perplexity:.3f} over {report.chars:,} characters{excluded}"

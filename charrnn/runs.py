@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Collection
 
 from . import checkpoint
-from .data import encode_corpus, split_ids, _source_files
+import hashlib
+
+from .data import EncodedCorpus, encode_corpus, read_corpus, split_ids, _source_files
 from .errors import ConfigError
 from .model import ModelConfig
 from .runlock import RunLock
@@ -67,6 +69,9 @@ def prepare_training(
     init_from: str | os.PathLike | None = None,
     overwrite: bool = False,
     explicit: Collection[str] | None = None,
+    tokenizer: str = "char",
+    vocab_size: int = 2000,
+    sp_model_type: str = "unigram",
     encoding: str = "utf-8",
     errors: str = "strict",
     newline: str = "keep",
@@ -92,9 +97,10 @@ def prepare_training(
     lock = RunLock(out).acquire()
     try:
         _remove_stale_temp_files(out)
+        tokens = {"tokenizer": tokenizer, "vocab_size": vocab_size, "sp_model_type": sp_model_type}
         trainer = _prepare_locked(
             corpus, out, model_options, train_options, resume, init_from, overwrite, explicit,
-            encoding, errors, newline, stdin,
+            tokens, encoding, errors, newline, stdin,
         )
     except BaseException:
         lock.release()
@@ -103,8 +109,24 @@ def prepare_training(
     return trainer
 
 
+def _encode(corpus, out, vocab, tokens, encoding, errors, newline, stdin) -> EncodedCorpus:
+    """Character corpora stream through the memory-mapped cache; a sentencepiece corpus is
+    read into memory, its tokenizer trained (unless given) and the text encoded."""
+    kind = vocab.kind if vocab is not None else tokens["tokenizer"]
+    if kind == "char":
+        return encode_corpus(corpus, cache_dir=out, vocab=vocab, encoding=encoding, errors=errors,
+                             newline=newline, stdin=stdin)
+    from .subword import SentencePieceVocab
+
+    data = read_corpus(corpus, encoding=encoding, errors=errors, newline=newline, stdin=stdin)
+    if vocab is None:
+        vocab = SentencePieceVocab.train(data.text, tokens["vocab_size"], tokens["sp_model_type"])
+    digest = hashlib.sha256(data.text.encode("utf-8", "surrogatepass")).hexdigest()
+    return EncodedCorpus(vocab.encode(data.text), vocab, data.name, data.source, len(data.text), data.files, digest)
+
+
 def _prepare_locked(corpus, out, model_options, train_options, resume, init_from, overwrite, explicit,
-                    encoding, errors, newline, stdin) -> Trainer:
+                    tokens, encoding, errors, newline, stdin) -> Trainer:
     stored = None
     vocab = None
     if resume:
@@ -129,6 +151,9 @@ def _prepare_locked(corpus, out, model_options, train_options, resume, init_from
 
     if stored is not None:
         problems = _differences(model_options, stored["model_config"], model_options.keys(), explicit)
+        kind = stored["vocab"].get("kind")
+        if "tokenizer" in explicit and tokens["tokenizer"] != kind:
+            problems.append(f"--tokenizer {tokens['tokenizer']} (the run has {kind})")
         if resume:
             fixed = [f for f in stored.get("train_config", {}) if f not in TrainConfig.RESUMABLE]
             problems += _differences(train_options, stored["train_config"], fixed, explicit)
@@ -151,8 +176,7 @@ def _prepare_locked(corpus, out, model_options, train_options, resume, init_from
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in train_options.items() if k in known})
 
-    encoded = encode_corpus(corpus, cache_dir=out, vocab=vocab, encoding=encoding, errors=errors,
-                            newline=newline, stdin=stdin)
+    encoded = _encode(corpus, out, vocab, tokens, encoding, errors, newline, stdin)
     if resume:
         was = stored.get("corpus", {}).get("sha256")
         if was is not None and was != encoded.sha256:

@@ -14,6 +14,7 @@ from typing import Iterator
 import torch
 
 from .model import CharRNN
+from .vocab import StreamDecoder
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,8 @@ class Sampler:
 
     def default_prime_ids(self) -> list[int]:
         """Start from a newline when no prime is given: most corpora begin text after one."""
-        if "\n" in getattr(self.vocab, "chars", ()):
-            return list(self.vocab.encode("\n"))
+        if not self.vocab.unknown_chars("\n")[0]:
+            return [int(i) for i in self.vocab.encode("\n")]
         return [0]
 
     @torch.no_grad()
@@ -89,7 +90,11 @@ class Sampler:
             generator.manual_seed(cfg.seed)
         else:
             generator.seed()
-        prime_ids = list(self.vocab.encode(prime)) if prime else self.default_prime_ids()
+        prime_ids = [int(i) for i in self.vocab.encode(prime)] if prime else self.default_prime_ids()
+        if not prime_ids:
+            prime_ids = self.default_prime_ids()
+        banned = list(self.vocab.banned_ids)
+        decoder = StreamDecoder(self.vocab, n)
         ids = torch.tensor(prime_ids, dtype=torch.long, device=self.device).unsqueeze(0).expand(n, -1)
         logits, state = self.model(ids)  # (N, P, V)
         logits = logits[:, -1]  # (N, V)
@@ -100,8 +105,10 @@ class Sampler:
         deadline = None if cfg.max_time is None else time.monotonic() + cfg.max_time
         steps = 0
         while not all(done):
+            if banned:
+                logits[:, banned] = float("-inf")
             token = choose(logits, cfg, generator)  # (N,)
-            for i, piece in enumerate(self.vocab.decode_each(token.tolist())):
+            for i, piece in enumerate(decoder.push(token.tolist())):
                 if done[i]:
                     continue
                 piece, finished = self._clip(produced[i], piece, cfg)

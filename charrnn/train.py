@@ -78,12 +78,13 @@ class Started:
 class Progress:
     step: int
     epoch: float
-    train_loss: float  # nats per token, mean over the finite steps since the previous Progress
+    train_loss: float  # nats per character, mean over the finite steps since the previous Progress
     lr: float
     chars_per_sec: float
     elapsed: float
     fraction: float  # of the budget used, 0..1
     skipped: int = 0  # updates skipped so far because the loss or gradients were not finite
+    train_loss_token: float = math.nan  # nats per token (differs from per character for subwords)
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,21 @@ def bits(nats: float) -> float:
     return nats / LN2
 
 
+@dataclass(frozen=True)
+class EvalResult:
+    nats: float  # summed cross-entropy
+    tokens: int
+    chars: int  # characters those tokens stand for (equal to tokens for a character vocabulary)
+
+    @property
+    def per_char(self) -> float:
+        return self.nats / self.chars if self.chars else math.nan
+
+    @property
+    def per_token(self) -> float:
+        return self.nats / self.tokens if self.tokens else math.nan
+
+
 @torch.no_grad()
 def evaluate(
     model: CharRNN,
@@ -135,13 +151,16 @@ def evaluate(
     seq_len: int,
     device: torch.device,
     bf16: bool = False,
-) -> tuple[float, int]:
-    """Summed cross-entropy (nats) and token count over every target of `streams` (B, L),
-    carrying the state across windows exactly as training does."""
+    char_lengths: torch.Tensor | None = None,
+) -> EvalResult:
+    """Summed cross-entropy over every target of `streams` (B, L), carrying the state across
+    windows exactly as training does; `char_lengths` (V,) counts characters per token."""
     was_training = model.training
     model.eval()
     state = model.init_state(streams.size(0), device)
     total = torch.zeros((), dtype=torch.float64, device=device)
+    chars = torch.zeros((), dtype=torch.long, device=device)
+    lengths = None if char_lengths is None else char_lengths.to(device)
     count = 0
     for x, y in eval_windows(streams, seq_len):
         x = x.to(device, non_blocking=True)
@@ -150,8 +169,10 @@ def evaluate(
             logits, state = model(x, state)
         total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").double()
         count += y.numel()
+        if lengths is not None:
+            chars += lengths[y].sum()
     model.train(was_training)
-    return float(total), count
+    return EvalResult(float(total), count, count if lengths is None else int(chars))
 
 
 def seed_everything(seed: int) -> None:
@@ -176,14 +197,19 @@ class Trainer:
         val_ids: np.ndarray,
         out_dir: str | Path,
         corpus_info: dict | None = None,
-        chars_per_token: float = 1.0,
     ):
         self.config = config
         self.model_config = model_config
         self.vocab = vocab
         self.out_dir = Path(out_dir)
         self.corpus_info = corpus_info or {}
-        self.chars_per_token = chars_per_token
+        lengths = vocab.char_lengths()
+        self.char_lengths = None if (lengths == 1).all() else torch.from_numpy(lengths)
+        # Characters per token over the training text: converts per-token training loss
+        # and throughput to per-character figures (exactly 1 for a character vocabulary).
+        self.chars_per_token = 1.0 if self.char_lengths is None else float(
+            sum(int(lengths[np.asarray(train_ids[i : i + (1 << 22)])].sum()) for i in range(0, len(train_ids), 1 << 22))
+        ) / max(len(train_ids), 1)
         self.device = resolve_device(config.device)
         self.bf16 = use_bf16(self.device, config.precision)
         self.lock = None  # a RunLock held for the run, released when run() ends
@@ -342,8 +368,8 @@ class Trainer:
         """Validation loss in nats per character (NaN when there is no validation text)."""
         if self.val_streams is None:
             return math.nan
-        total, count = evaluate(self.model, self.val_streams, self.config.seq_len, self.device, self.bf16)
-        return total / (count * self.chars_per_token)
+        result = evaluate(self.model, self.val_streams, self.config.seq_len, self.device, self.bf16, self.char_lengths)
+        return result.per_char
 
     def evaluate_and_save(self) -> Iterator[Evaluated | Saved]:
         val = self.validate()
@@ -440,12 +466,13 @@ class Trainer:
                         f"--lr or check the data. The last good checkpoint in {self.out_dir} is intact."
                     )
                 n_good = float(good_steps)
-                train_loss = float(loss_sum) / n_good if n_good else math.nan
+                token_loss = float(loss_sum) / n_good if n_good else math.nan
+                train_loss = token_loss / self.chars_per_token
                 if n_good:
                     self.history.train.append([self.step, train_loss])
                 speed = (self.step - last_log_step) * tokens_per_step * self.chars_per_token / max(now - last_log_time, 1e-9)
                 yield Progress(self.step, self.epoch, train_loss, lr, speed, self.elapsed,
-                               self.fraction(self.elapsed), int(self.skipped))
+                               self.fraction(self.elapsed), int(self.skipped), token_loss)
                 loss_sum.zero_()
                 good_steps.zero_()
                 last_log_time, last_log_step = now, self.step
@@ -460,7 +487,7 @@ class Trainer:
                 yield self._write(f"step-{self.step:08d}.pt")
         train_time = time.monotonic() - start - first_elapsed - self.eval_time
         if float(good_steps):
-            self.history.train.append([self.step, float(loss_sum) / float(good_steps)])
+            self.history.train.append([self.step, float(loss_sum) / float(good_steps) / self.chars_per_token])
         reason = self._stop_reason or "budget reached"
         if self._stop_reason is not None and not self._stop_reason.startswith("early"):
             yield self._write(checkpoint.LATEST)  # interrupted: save where we are, no evaluation

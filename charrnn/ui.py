@@ -84,8 +84,10 @@ class TrainView:
                 )
             elif not self.quiet and time.monotonic() - self._last_plain >= self.plain_every:
                 self._last_plain = time.monotonic()
+                per_token = (f" [{event.train_loss_token:.4f} nats/token]"
+                             if math.isfinite(event.train_loss_token) and abs(event.train_loss_token - event.train_loss) > 1e-9 else "")
                 self.log(
-                    f"step {event.step}  epoch {event.epoch:.2f}  train {_loss(event.train_loss)}  "
+                    f"step {event.step}  epoch {event.epoch:.2f}  train {_loss(event.train_loss)}{per_token}  "
                     f"lr {event.lr:.2e}  {event.chars_per_sec:,.0f} chars/s  "
                     f"elapsed {format_duration(event.elapsed)}  ETA {eta_text}"
                 )

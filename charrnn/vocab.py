@@ -9,6 +9,7 @@ of ints.
 
 from __future__ import annotations
 
+import codecs
 from typing import Iterable
 
 import numpy as np
@@ -130,6 +131,19 @@ class CharVocab:
         """Characters of `text`, the unit every loss is reported in (bits per character)."""
         return len(text)
 
+    def piece_bytes(self) -> list[bytes]:
+        """UTF-8 bytes each id stands for (what a streaming decoder emits)."""
+        return [c.encode("utf-8", "surrogatepass") for c in self.chars]
+
+    def char_lengths(self) -> np.ndarray:
+        """Characters each id stands for: all ones for a character vocabulary. # (V,)"""
+        return np.ones(self.size, dtype=np.int64)
+
+    @property
+    def banned_ids(self) -> tuple[int, ...]:
+        """Ids a sampler must never produce (control symbols); none for characters."""
+        return ()
+
     def to_dict(self) -> dict:
         """Plain-types form stored in checkpoints."""
         return {"kind": self.kind, "chars": "".join(self.chars)}
@@ -166,6 +180,18 @@ class CharCounter:
         return CharVocab(chr(int(c)) for c in np.flatnonzero(self.counts))
 
 
+class StreamDecoder:
+    """Turns one new id per stream into text, holding back partial UTF-8 sequences (a
+    subword vocabulary can spell a character as several byte pieces)."""
+
+    def __init__(self, vocab, streams: int):
+        self._bytes = vocab.piece_bytes()
+        self._decoders = [codecs.getincrementaldecoder("utf-8")("replace") for _ in range(streams)]
+
+    def push(self, ids: list[int]) -> list[str]:
+        return [d.decode(self._bytes[i]) for d, i in zip(self._decoders, ids)]
+
+
 def unknown_message(unknown: tuple[str, ...], count: int, limit: int = 10) -> str:
     listed = ", ".join(escape_char(c) for c in unknown[:limit])
     more = f" and {len(unknown) - limit} more" if len(unknown) > limit else ""
@@ -181,4 +207,8 @@ def vocab_from_dict(data: dict):
     kind = data.get("kind")
     if kind == "char":
         return CharVocab.from_dict(data)
+    if kind == "sentencepiece":
+        from .subword import SentencePieceVocab
+
+        return SentencePieceVocab.from_dict(data)
     raise VocabularyError(f"Unknown vocabulary kind {kind!r} in checkpoint.")

@@ -1,0 +1,113 @@
+"""Train charrnn under a time budget, evaluate it on the validation tail, and print the
+comparison table of the model-quality issue with charrnn's row added.
+
+    python benchmarks/quality.py --time 10m                       # defaults, Tiny Shakespeare
+    python benchmarks/quality.py --time 3m --set hidden_size=384  # try a variant
+    python benchmarks/quality.py --corpus ../shared/corpora/linux_c.txt --time 5m
+
+Validation loss is measured the way `charrnn eval` measures it: the last 10% of the text,
+read with the state carried across windows. Results are appended to --json as one object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from machine import describe, line  # noqa: E402
+
+REFERENCE = [
+    ("nanoGPT README CPU config (4x128, ctx 64), 2000 iters", "0.80M", "103 s", "1.886"),
+    ("nanoGPT CPU config stretched to 12000 iters", "0.80M", "643 s", "1.503 / 1.550"),
+    ("spro/char-rnn.pytorch defaults (2x100 GRU)", "0.14M", "600 s", "1.601"),
+    ("nanoGPT headline, A100 GPU (6x384)", "10.65M", "~3 min", "1.4697"),
+]
+
+
+def main(argv=None) -> int:
+    from charrnn.durations import parse_duration
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--corpus", default=str(HERE.parent / "corpora" / "tinyshakespeare.txt"))
+    p.add_argument("--time", default="10m", help="training budget (charrnn's --max-time)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a model or training option, e.g. hidden_size=384 (repeatable)")
+    p.add_argument("--out", default="/tmp/charrnn-quality")
+    p.add_argument("--json", default=str(HERE / "results" / "quality.jsonl"))
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from charrnn import load
+    from charrnn.data import split_ids
+    from charrnn.runs import prepare_training
+    from charrnn.train import Evaluated, Finished
+    from charrnn.model import ModelConfig
+
+    overrides = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        try:
+            overrides[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[name] = value
+    model_fields = set(ModelConfig.__dataclass_fields__) - {"vocab_size"}
+    model_options = {k: v for k, v in overrides.items() if k in model_fields}
+    train_options = {k: v for k, v in overrides.items() if k not in model_fields}
+    train_options.setdefault("max_time", parse_duration(args.time))
+    train_options.setdefault("device", args.device)
+
+    trainer = prepare_training(args.corpus, out_dir=args.out, model_options=model_options,
+                               train_options=train_options, overwrite=True)
+    curve = []
+    t0 = time.monotonic()
+    done = None
+    for event in trainer.run():
+        if isinstance(event, Evaluated):
+            curve.append((round(time.monotonic() - t0, 1), event.step, round(event.val_loss, 4)))
+            print(f"  {curve[-1][0]:7.1f}s  step {event.step:6d}  val {event.val_loss:.4f}", flush=True)
+        if isinstance(event, Finished):
+            done = event
+
+    model = load(Path(args.out) / "best.pt")
+    text = Path(args.corpus).read_text(encoding="utf-8")
+    _, val_text = text[: len(text) - int(len(text) * 0.1)], text[len(text) - int(len(text) * 0.1):]
+    report = model.loss(val_text)
+    params = model.net.num_parameters()
+    mc = model.net.config
+
+    info = describe()
+    print(f"\nmachine: {line(info)}")
+    print(f"corpus: {args.corpus}; overrides: {overrides or 'none (defaults)'}\n")
+    rows = REFERENCE + [(
+        f"charrnn defaults{' + ' + str(overrides) if overrides else ''} ({mc.cell} {mc.num_layers}x{mc.hidden_size})",
+        f"{params / 1e6:.2f}M", f"{done.elapsed:.0f} s",
+        f"{report.nats_per_char:.4f} (eval), {done.best_val_loss:.4f} (training)",
+    )]
+    print(f"| system | params | budget | val loss (nats/char) |\n|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    print(f"\ncharrnn: {done.step} steps, {done.epoch:.2f} epochs, {done.chars_per_sec:,.0f} training chars/s")
+
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.json, "a") as fh:
+        fh.write(json.dumps({
+            "corpus": args.corpus, "time": args.time, "overrides": overrides, "params": params,
+            "steps": done.step, "epochs": done.epoch, "chars_per_sec": done.chars_per_sec,
+            "val_loss_eval": report.nats_per_char, "val_loss_training": done.best_val_loss,
+            "curve": curve, "machine": info,
+        }) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,86 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from charrnn import load
+from charrnn.cli import main
+from charrnn.data import as_streams
+from charrnn.model import CharRNN, ModelConfig
+from charrnn.subword import SentencePieceVocab
+from charrnn.train import evaluate
+from charrnn.vocab import CharVocab
+
+MIXED = "Hello, world!\nПривет, мир!\n漢字かな交じり文\n🙂 emoji\tand tabs  double  spaces\r\ncafé e\u0301\n" * 40
+
+
+@pytest.fixture(scope="module")
+def sp_vocab():
+    return SentencePieceVocab.train(MIXED, vocab_size=400)
+
+
+def test_round_trip_mixed_scripts(sp_vocab):
+    assert sp_vocab.decode(sp_vocab.encode(MIXED)) == MIXED
+    unseen = "Ωμέγα ∑ never seen 👾\n\n"
+    assert sp_vocab.decode(sp_vocab.encode(unseen)) == unseen  # byte fallback
+    assert sp_vocab.unknown_chars(unseen) == ((), 0)
+
+
+def test_char_lengths_count_each_character_once(sp_vocab):
+    for text in (MIXED, "👾 Ωμέγα\n"):
+        ids = sp_vocab.encode(text)
+        assert int(sp_vocab.char_lengths()[ids].sum()) == len(text)
+    assert len(sp_vocab.encode(MIXED)) < len(MIXED)  # pieces are longer than one character
+
+
+def test_checkpoint_dict_round_trip(sp_vocab):
+    from charrnn.vocab import vocab_from_dict
+
+    again = vocab_from_dict(sp_vocab.to_dict())
+    assert np.array_equal(again.encode(MIXED), sp_vocab.encode(MIXED))
+
+
+def test_bits_per_char_uses_the_same_character_count(sp_vocab):
+    """A char model and a subword model scored on the same text divide by the same count."""
+    text = MIXED[:2000]
+    results = []
+    for vocab in (CharVocab.from_text(MIXED), sp_vocab):
+        torch.manual_seed(0)
+        net = CharRNN(ModelConfig(vocab_size=vocab.size, hidden_size=8, num_layers=1, embedding_size=4))
+        ids = vocab.encode(text)
+        lengths = torch.from_numpy(vocab.char_lengths())
+        results.append(evaluate(net, as_streams(ids, 1), 64, torch.device("cpu"), char_lengths=lengths))
+    char_result, sp_result = results
+    # every token but the first is a target: the count covers all characters but the first token's
+    first_sp = int(sp_vocab.char_lengths()[sp_vocab.encode(text)[0]])
+    assert char_result.chars == len(text) - 1
+    assert sp_result.chars == len(text) - first_sp
+    assert sp_result.tokens < char_result.tokens
+
+
+def test_sentencepiece_end_to_end_through_cli(tmp_path):
+    corpus = tmp_path / "mixed.txt"
+    corpus.write_text(MIXED * 3, encoding="utf-8")
+    run = tmp_path / "sp"
+    runner = CliRunner()
+    result = runner.invoke(main, ["train", str(corpus), "--out", str(run), "--tokenizer", "sentencepiece",
+                                  "--vocab-size", "400", "--max-steps", "40", "--eval-every", "20",
+                                  "--hidden-size", "48", "--num-layers", "1", "--embedding-size", "16",
+                                  "--batch-size", "4", "--seq-len", "16", "--lr", "0.01", "--threads", "1"])
+    assert result.exit_code == 0, result.stderr
+    model = load(run)
+    assert model.vocab.kind == "sentencepiece"
+    sample = runner.invoke(main, ["sample", "-c", str(run), "--prime", "Привет", "--length", "57", "--seed", "1"])
+    assert sample.exit_code == 0, sample.stderr
+    assert sample.stdout.startswith("Привет") and len(sample.stdout) == len("Привет") + 57
+    stop = runner.invoke(main, ["sample", "-c", str(run), "--prime", "Hello", "--length", "500", "--seed", "1",
+                                "--stop", "\\n", "--no-echo-prime"])
+    assert stop.exit_code == 0 and stop.stdout.endswith("\n") and stop.stdout.count("\n") == 1
+    report = json.loads(runner.invoke(main, ["eval", str(corpus), "-c", str(run), "--json"]).stdout)
+    assert report["tokenizer"] == "sentencepiece"
+    assert report["chars"] > report["tokens"] > 0
+    assert report["nats_per_char"] < report["nats_per_token"]
+    info = runner.invoke(main, ["info", str(run)])
+    assert "sentencepiece" in info.stdout
