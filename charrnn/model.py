@@ -109,37 +109,26 @@ class CharRNN(nn.Module):
     def step(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One token per stream without dropout: ids (B,) -> logits (B, V), new state.
 
-        Same weights and equations as `forward` (PyTorch's gate order: LSTM i,f,g,o;
-        GRU r,z,n), computed with `F.linear` so a batch-1 step costs little more than its
-        matrix-vector products.
+        Same weights and equations as `forward`, through PyTorch's fused single-step cell
+        kernels (`torch.lstm_cell`, `torch.gru_cell`, `torch.rnn_tanh_cell`), which at
+        batch 1 cost a fraction of a sequence-kernel call.
         """
         c = self.config
         x = self._inputs(ids)  # (B, E)
         hs, cs = [], []
+        flat = self.rnn._flat_weights  # per layer: w_ih, w_hh, b_ih, b_hh (kept current by nn.RNNBase)
         for layer in range(c.num_layers):
-            w_ih = getattr(self.rnn, f"weight_ih_l{layer}")
-            w_hh = getattr(self.rnn, f"weight_hh_l{layer}")
-            b_ih = getattr(self.rnn, f"bias_ih_l{layer}")
-            b_hh = getattr(self.rnn, f"bias_hh_l{layer}")
+            weights = flat[4 * layer : 4 * layer + 4]
             h = state[0][layer]  # (B, H)
             if c.cell == "lstm":
-                gates = F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh)  # (B, 4H)
-                i, f, g, o = gates.chunk(4, dim=1)
-                cell = torch.sigmoid(f) * state[1][layer] + torch.sigmoid(i) * torch.tanh(g)
-                h = torch.sigmoid(o) * torch.tanh(cell)
+                h, cell = torch.lstm_cell(x, (h, state[1][layer]), *weights)
                 cs.append(cell)
             elif c.cell == "gru":
-                gi = F.linear(x, w_ih, b_ih)  # (B, 3H)
-                gh = F.linear(h, w_hh, b_hh)
-                i_r, i_z, i_n = gi.chunk(3, dim=1)
-                h_r, h_z, h_n = gh.chunk(3, dim=1)
-                r = torch.sigmoid(i_r + h_r)
-                z = torch.sigmoid(i_z + h_z)
-                n = torch.tanh(i_n + r * h_n)
-                h = (1 - z) * n + z * h
+                h = torch.gru_cell(x, h, *weights)
+            elif c.nonlinearity == "tanh":
+                h = torch.rnn_tanh_cell(x, h, *weights)
             else:
-                act = torch.tanh if c.nonlinearity == "tanh" else torch.relu
-                h = act(F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh))
+                h = torch.rnn_relu_cell(x, h, *weights)
             hs.append(h)
             x = h
         new_state = (torch.stack(hs), torch.stack(cs)) if c.cell == "lstm" else (torch.stack(hs),)

@@ -49,7 +49,7 @@ def _differences(given: dict, stored: dict, names: Collection[str], explicit: Co
 
 
 def _clear_run(out: Path) -> None:
-    for path in [out / checkpoint.BEST, out / checkpoint.LATEST, *out.glob("step-*.pt")]:
+    for path in [out / checkpoint.BEST, out / checkpoint.LATEST, out / "metrics.jsonl", *out.glob("step-*.pt")]:
         path.unlink(missing_ok=True)
 
 

@@ -98,11 +98,17 @@ class Sampler:
         ids = torch.tensor(prime_ids, dtype=torch.long, device=self.device).unsqueeze(0).expand(n, -1)
         logits, state = self.model(ids)  # (N, P, V)
         logits = logits[:, -1]  # (N, V)
+        deadline = None if cfg.max_time is None else time.monotonic() + cfg.max_time
+        one_char_tokens = bool((self.vocab.char_lengths() == 1).all())
+        if not cfg.stop and one_char_tokens:
+            yield from self._fixed_length(logits, state, cfg, generator, decoder, banned, deadline)
+            return
 
-        produced = [""] * n  # decoded text per sample, for stop and length checks
+        count = [0] * n  # characters produced per sample
+        tail = [""] * n  # the last characters produced, enough to see a stop sequence
+        keep = max((len(s) for s in cfg.stop), default=1)
         pending = [""] * n  # text not yet yielded
         done = [False] * n
-        deadline = None if cfg.max_time is None else time.monotonic() + cfg.max_time
         steps = 0
         while not all(done):
             if banned:
@@ -111,8 +117,9 @@ class Sampler:
             for i, piece in enumerate(decoder.push(token.tolist())):
                 if done[i]:
                     continue
-                piece, finished = self._clip(produced[i], piece, cfg)
-                produced[i] += piece
+                piece, finished = self._clip(count[i], tail[i], piece, cfg)
+                count[i] += len(piece)
+                tail[i] = (tail[i] + piece)[-keep:]
                 pending[i] += piece
                 done[i] = finished
             steps += 1
@@ -126,19 +133,37 @@ class Sampler:
         if any(pending):
             yield Chunk(pending, list(done))
 
+    def _fixed_length(self, logits, state, cfg, generator, decoder, banned, deadline) -> Iterator[Chunk]:
+        """Every sample ends after exactly `length` one-character tokens: no per-sample checks
+        are needed at each step, so tokens are decoded a chunk at a time."""
+        n = cfg.num_samples
+        chunk: list[torch.Tensor] = []
+        for step in range(cfg.length):
+            if banned:
+                logits[:, banned] = float("-inf")
+            token = choose(logits, cfg, generator)  # (N,)
+            chunk.append(token)
+            last = step == cfg.length - 1 or (deadline is not None and time.monotonic() >= deadline)
+            if last or len(chunk) == cfg.chunk_chars:
+                rows = torch.stack(chunk, dim=1).tolist()  # (N, k)
+                yield Chunk(["".join(decoder.push_one(i, row)) for i, row in enumerate(rows)], [last] * n)
+                chunk = []
+            if last:
+                return
+            logits, state = self.model.step(token, state)
+        yield Chunk([""] * n, [True] * n)  # length 0
+
     @staticmethod
-    def _clip(produced: str, piece: str, cfg: SampleConfig) -> tuple[str, bool]:
+    def _clip(count: int, tail: str, piece: str, cfg: SampleConfig) -> tuple[str, bool]:
         """Cut `piece` at the length limit or right after the first stop sequence."""
-        room = cfg.length - len(produced)
+        room = cfg.length - count
         finished = len(piece) >= room
         piece = piece[:room]
         if cfg.stop:
-            text = produced + piece
+            text = tail + piece
             # Only matches that end inside the new piece are new.
-            search_from = max(0, len(produced) - max(len(s) for s in cfg.stop) + 1)
-            ends = [text.find(s, search_from) for s in cfg.stop]
+            ends = [text.find(s, max(0, len(tail) - len(s) + 1)) for s in cfg.stop]
             ends = [e + len(s) for e, s in zip(ends, cfg.stop) if e >= 0]
             if ends:
-                cut = min(ends) - len(produced)
-                return piece[:cut], True
+                return piece[: min(ends) - len(tail)], True
         return piece, finished

@@ -7,6 +7,7 @@ and are read back only when an event is due, so a GPU step never waits on the ho
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -25,6 +26,12 @@ from .errors import CharrnnError, ConfigError
 from .model import CharRNN, ModelConfig, State, detach_state
 
 LN2 = math.log(2)
+METRICS = "metrics.jsonl"
+
+
+def _finite(x: float) -> float | None:
+    """JSON has no NaN or infinity: they are written as null."""
+    return x if math.isfinite(x) else None
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,7 @@ class Progress:
     fraction: float  # of the budget used, 0..1
     skipped: int = 0  # updates skipped so far because the loss or gradients were not finite
     train_loss_token: float = math.nan  # nats per token (differs from per character for subwords)
+    grad_norm: float = math.nan  # mean gradient norm (before clipping) since the previous Progress
 
 
 @dataclass(frozen=True)
@@ -347,6 +355,15 @@ class Trainer:
         if "cuda" in data["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(data["rng"]["cuda"], self.device)
 
+    def _metrics(self, row: dict) -> None:
+        """Append one JSON line to <run>/metrics.jsonl (kept across resumes)."""
+        clean = {k: (_finite(v) if isinstance(v, float) else v) for k, v in row.items()}
+        try:
+            with open(self.out_dir / METRICS, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(clean) + "\n")
+        except OSError:
+            pass  # metrics are a convenience; a full disk is reported when a checkpoint is saved
+
     def _write(self, name: str) -> Saved:
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
             raise TrainingError("The weights are no longer finite; no checkpoint was written and the previous ones are intact.")
@@ -382,6 +399,8 @@ class Trainer:
             self.evals_without_improvement += 1
         if math.isfinite(val):
             self.history.val.append([self.step, val])
+        self._metrics({"event": "eval", "step": self.step, "epoch": self.epoch, "val_loss": _finite(val),
+                       "best_val_loss": _finite(self.best_val), "elapsed": self.elapsed})
         yield Evaluated(self.step, val, self.best_val, improved)
         # Without validation text there is nothing to compare: best follows latest.
         yield from self.save(improved or self.val_streams is None)
@@ -415,6 +434,7 @@ class Trainer:
         tokens_per_step = c.batch_size * c.seq_len
         loss_sum = torch.zeros((), device=device)
         good_steps = torch.zeros((), device=device)
+        norm_sum = torch.zeros((), device=device)
         start = time.monotonic() - self.elapsed
         first_step, first_elapsed, self.eval_time = self.step, self.elapsed, 0.0
         last_log_time, last_log_step = time.monotonic(), self.step
@@ -448,6 +468,7 @@ class Trainer:
             # A non-finite step may have poisoned the carried state: restart it from zero.
             self.state = tuple(torch.where(bad, torch.zeros_like(s), s.detach()) for s in state)
             loss_sum += torch.where(bad, torch.zeros_like(loss), loss.detach())
+            norm_sum += torch.where(bad, torch.zeros_like(norm), norm.detach())
             good_steps += ~bad
             self.step += 1
             self.window += 1
@@ -471,10 +492,14 @@ class Trainer:
                 if n_good:
                     self.history.train.append([self.step, train_loss])
                 speed = (self.step - last_log_step) * tokens_per_step * self.chars_per_token / max(now - last_log_time, 1e-9)
-                yield Progress(self.step, self.epoch, train_loss, lr, speed, self.elapsed,
-                               self.fraction(self.elapsed), int(self.skipped), token_loss)
+                grad_norm = float(norm_sum) / n_good if n_good else math.nan
+                progress = Progress(self.step, self.epoch, train_loss, lr, speed, self.elapsed,
+                                    self.fraction(self.elapsed), int(self.skipped), token_loss, grad_norm)
+                self._metrics({"event": "train", **asdict(progress), "val_loss": _finite(self.last_val)})
+                yield progress
                 loss_sum.zero_()
                 good_steps.zero_()
+                norm_sum.zero_()
                 last_log_time, last_log_step = now, self.step
             if self.step % c.eval_every == 0:
                 t_eval = time.monotonic()

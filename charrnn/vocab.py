@@ -189,7 +189,12 @@ class StreamDecoder:
         self._decoders = [codecs.getincrementaldecoder("utf-8")("replace") for _ in range(streams)]
 
     def push(self, ids: list[int]) -> list[str]:
+        """One new id for each stream -> the text each stream gained."""
         return [d.decode(self._bytes[i]) for d, i in zip(self._decoders, ids)]
+
+    def push_one(self, stream: int, ids: list[int]) -> str:
+        """Several new ids of one stream -> the text it gained."""
+        return self._decoders[stream].decode(b"".join(self._bytes[i] for i in ids))
 
 
 def unknown_message(unknown: tuple[str, ...], count: int, limit: int = 10) -> str:

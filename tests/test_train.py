@@ -93,3 +93,44 @@ def test_epoch_budget_and_too_short_corpus(tmp_path):
 def test_a_budget_is_required():
     with pytest.raises(ConfigError):
         TrainConfig()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"cell": "lstm"},
+        {"cell": "gru"},
+        {"cell": "rnn"},
+        {"cell": "rnn", "nonlinearity": "relu"},
+        {"cell": "lstm", "one_hot": True},
+        {"cell": "gru", "embedding_size": 48, "tie_weights": True},
+    ],
+    ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()),
+)
+def test_every_cell_overfits_a_tiny_corpus(tmp_path, options):
+    vocab = CharVocab.from_text(TEXT)
+    train_ids, val_ids = split_ids(vocab.encode(TEXT), 0.1)
+    base = {"hidden_size": 48, "num_layers": 2, "embedding_size": 16, "dropout": 0.0}
+    mc = ModelConfig(vocab_size=vocab.size, **{**base, **options})
+    lr = 3e-3 if options["cell"] == "rnn" else 1e-2
+    tc = TrainConfig(batch_size=4, seq_len=16, lr=lr, warmup_steps=5, max_steps=120, eval_every=120,
+                     log_every=10, seed=3, device="cpu")
+    trainer = Trainer(mc, tc, vocab, train_ids, val_ids, tmp_path / "run")
+    done = list(trainer.run())[-1]
+    assert done.best_val_loss < 0.25 * math.log(vocab.size), done.best_val_loss
+    if options.get("tie_weights"):
+        assert trainer.model.head.weight is trainer.model.embedding.weight
+
+
+def test_metrics_jsonl_has_a_row_per_log_step_and_evaluation(tmp_path):
+    import json
+
+    run(tmp_path, steps=20)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["event"] == "train"]
+    eval_rows = [r for r in rows if r["event"] == "eval"]
+    assert [r["step"] for r in train_rows] == [5, 10, 15, 20]
+    assert [r["step"] for r in eval_rows] == [20]
+    for key in ("epoch", "train_loss", "lr", "grad_norm", "chars_per_sec", "elapsed"):
+        assert isinstance(train_rows[-1][key], float), key
+    assert train_rows[0]["val_loss"] is None and eval_rows[0]["val_loss"] > 0
