@@ -1,0 +1,127 @@
+"""The benchmark suite: one command, a table on stdout, JSON in benchmarks/results/.
+
+    python benchmarks/run.py            # about 6 minutes on a 2-core CPU
+    python benchmarks/run.py --quick    # a smoke run, about a minute
+    python benchmarks/run.py --device cuda
+
+Parts: training throughput against a bare loop (training.py), sampling speed against a
+bare loop (sampling.py), corpus ingest speed and peak memory, peak memory of training on
+a 200 MB corpus against a 2 MB one, and CPU threads 1 against all cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+import sampling  # noqa: E402
+import training  # noqa: E402
+from machine import describe, line  # noqa: E402
+
+SHAKESPEARE = ROOT / "corpora" / "tinyshakespeare.txt"
+
+
+def make_corpus(path: Path, megabytes: float) -> Path:
+    text = SHAKESPEARE.read_bytes()
+    reps = max(1, round(megabytes * 1e6 / len(text)))
+    with open(path, "wb") as fh:
+        for _ in range(reps):
+            fh.write(text)
+    return path
+
+
+def child(code: str) -> tuple[dict, int]:
+    """Run Python code in a fresh interpreter; return what it prints (JSON) and its peak RSS in KB."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return json.loads(out.stdout.strip().splitlines()[-1]), max(peak, before)
+
+
+def ingest(tmp: Path, megabytes: float) -> dict:
+    corpus = make_corpus(tmp / "ingest.txt", megabytes)
+    code = (
+        "import json, time; from charrnn.data import encode_corpus\n"
+        f"t = time.perf_counter(); e = encode_corpus({str(corpus)!r}, cache_dir={str(tmp / 'cache')!r})\n"
+        "print(json.dumps({'seconds': time.perf_counter() - t, 'chars': e.chars}))"
+    )
+    result, rss = child(code)
+    mb = corpus.stat().st_size / 1e6
+    return {"megabytes": mb, "mb_per_sec": mb / result["seconds"], "peak_rss_mb": rss / 1024}
+
+
+def train_memory(tmp: Path, megabytes: float) -> float:
+    corpus = make_corpus(tmp / f"mem{megabytes:g}.txt", megabytes)
+    cmd = [sys.executable, "-m", "charrnn", "train", str(corpus), "--out", str(tmp / f"run{megabytes:g}"),
+           "--max-steps", "5", "--eval-every", "5", "-q", "--overwrite"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def threads(quick: bool) -> dict:
+    import torch
+
+    out = {}
+    s = {**training.shapes("cpu"), "batch_size": 16 if quick else 64}
+    for n in sorted({1, torch.get_num_threads()}):
+        torch.set_num_threads(n)
+        out[n] = training.bare_rate(s, torch.device("cpu"), 3 if quick else 8)
+    torch.set_num_threads(max(out))
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=str(HERE / "results"))
+    args = p.parse_args(argv)
+    quick = ["--quick"] if args.quick else []
+    started = time.time()
+    report = {"machine": describe(), "quick": args.quick}
+    print(f"machine: {line(report['machine'])}\n", flush=True)
+
+    print("== training throughput ==", flush=True)
+    report["training"] = training.main(quick + ["--device", args.device])
+    print("\n== sampling speed ==", flush=True)
+    report["sampling"] = sampling.main(quick)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        print("\n== corpus ingest ==", flush=True)
+        report["ingest"] = ingest(tmp, 10 if args.quick else 100)
+        r = report["ingest"]
+        print(f"{r['megabytes']:.0f} MB ASCII corpus: {r['mb_per_sec']:.0f} MB/s, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+        print("\n== training memory (peak RSS of `charrnn train`, 5 steps) ==", flush=True)
+        small, big = (2, 20) if args.quick else (2, 200)
+        # RUSAGE_CHILDREN is a running maximum: measure the small corpus first.
+        rss_small = train_memory(tmp, small)
+        rss_big = train_memory(tmp, big)
+        report["memory"] = {f"{small}MB": rss_small, f"{big}MB": rss_big, "growth_mb": rss_big - rss_small}
+        print(f"{small} MB corpus: {rss_small:.0f} MB; {big} MB corpus: {rss_big:.0f} MB; growth {rss_big - rss_small:.0f} MB", flush=True)
+    print("\n== CPU threads (bare training loop) ==", flush=True)
+    report["threads"] = threads(args.quick)
+    for n, rate in report["threads"].items():
+        print(f"{n} thread(s): {rate:,.0f} chars/s", flush=True)
+    report["seconds"] = time.time() - started
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = "quick.json" if args.quick else f"{args.device}.json"
+    (out / name).write_text(json.dumps(report, indent=2, default=str))
+    print(f"\nwrote {out / name} in {report['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
