@@ -45,12 +45,10 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
 
-    import torch
 
     from charrnn import load
-    from charrnn.data import split_ids
     from charrnn.runs import prepare_training
-    from charrnn.train import Evaluated, Finished
+    from charrnn.trainer import Evaluated, Finished
     from charrnn.model import ModelConfig
 
     overrides = {}
@@ -93,7 +91,7 @@ def main(argv=None) -> int:
         f"{params / 1e6:.2f}M", f"{done.elapsed:.0f} s",
         f"{report.nats_per_char:.4f} (eval), {done.best_val_loss:.4f} (training)",
     )]
-    print(f"| system | params | budget | val loss (nats/char) |\n|---|---|---|---|")
+    print("| system | params | budget | val loss (nats/char) |\n|---|---|---|---|")
     for r in rows:
         print("| " + " | ".join(r) + " |")
     print(f"\ncharrnn: {done.step} steps, {done.epoch:.2f} epochs, {done.chars_per_sec:,.0f} training chars/s")

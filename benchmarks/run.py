@@ -65,7 +65,6 @@ def train_memory(tmp: Path, megabytes: float) -> float:
     corpus = make_corpus(tmp / f"mem{megabytes:g}.txt", megabytes)
     cmd = [sys.executable, "-m", "charrnn", "train", str(corpus), "--out", str(tmp / f"run{megabytes:g}"),
            "--max-steps", "5", "--eval-every", "5", "-q", "--overwrite"]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     subprocess.run(cmd, check=True, cwd=ROOT)
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 

@@ -85,7 +85,6 @@ def main(argv=None) -> dict:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json")
     args = p.parse_args(argv)
-    import torch
 
     net, vocab = model_and_vocab(args.checkpoint)
     if net.config.cell != "lstm":
@@ -108,7 +107,7 @@ def main(argv=None) -> dict:
         "ratio_long_vs_short": rows["b1_charrnn_long"] / rows["b1_charrnn"],
     }
     print(f"machine: {line(result['machine'])}; model {result['model']}")
-    print(f"| sampling | chars/s |\n|---|---:|")
+    print("| sampling | chars/s |\n|---|---:|")
     print(f"| charrnn, 1 stream, {short} chars | {rows['b1_charrnn']:,.0f} |")
     print(f"| bare LSTMCell loop, 1 stream | {rows['b1_bare']:,.0f} |")
     print(f"| charrnn, 1 stream, {long} chars | {rows['b1_charrnn_long']:,.0f} |")

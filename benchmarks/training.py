@@ -76,7 +76,7 @@ def charrnn_rate(s: dict, device, steps: int, workdir: Path) -> dict:
     import numpy as np
 
     from charrnn.model import ModelConfig
-    from charrnn.train import Progress, TrainConfig, Trainer
+    from charrnn.trainer import Progress, TrainConfig, Trainer
     from charrnn.vocab import CharVocab
 
     vocab = CharVocab([chr(32 + i) for i in range(65)])

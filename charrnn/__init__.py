@@ -2,16 +2,19 @@
 
 Library entry points (no printing, no click or rich):
 
-    from charrnn import load
-    model = load("checkpoints/tinyshakespeare")     # run folder or .pt file
+    from charrnn import load, train
+    run = train("corpus.txt", hidden_size=256, max_time="2m", out="checkpoints/x")
+    model = load("checkpoints/x")                   # run folder or .pt file, any device
     for chunk in model.generate(prime="ROMEO:", temperature=0.8, length=200, seed=1):
         print(chunk, end="")
     model.loss("some held-out text").bits_per_char
+
+Errors a user can cause raise `CharrnnError` (a subclass per kind) with a one-sentence message.
 """
 
 __version__ = "0.1.0"
 
-from .api import LossReport, Model, load  # noqa: E402
+from .api import LossReport, Model, TrainResult, load, train  # noqa: E402
 from .errors import CharrnnError  # noqa: E402
 
-__all__ = ["CharrnnError", "LossReport", "Model", "load", "__version__"]
+__all__ = ["CharrnnError", "LossReport", "Model", "TrainResult", "load", "train", "__version__"]

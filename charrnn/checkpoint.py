@@ -97,3 +97,21 @@ def newest_best(root: str | os.PathLike) -> Path | None:
     if not found:
         found = [p for p in root.rglob(LATEST) if p.is_file()]
     return max(found, key=lambda p: p.stat().st_mtime_ns, default=None)
+
+
+SAMPLING_KEYS = ("model_config", "model", "vocab", "train_config", "corpus", "step", "epoch", "elapsed",
+                 "best_val_loss", "val_loss", "history", "device", "num_parameters", "chars_per_token")
+
+
+def export(src: str | os.PathLike, dst: str | os.PathLike, half: bool = False) -> Path:
+    """Write a sampling-only copy of a checkpoint: no optimizer, hidden or RNG state (so it
+    cannot be resumed), and with `half`, float16 weights (half the size; loading turns
+    them back into float32)."""
+    data = load(resolve(src))
+    slim = {k: data[k] for k in SAMPLING_KEYS if k in data}
+    if half:
+        slim["model"] = {k: v.half() if v.is_floating_point() else v for k, v in slim["model"].items()}
+    slim["exported_from"] = str(src)
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    return save(slim, dst)

@@ -8,7 +8,6 @@ stdout carries only generated text or requested machine-readable output; everyth
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -19,9 +18,14 @@ from . import __version__, checkpoint
 from .durations import parse_duration
 from .errors import CharrnnError
 from .model import CELLS
+from .runs import DEFAULT_ROOT
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-DEFAULT_ROOT = "checkpoints"
+
+
+checkpoints_option = click.option(
+    "--checkpoints-dir", default=DEFAULT_ROOT, envvar="CHARRNN_CHECKPOINTS", show_envvar=True, show_default=True,
+    type=click.Path(file_okay=False), help="Folder that holds runs (new runs go to <folder>/<corpus name>).")
 
 
 class Duration(click.ParamType):
@@ -166,7 +170,7 @@ class StopOnSignal:
 @click.option("--tokenizer", type=click.Choice(["char", "sentencepiece"]), default="char", show_default=True, help="Characters, or subword pieces trained with sentencepiece on the corpus.")
 @click.option("--vocab-size", type=click.IntRange(min=260), default=2000, show_default=True, help="Pieces in a sentencepiece vocabulary (at least 260: 256 byte pieces come first).")
 @click.option("--sp-model-type", type=click.Choice(["unigram", "bpe"]), default="unigram", show_default=True, help="sentencepiece algorithm.")
-@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=64, show_default=True, help="Parallel streams B.")
+@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=32, show_default=True, help="Parallel streams B.")
 @click.option("--seq-len", "-t", type=click.IntRange(min=1), default=128, show_default=True, help="Window length T for truncated backpropagation through time.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3, show_default=True, help="Peak learning rate (AdamW).")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=0.01, show_default=True, help="AdamW weight decay on weight matrices.")
@@ -181,17 +185,18 @@ class StopOnSignal:
 @click.option("--patience", type=click.IntRange(min=1), help="Stop after N evaluations without a better validation loss [default: off].")
 @click.option("--keep-every", type=click.IntRange(min=1), help="Also keep a step-NNNNNNNN.pt snapshot every N steps [default: off].")
 @click.option("--seed", type=int, default=1337, show_default=True, help="Random seed (initialisation and dropout).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True, envvar="CHARRNN_DEVICE", help="Where to train; auto prefers cuda, then mps, then cpu (env CHARRNN_DEVICE).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True, envvar="CHARRNN_DEVICE", show_envvar=True, help="Where to train; auto prefers cuda, then mps, then cpu (env CHARRNN_DEVICE).")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True, help="auto uses bf16 autocast on CUDA GPUs that support it, float32 elsewhere.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for PyTorch [default: PyTorch's choice].")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the corpus.")
 @click.option("--errors", type=click.Choice(["strict", "replace", "ignore"]), default="strict", show_default=True, help="What to do with bytes that do not decode.")
 @click.option("--newline", type=click.Choice(["keep", "lf"]), default="keep", show_default=True, help="keep line endings as they are, or turn CRLF/CR into LF.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@checkpoints_option
 @click.pass_context
 @fail_on_library_errors
 def train(ctx, corpus, out_dir, resume, init_from, overwrite, threads, encoding, errors, newline, quiet,
-          tokenizer, vocab_size, sp_model_type, **options):
+          tokenizer, vocab_size, sp_model_type, checkpoints_dir, **options):
     """Train a model on CORPUS: a text file, a folder of text files, or - for stdin.
 
     The last --val-fraction of the text is held out for validation. Training stops at
@@ -202,6 +207,10 @@ def train(ctx, corpus, out_dir, resume, init_from, overwrite, threads, encoding,
     Ctrl-C (or SIGTERM) finishes the current step, saves latest.pt and prints the
     command that resumes; a second Ctrl-C exits at once.
 
+    Started by torchrun, it trains data-parallel over the processes (NCCL on GPUs, gloo
+    on CPUs), each taking --batch-size / processes of the streams; only the first process
+    prints and writes checkpoints.
+
     \b
     Examples:
       charrnn train corpora/tinyshakespeare.txt
@@ -211,6 +220,7 @@ def train(ctx, corpus, out_dir, resume, init_from, overwrite, threads, encoding,
       charrnn train my_notes/ --out checkpoints/notes --max-epochs 20
       charrnn train more.txt --init-from checkpoints/tinyshakespeare --out checkpoints/more
       cat *.txt | charrnn train - --out checkpoints/stdin --max-steps 2000
+      torchrun --nproc-per-node 8 -m charrnn train big.txt --batch-size 512
     """
     import torch
 
@@ -242,17 +252,22 @@ def train(ctx, corpus, out_dir, resume, init_from, overwrite, threads, encoding,
         encoding=encoding,
         errors=errors,
         newline=newline,
-        root=os.environ.get("CHARRNN_CHECKPOINTS", DEFAULT_ROOT),
+        root=checkpoints_dir,
     )
     signals = StopOnSignal(trainer)
     finished = None
     try:
-        with TrainView(stderr_console(), quiet=quiet) as view:
+        with TrainView(stderr_console(), quiet=quiet or not trainer.world.main) as view:
             for event in trainer.run():
                 view.handle(event)
                 finished = event
     finally:
         signals.restore()
+        from .distributed import shutdown
+
+        shutdown()
+    if not trainer.world.main:
+        ctx.exit(128 + signals.signum if signals.signum else 0)
     if signals.signum is not None and finished is not None and finished.reason.startswith("interrupted"):
         source = trainer.corpus_info.get("source", corpus)
         click.echo(
@@ -264,11 +279,17 @@ def train(ctx, corpus, out_dir, resume, init_from, overwrite, threads, encoding,
 
 
 # -- sample ---------------------------------------------------------------------------------
-def find_checkpoint(path: str | None) -> Path:
+BUNDLED = Path(__file__).resolve().parent / "models" / "tinyshakespeare.pt"
+
+
+def find_checkpoint(path: str | None, root: str = DEFAULT_ROOT) -> Path:
+    """An explicit checkpoint, else the newest best.pt under `root`, else the bundled model."""
     if path:
         return checkpoint.resolve(path)
-    root = os.environ.get("CHARRNN_CHECKPOINTS", DEFAULT_ROOT)
     found = checkpoint.newest_best(root)
+    if found is None and BUNDLED.is_file():
+        click.echo(f"Note: no checkpoint under {root}/; using the bundled Tiny Shakespeare model.", err=True)
+        return BUNDLED
     if found is None:
         raise click.ClickException(
             f"No checkpoint found under {root}/; train one with `charrnn train corpora/tinyshakespeare.txt` "
@@ -318,10 +339,12 @@ def read_prime(prime: str, prime_file: str | None) -> str:
 @click.option("--separator", default="\\n\\n", show_default=True, help="Written between samples (\\n understood).")
 @click.option("--jsonl", is_flag=True, help='One JSON object per sample: {"sample": i, "prime": ..., "text": ...}.')
 @click.option("--seed", type=int, help="Random seed: same checkpoint, seed and options give the same text [default: random].")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu", show_default=True, envvar="CHARRNN_DEVICE", help="Where to run the model.")
+@click.option("--quantize", is_flag=True, help="int8 weights for the per-character steps (CPU): faster single-stream sampling.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu", show_default=True, envvar="CHARRNN_DEVICE", show_envvar=True, help="Where to run the model.")
+@checkpoints_option
 @fail_on_library_errors
 def sample(ckpt, temperature, top_k, top_p, length, prime, prime_file, echo_prime, unknown, stop, max_time,
-           num_samples, separator, jsonl, seed, device):
+           num_samples, separator, jsonl, seed, quantize, device, checkpoints_dir):
     """Stream generated text to stdout.
 
     Only the generated text goes to stdout, written as it is produced, so the command
@@ -340,7 +363,7 @@ def sample(ckpt, temperature, top_k, top_p, length, prime, prime_file, echo_prim
     from .sampling import Sampler, SampleConfig
     from .vocab import unknown_message
 
-    model = load(find_checkpoint(ckpt), device=device)
+    model = load(find_checkpoint(ckpt, checkpoints_dir), device=device)
     prime = read_prime(prime, prime_file)
     bad, count = model.vocab.unknown_chars(prime)
     if bad:
@@ -367,7 +390,7 @@ def sample(ckpt, temperature, top_k, top_p, length, prime, prime_file, echo_prim
 
     if not jsonl:
         out.write(lead)
-    for chunk in Sampler(model.net, model.vocab, model.device).generate(prime, cfg):
+    for chunk in Sampler(model.net, model.vocab, model.device, quantize=quantize).generate(prime, cfg):
         for i, t in enumerate(chunk.texts):
             texts[i] += t
         while current < num_samples:
@@ -393,10 +416,11 @@ def sample(ckpt, temperature, top_k, top_p, length, prime, prime_file, echo_prim
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a sentence.")
 @click.option("--seq-len", type=click.IntRange(min=1), default=256, show_default=True, help="Window length; the state is carried across windows.")
 @click.option("--streams", type=click.IntRange(min=1), default=16, show_default=True, help="Parallel streams the file is cut into.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu", show_default=True, envvar="CHARRNN_DEVICE", help="Where to run the model.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu", show_default=True, envvar="CHARRNN_DEVICE", show_envvar=True, help="Where to run the model.")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of FILE.")
+@checkpoints_option
 @fail_on_library_errors
-def evaluate(file, ckpt, as_json, seq_len, streams, device, encoding):
+def evaluate(file, ckpt, as_json, seq_len, streams, device, encoding, checkpoints_dir):
     """Report a model's loss on FILE (- for stdin): nats and bits per character, perplexity.
 
     The text is cut into a few long streams and read in windows with the state carried
@@ -411,7 +435,7 @@ def evaluate(file, ckpt, as_json, seq_len, streams, device, encoding):
     from .api import load
     from .data import read_corpus
 
-    path = find_checkpoint(ckpt)
+    path = find_checkpoint(ckpt, checkpoints_dir)
     model = load(path, device=device)
     text = read_corpus(file, encoding=encoding).text
     report = model.loss(text, seq_len=seq_len, streams=streams)
@@ -439,8 +463,9 @@ def evaluate(file, ckpt, as_json, seq_len, streams, device, encoding):
 @main.command(context_settings=CONTEXT)
 @click.argument("ckpt", required=False, metavar="[CHECKPOINT]")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a report.")
+@checkpoints_option
 @fail_on_library_errors
-def info(ckpt, as_json):
+def info(ckpt, as_json, checkpoints_dir):
     """Describe a checkpoint: model, vocabulary, corpus, training and its loss curve.
 
     CHECKPOINT is a .pt file or a run folder [default: newest best.pt under ./checkpoints].
@@ -452,9 +477,9 @@ def info(ckpt, as_json):
     """
     from .api import load
     from .termplot import line_plot
-    from .train import LN2
+    from .trainer import LN2
 
-    path = find_checkpoint(ckpt)
+    path = find_checkpoint(ckpt, checkpoints_dir)
     model = load(path)
     d = model.data
     mc = d["model_config"]
@@ -507,6 +532,61 @@ def info(ckpt, as_json):
         plot = line_plot({"train": [tuple(p) for p in history.get("train", [])],
                           "validation": [tuple(p) for p in history.get("val", [])]})
         click.echo("\n".join(plot))
+
+
+# -- plot -------------------------------------------------------------------------------------
+@main.command(context_settings=CONTEXT)
+@click.argument("run", required=False, metavar="[RUN]")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write a PNG picture here (needs matplotlib).")
+@click.option("--terminal", is_flag=True, help="Draw the curves as text on stdout (the default without -o).")
+@checkpoints_option
+@fail_on_library_errors
+def plot(run, output, terminal, checkpoints_dir):
+    """Plot a run's training and validation loss (bits per character) by step.
+
+    RUN is a run folder (its metrics.jsonl) or a checkpoint file (its stored history)
+    [default: the run of the newest best.pt under the checkpoints folder]. With -o the
+    curves are drawn with matplotlib (`pip install 'charrnn-cli[plot]'`); otherwise, or
+    with --terminal, as text on stdout.
+
+    \b
+    Examples:
+      charrnn plot checkpoints/tinyshakespeare
+      charrnn plot checkpoints/tinyshakespeare -o loss.png
+    """
+    from .plotting import loss_curves, save_png
+    from .termplot import line_plot
+
+    target = Path(run) if run else find_checkpoint(None, checkpoints_dir).parent
+    curves = loss_curves(target)
+    if output:
+        path = save_png(curves, output, title=f"charrnn: {target.name if target.is_dir() else target.parent.name}")
+        click.echo(f"Wrote {path}", err=True)
+    if terminal or not output:
+        click.echo("bits per character by step:")
+        click.echo("\n".join(line_plot(curves)))
+
+
+# -- export -----------------------------------------------------------------------------------
+@main.command(context_settings=CONTEXT)
+@click.argument("ckpt", metavar="CHECKPOINT")
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.option("--half", is_flag=True, help="Store the weights as float16 (half the size).")
+@fail_on_library_errors
+def export(ckpt, output, half):
+    """Write a small sampling-only copy of CHECKPOINT (a file or run folder) to OUTPUT.
+
+    The copy keeps the model, vocabulary, corpus and training summary, and drops the
+    optimizer, hidden and RNG state, so it samples, evaluates and shows info like the
+    original but cannot be resumed. This is how the bundled model is made.
+
+    \b
+    Examples:
+      charrnn export checkpoints/tinyshakespeare small.pt --half
+      charrnn sample -c small.pt
+    """
+    path = checkpoint.export(ckpt, output, half=half)
+    click.echo(f"Wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

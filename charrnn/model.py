@@ -133,8 +133,3 @@ class CharRNN(nn.Module):
             x = h
         new_state = (torch.stack(hs), torch.stack(cs)) if c.cell == "lstm" else (torch.stack(hs),)
         return self.head(x), new_state
-
-
-def detach_state(state: State) -> State:
-    """Cut the graph at a window boundary while keeping the values (truncated BPTT)."""
-    return tuple(s.detach() for s in state)

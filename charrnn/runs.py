@@ -19,8 +19,10 @@ import hashlib
 from .data import EncodedCorpus, encode_corpus, read_corpus, split_ids, _source_files
 from .errors import ConfigError
 from .model import ModelConfig
+from . import distributed as dist_utils
+from .distributed import World, world_from_env
 from .runlock import RunLock
-from .train import TrainConfig, Trainer
+from .trainer import TrainConfig, Trainer
 from .vocab import vocab_from_dict
 
 DEFAULT_MAX_TIME = 600.0  # seconds, when a new run is given no budget at all
@@ -94,17 +96,52 @@ def prepare_training(
         _source_files(corpus)  # a missing corpus is reported before any folder is created
     out = Path(out_dir) if out_dir is not None else Path(root) / corpus_name(corpus)
 
-    lock = RunLock(out).acquire()
-    try:
-        _remove_stale_temp_files(out)
-        tokens = {"tokenizer": tokenizer, "vocab_size": vocab_size, "sp_model_type": sp_model_type}
-        trainer = _prepare_locked(
-            corpus, out, model_options, train_options, resume, init_from, overwrite, explicit,
-            tokens, encoding, errors, newline, stdin,
-        )
-    except BaseException:
-        lock.release()
-        raise
+    tokens = {"tokenizer": tokenizer, "vocab_size": vocab_size, "sp_model_type": sp_model_type}
+    args = (corpus, out, model_options, train_options, resume, init_from, overwrite, explicit, tokens,
+            encoding, errors, newline, stdin)
+    world = world_from_env()
+    if not world.active:
+        lock = RunLock(out).acquire()
+        try:
+            _remove_stale_temp_files(out)
+            trainer = _build(*_plan(*args), world)
+        except BaseException:
+            lock.release()
+            raise
+        trainer.lock = lock
+        return trainer
+    return _prepare_distributed(world, args, train_options)
+
+
+def _prepare_distributed(world: World, args: tuple, train_options: dict) -> Trainer:
+    """Rank 0 checks the run and encodes the corpus into the shared cache first; the other
+    ranks then read the cache (and rank 0's vocabulary), and all build their trainers."""
+    import torch.distributed as dist
+
+    from .devices import resolve_device
+
+    if args[0] == "-":
+        raise ConfigError("Distributed training cannot read the corpus from stdin; pass a file or folder.")
+    dist_utils.init(world, resolve_device(train_options.get("device") or "auto"))
+    lock, plan, error = None, None, None
+    if world.main:
+        try:
+            lock = RunLock(args[1]).acquire()
+            _remove_stale_temp_files(args[1])
+            plan = _plan(*args)
+        except BaseException as exc:  # shared below so that no rank waits for ever
+            error = exc
+    shared = [None if error is None else str(error), None if plan is None else plan[3].vocab.to_dict()]
+    dist.broadcast_object_list(shared, src=0)
+    if error is not None:
+        if lock is not None:
+            lock.release()
+        raise error
+    if shared[0] is not None:
+        raise ConfigError(f"Process 0 could not start: {shared[0]}")
+    if not world.main:
+        plan = _plan(*args, main=False, vocab=vocab_from_dict(shared[1]))
+    trainer = _build(*plan, world)
     trainer.lock = lock
     return trainer
 
@@ -125,10 +162,11 @@ def _encode(corpus, out, vocab, tokens, encoding, errors, newline, stdin) -> Enc
     return EncodedCorpus(vocab.encode(data.text), vocab, data.name, data.source, len(data.text), data.files, digest)
 
 
-def _prepare_locked(corpus, out, model_options, train_options, resume, init_from, overwrite, explicit,
-                    tokens, encoding, errors, newline, stdin) -> Trainer:
+def _plan(corpus, out, model_options, train_options, resume, init_from, overwrite, explicit,
+          tokens, encoding, errors, newline, stdin, main: bool = True, vocab=None):
+    """Every check and the corpus encoding; `main` is False on ranks other than 0, which
+    leave checks and changes of the run folder to rank 0 and take its vocabulary."""
     stored = None
-    vocab = None
     if resume:
         latest = out / checkpoint.LATEST
         if not latest.is_file():
@@ -140,10 +178,9 @@ def _prepare_locked(corpus, out, model_options, train_options, resume, init_from
                 raise ConfigError(f"The run in {out} was trained on standard input; pipe the same text and pass - as the corpus.")
         vocab = vocab_from_dict(stored["vocab"])
     elif init_from is not None:
-        source = checkpoint.resolve(init_from)
-        stored = checkpoint.load(source)
-        vocab = vocab_from_dict(stored["vocab"])
-    if not resume and not overwrite and ((out / checkpoint.LATEST).exists() or (out / checkpoint.BEST).exists()):
+        stored = checkpoint.load(checkpoint.resolve(init_from))
+        vocab = vocab or vocab_from_dict(stored["vocab"])
+    if main and not resume and not overwrite and ((out / checkpoint.LATEST).exists() or (out / checkpoint.BEST).exists()):
         raise ConfigError(
             f"{out} already holds a training run; continue it with --resume, start over with "
             f"--overwrite, or choose another folder with --out."
@@ -184,11 +221,15 @@ def _prepare_locked(corpus, out, model_options, train_options, resume, init_from
                 f"The corpus {corpus} differs from the text the run in {out} was trained on; "
                 f"resume with the same text, or start a new run on it with --init-from {out}."
             )
-    if overwrite and not resume:
+    if main and overwrite and not resume:
         _clear_run(out)
+    return out, model_options, config, encoded, stored, resume, init_from
+
+
+def _build(out, model_options, config, encoded, stored, resume, init_from, world: World) -> Trainer:
     model_config = ModelConfig(vocab_size=encoded.vocab.size, **model_options)
     train_ids, val_ids = split_ids(encoded.ids, config.val_fraction)
-    trainer = Trainer(model_config, config, encoded.vocab, train_ids, val_ids, out, encoded.info())
+    trainer = Trainer(model_config, config, encoded.vocab, train_ids, val_ids, out, encoded.info(), world)
     if resume:
         trainer.restore(stored)
     elif init_from is not None:

@@ -66,10 +66,19 @@ def choose(logits: torch.Tensor, cfg: SampleConfig, generator: torch.Generator) 
 class Sampler:
     """Generates text from a model and its vocabulary."""
 
-    def __init__(self, model: CharRNN, vocab, device: torch.device | str = "cpu"):
+    def __init__(self, model: CharRNN, vocab, device: torch.device | str = "cpu", quantize: bool = False):
         self.model = model.eval()
         self.vocab = vocab
         self.device = torch.device(device)
+        self.step = model.step
+        if quantize:
+            if self.device.type != "cpu":
+                from .errors import ConfigError
+
+                raise ConfigError("--quantize (int8 weights) works on the CPU only.")
+            from .quantize import QuantizedStepper
+
+            self.step = QuantizedStepper(model).step
 
     def default_prime_ids(self) -> list[int]:
         """Start from a newline when no prime is given: most corpora begin text after one."""
@@ -129,7 +138,7 @@ class Sampler:
                 yield Chunk(pending, list(done))
                 pending = [""] * n
             if not all(done):
-                logits, state = self.model.step(token, state)
+                logits, state = self.step(token, state)
         if any(pending):
             yield Chunk(pending, list(done))
 
@@ -150,7 +159,7 @@ class Sampler:
                 chunk = []
             if last:
                 return
-            logits, state = self.model.step(token, state)
+            logits, state = self.step(token, state)
         yield Chunk([""] * n, [True] * n)  # length 0
 
     @staticmethod

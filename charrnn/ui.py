@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
 from .durations import format_duration
-from .train import LN2, Evaluated, Finished, Progress as Step, Saved, Started
+from .trainer import LN2, Evaluated, Finished, Progress as Step, Saved, Started
 
 
 def _loss(nats: float) -> str:

@@ -80,6 +80,9 @@ def test_sample_uses_newest_checkpoint_under_default_folder(trained, monkeypatch
 
 
 def test_no_checkpoint_is_a_clear_error(tmp_path, monkeypatch):
+    import charrnn.cli
+
+    monkeypatch.setattr(charrnn.cli, "BUNDLED", tmp_path / "no-bundled-model.pt")
     monkeypatch.chdir(tmp_path)
     result = invoke("sample", env={"CHARRNN_CHECKPOINTS": str(tmp_path / "none")})
     assert result.exit_code == 1
@@ -209,3 +212,39 @@ def test_broken_pipe_ends_quietly(trained):
 def test_version_and_short_help():
     assert invoke("--version").stdout.startswith("charrnn, version")
     assert "Examples" in invoke("sample", "-h").stdout
+
+
+def test_export_is_small_and_samples_like_the_original(trained, tmp_path):
+    out = tmp_path / "small.pt"
+    result = invoke("export", trained / "run", out, "--half")
+    assert result.exit_code == 0 and result.stdout == ""
+    assert out.stat().st_size < 0.5 * (trained / "run" / "best.pt").stat().st_size
+    data = checkpoint.load(out)
+    assert "optimizer" not in data and "state" not in data
+    greedy = ["sample", "--prime", "the ", "--temp", 0, "--length", 40]
+    assert invoke(*greedy, "-c", out).stdout == invoke(*greedy, "-c", trained / "run").stdout
+    info = invoke("info", out, "--json")
+    assert json.loads(info.stdout)["step"] == 150
+
+
+def test_sample_falls_back_to_the_bundled_model(trained, tmp_path, monkeypatch):
+    import charrnn.cli
+
+    bundled = tmp_path / "bundled.pt"
+    invoke("export", trained / "run", bundled, "--half")
+    monkeypatch.setattr(charrnn.cli, "BUNDLED", bundled)
+    monkeypatch.chdir(tmp_path)
+    result = invoke("sample", "--length", 15, "--seed", 2)
+    assert result.exit_code == 0 and len(result.stdout) == 15
+    assert "bundled" in result.stderr
+
+
+def test_the_bundled_model_ships_and_loads():
+    import charrnn.cli
+
+    assert charrnn.cli.BUNDLED.is_file(), "the bundled default model is missing"
+    assert charrnn.cli.BUNDLED.stat().st_size <= 10 * 1024 * 1024
+    model = load(charrnn.cli.BUNDLED)
+    assert model.data["corpus"]["name"] == "tinyshakespeare"
+    text = "".join(model.generate(prime="KING RICHARD", temperature=0, length=200))
+    assert len(text) == 200

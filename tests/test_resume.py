@@ -16,7 +16,7 @@ from charrnn.cli import main
 from charrnn.errors import ConfigError
 from charrnn.runlock import RunLock
 from charrnn.runs import prepare_training
-from charrnn.train import Finished, Progress, TrainingError
+from charrnn.trainer import Finished, Progress, TrainingError
 
 MODEL = {"hidden_size": 32, "num_layers": 2, "embedding_size": 8, "dropout": 0.2}
 TRAIN = {"batch_size": 4, "seq_len": 16, "lr": 1e-2, "warmup_steps": 5, "max_steps": 40, "eval_every": 10,
@@ -127,13 +127,10 @@ def test_non_finite_steps_are_skipped_then_training_stops(tmp_path, corpus, monk
         return logits, new
 
     monkeypatch.setattr(CharRNN, "forward", poisoned)
-    before_step3 = None
     events = []
     with pytest.raises(TrainingError, match="not finite"):
         for event in trainer.run():
             events.append(event)
-            if isinstance(event, Progress) and event.step == 2:
-                before_step3 = {k: v.clone() for k, v in trainer.model.state_dict().items()}
             if isinstance(event, Progress) and event.step == 4:
                 assert event.skipped == 1
                 assert math.isfinite(event.train_loss)

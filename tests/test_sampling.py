@@ -79,3 +79,20 @@ def test_batched_samples_are_independent_and_reproducible(sampler):
     a = run()
     assert a == run()
     assert len(set(a)) == 4 and all(len(s) == 40 for s in a)
+
+
+def test_quantized_steps_follow_the_float_model(sampler):
+    """int8 weights change logits a little, not the model: greedy text mostly agrees."""
+    from charrnn.quantize import QuantizedStepper
+
+    net = sampler.model
+    q = QuantizedStepper(net)
+    ids = torch.randint(0, VOCAB.size, (3,))
+    state = net.init_state(3)
+    exact, _ = net.step(ids, state)
+    approx, new_state = q.step(ids, state)
+    assert approx.shape == exact.shape and len(new_state) == 2
+    assert torch.allclose(approx, exact, atol=0.05)
+    quantized = Sampler(net, VOCAB, quantize=True)
+    out = "".join(c.texts[0] for c in quantized.generate("ab", SampleConfig(length=30, seed=1)))
+    assert len(out) == 30 and set(out) <= set(VOCAB.chars)

@@ -20,10 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint
-from .data import as_streams, eval_windows, num_windows, windows
+from . import distributed as dist_utils
+from .distributed import World
+from .data import as_streams, eval_windows, num_windows
 from .devices import autocast, device_name, resolve_device, use_bf16
 from .errors import CharrnnError, ConfigError
-from .model import CharRNN, ModelConfig, State, detach_state
+from .model import CharRNN, ModelConfig, State
 
 LN2 = math.log(2)
 METRICS = "metrics.jsonl"
@@ -36,7 +38,7 @@ def _finite(x: float) -> float | None:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    batch_size: int = 64
+    batch_size: int = 32
     seq_len: int = 128
     lr: float = 3e-3
     weight_decay: float = 0.01
@@ -205,8 +207,10 @@ class Trainer:
         val_ids: np.ndarray,
         out_dir: str | Path,
         corpus_info: dict | None = None,
+        world: World = World(),
     ):
         self.config = config
+        self.world = world
         self.model_config = model_config
         self.vocab = vocab
         self.out_dir = Path(out_dir)
@@ -219,11 +223,24 @@ class Trainer:
             sum(int(lengths[np.asarray(train_ids[i : i + (1 << 22)])].sum()) for i in range(0, len(train_ids), 1 << 22))
         ) / max(len(train_ids), 1)
         self.device = resolve_device(config.device)
+        if world.active and self.device.type == "cuda":
+            self.device = torch.device("cuda", world.local_rank)
+            torch.cuda.set_device(self.device)
         self.bf16 = use_bf16(self.device, config.precision)
         self.lock = None  # a RunLock held for the run, released when run() ends
+        if config.batch_size % world.size:
+            raise ConfigError(f"--batch-size {config.batch_size} must be a multiple of the {world.size} processes.")
 
-        seed_everything(config.seed)
+        seed_everything(config.seed)  # identical initial weights on every rank
         self.model = CharRNN(model_config).to(self.device)
+        if world.active:
+            dist_utils.init(world, self.device)
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            torch.manual_seed(config.seed + world.rank)  # each rank draws its own dropout masks
+        else:
+            self.net = self.model
         self.train_streams = as_streams(train_ids, config.batch_size)
         if num_windows(self.train_streams, config.seq_len) < 1:
             raise ConfigError(
@@ -234,7 +251,12 @@ class Trainer:
             )
         val_ids = val_ids[: config.eval_max_tokens]
         val_batch = max(1, min(config.batch_size, len(val_ids) // (config.seq_len + 1)))
+        val_batch = max(world.size, val_batch - val_batch % world.size)
         self.val_streams = as_streams(val_ids, val_batch) if len(val_ids) >= 2 * val_batch else None
+        # Each rank owns a contiguous block of the streams: rows [rank*B/W, (rank+1)*B/W).
+        self.train_streams = self._own_rows(self.train_streams)
+        if self.val_streams is not None:
+            self.val_streams = self._own_rows(self.val_streams)
         if self.device.type == "cuda":
             self.train_streams = self.train_streams.to(self.device)
             if self.val_streams is not None:
@@ -258,8 +280,17 @@ class Trainer:
         self.skipped = torch.zeros((), dtype=torch.long, device=self.device)
         self.bad_streak = torch.zeros((), dtype=torch.long, device=self.device)
         self.history = History()
-        self.state: State = self.model.init_state(config.batch_size, self.device)
+        self.local_batch = config.batch_size // world.size
+        self.state: State = self.model.init_state(self.local_batch, self.device)
+        self.synced_elapsed = 0.0  # the clock all ranks agree on (rank 0's, shared at log steps)
         self._stop_reason: str | None = None
+        self._stop_agreed = False  # under DDP a stop waits until every rank knows of it
+
+    def _own_rows(self, streams: torch.Tensor) -> torch.Tensor:
+        if not self.world.active:
+            return streams
+        per = streams.size(0) // self.world.size
+        return streams[self.world.rank * per : (self.world.rank + 1) * per]
 
     def _param_groups(self) -> list[dict]:
         """Weight decay on matrices only; biases and the embedding table are left alone."""
@@ -297,7 +328,7 @@ class Trainer:
         if c.max_epochs is not None:
             parts.append(self.epoch / c.max_epochs)
         if c.max_time is not None:
-            parts.append(elapsed / c.max_time)
+            parts.append((self.synced_elapsed if self.world.active else elapsed) / c.max_time)
         return min(1.0, max(parts))
 
     def lr_at(self, fraction: float) -> float:
@@ -330,7 +361,7 @@ class Trainer:
             "skipped_steps": int(self.skipped),
             "history": {"train": self.history.train, "val": self.history.val},
             "optimizer": self.optimizer.state_dict(),
-            "state": [s.detach().cpu() for s in self.state],
+            "state": [s.detach().cpu() for s in dist_utils.gather_streams(self.world, self.state)],
             "rng": rng,
             "device": device_name(self.device),
             "chars_per_token": self.chars_per_token,
@@ -344,19 +375,25 @@ class Trainer:
         self.step = int(data["step"])
         self.window = int(data["window"])
         self.epochs_done = int(data["epochs_done"])
-        self.elapsed = float(data["elapsed"])
+        self.elapsed = self.synced_elapsed = float(data["elapsed"])
         self.best_val = data["best_val_loss"] if data.get("best_val_loss") is not None else math.inf
         self.last_val = data["val_loss"] if data.get("val_loss") is not None else math.nan
         self.evals_without_improvement = int(data.get("evals_without_improvement", 0))
         self.skipped.fill_(int(data.get("skipped_steps", 0)))
         self.history = History(train=[list(p) for p in data["history"]["train"]], val=[list(p) for p in data["history"]["val"]])
-        self.state = tuple(s.to(self.device) for s in data["state"])
-        torch.set_rng_state(data["rng"]["torch"])
+        rows = slice(self.world.rank * self.local_batch, (self.world.rank + 1) * self.local_batch)
+        self.state = tuple(s[:, rows].to(self.device) for s in data["state"])
+        if self.world.main:
+            torch.set_rng_state(data["rng"]["torch"])
+        else:  # dropout masks of other ranks continue from a seed tied to rank and step
+            torch.manual_seed(self.config.seed + 7919 * self.step + self.world.rank)
         if "cuda" in data["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(data["rng"]["cuda"], self.device)
 
     def _metrics(self, row: dict) -> None:
         """Append one JSON line to <run>/metrics.jsonl (kept across resumes)."""
+        if not self.world.main:
+            return
         clean = {k: (_finite(v) if isinstance(v, float) else v) for k, v in row.items()}
         try:
             with open(self.out_dir / METRICS, "a", encoding="utf-8") as fh:
@@ -367,7 +404,10 @@ class Trainer:
     def _write(self, name: str) -> Saved:
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
             raise TrainingError("The weights are no longer finite; no checkpoint was written and the previous ones are intact.")
-        return Saved(str(checkpoint.save(self._payload_cache(), self.out_dir / name)), name)
+        payload = self._payload_cache()  # a collective under DDP: every rank takes part
+        if not self.world.main:
+            return Saved(str(self.out_dir / name), name)
+        return Saved(str(checkpoint.save(payload, self.out_dir / name)), name)
 
     def _payload_cache(self) -> dict:
         # One payload serves latest, best and snapshots written at the same step.
@@ -386,6 +426,10 @@ class Trainer:
         if self.val_streams is None:
             return math.nan
         result = evaluate(self.model, self.val_streams, self.config.seq_len, self.device, self.bf16, self.char_lengths)
+        if self.world.active:
+            nats, chars = dist_utils.all_sum(self.world, torch.tensor(result.nats, device=self.device),
+                                             torch.tensor(float(result.chars), device=self.device))
+            return float(nats) / float(chars)
         return result.per_char
 
     def evaluate_and_save(self) -> Iterator[Evaluated | Saved]:
@@ -407,6 +451,7 @@ class Trainer:
         patience = self.config.patience
         if patience and self.evals_without_improvement >= patience:
             self.request_stop(f"early stopping: no improvement in {patience} evaluations")
+            self._stop_agreed = True  # every rank saw the same validation loss
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> Iterator[Started | Progress | Evaluated | Saved | Finished]:
@@ -431,7 +476,8 @@ class Trainer:
         )
         model.train()
         params = [p for p in model.parameters()]
-        tokens_per_step = c.batch_size * c.seq_len
+        net = self.net
+        tokens_per_step = c.batch_size * c.seq_len  # global: all ranks together
         loss_sum = torch.zeros((), device=device)
         good_steps = torch.zeros((), device=device)
         norm_sum = torch.zeros((), device=device)
@@ -442,7 +488,7 @@ class Trainer:
         while True:
             elapsed = time.monotonic() - start
             fraction = self.fraction(elapsed)
-            if fraction >= 1.0 or self.stop_requested:
+            if fraction >= 1.0 or (self.stop_requested and (self._stop_agreed or not self.world.active)):
                 break
             lr = self.lr_at(fraction)
             for group in opt.param_groups:
@@ -452,12 +498,13 @@ class Trainer:
             x = self.train_streams[:, t : t + c.seq_len].to(device, non_blocking=True)  # (B, T)
             y = self.train_streams[:, t + 1 : t + c.seq_len + 1].to(device, non_blocking=True).long()
             with autocast(device, self.bf16):
-                logits, state = model(x, self.state)  # (B, T, V)
+                logits, state = net(x, self.state)  # (B, T, V)
                 loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(params, c.grad_clip if c.grad_clip > 0 else math.inf)
             bad = ~(torch.isfinite(loss.detach()) & torch.isfinite(norm))  # () bool, stays on device
+            bad = dist_utils.all_max(self.world, bad.to(torch.uint8)).bool()  # skip on every rank or none
             if self.fused:
                 opt.found_inf = bad.float()
                 opt.step()
@@ -475,11 +522,22 @@ class Trainer:
             if self.window >= self.windows_per_epoch:
                 self.window = 0
                 self.epochs_done += 1
-                self.state = model.init_state(c.batch_size, device)
+                self.state = model.init_state(self.local_batch, device)
 
             self.elapsed = time.monotonic() - start
             if self.step % c.log_every == 0:
                 now = time.monotonic()
+                if self.world.active:
+                    # One exchange per log step: rank 0's clock, anyone's stop request, and
+                    # the loss sums, so every rank takes the same decisions.
+                    (self.synced_elapsed,) = dist_utils.broadcast_floats(self.world, [self.elapsed], device)
+                    stop = float(dist_utils.all_max(self.world, torch.tensor(float(self.stop_requested), device=device)))
+                    if stop:
+                        self._stop_agreed = True
+                        if not self.stop_requested:
+                            self.request_stop("interrupted on another process")
+                    loss_sum, good_steps, norm_sum = [v / self.world.size for v in dist_utils.all_sum(
+                        self.world, loss_sum, good_steps, norm_sum)]
                 if int(self.bad_streak) >= c.max_bad_steps:
                     raise TrainingError(
                         f"Training stopped at step {self.step}: the loss or gradients were not finite "

@@ -1,6 +1,5 @@
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -8,7 +7,7 @@ from charrnn import checkpoint
 from charrnn.data import split_ids
 from charrnn.errors import ConfigError
 from charrnn.model import ModelConfig
-from charrnn.train import Evaluated, Finished, Progress, TrainConfig, Trainer
+from charrnn.trainer import Evaluated, Finished, Progress, TrainConfig, Trainer
 from charrnn.vocab import CharVocab
 
 TEXT = "the cat sat on the mat. " * 200

@@ -1,0 +1,99 @@
+"""Data-parallel training across processes started by torchrun (DDP over NCCL or gloo).
+
+Each of the W processes (ranks) owns B/W of the B parallel streams and carries their
+state; gradients are averaged by DistributedDataParallel, so W processes with B/W streams
+each take the same steps as one process with B streams. Decisions that must be identical
+everywhere (stop, the clock behind a --max-time schedule) are taken by rank 0 and shared
+at log steps; only rank 0 prints, writes checkpoints and metrics.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+TIMEOUT = timedelta(minutes=float(os.environ.get("CHARRNN_DIST_TIMEOUT_MIN", "10")))
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def world_from_env() -> World:
+    """The torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK), or a single process."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World()
+    return World(int(os.environ.get("RANK", "0")), size, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init(world: World, device: torch.device) -> None:
+    """Join the process group (NCCL on CUDA, gloo on CPU) with a timeout, so a rank that
+    dies makes the others fail with an error instead of waiting forever."""
+    if not world.active or dist.is_initialized():
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend, timeout=TIMEOUT)
+
+
+def barrier(world: World) -> None:
+    if world.active:
+        dist.barrier()
+
+
+def all_sum(world: World, *values: torch.Tensor) -> list[torch.Tensor]:
+    """Sum small tensors over ranks (one collective for all of them)."""
+    if not world.active:
+        return list(values)
+    flat = torch.stack([v.double().reshape(()) for v in values])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    return [flat[i].to(v.dtype) for i, v in enumerate(values)]
+
+
+def all_max(world: World, value: torch.Tensor) -> torch.Tensor:
+    if not world.active:
+        return value
+    out = value.clone()
+    dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    return out
+
+
+def broadcast_floats(world: World, values: list[float], device: torch.device) -> list[float]:
+    """Rank 0's values on every rank."""
+    if not world.active:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.broadcast(t, src=0)
+    return t.tolist()
+
+
+def gather_streams(world: World, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """Every rank's carried state, concatenated along the stream axis. # (L, B, H)"""
+    if not world.active:
+        return state
+    out = []
+    for s in state:
+        parts = [torch.empty_like(s) for _ in range(world.size)]
+        dist.all_gather(parts, s.contiguous())
+        out.append(torch.cat(parts, dim=1))
+    return tuple(out)
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,68 @@
+"""Loss curves of a run, as data and as a PNG (matplotlib is an optional extra)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from . import checkpoint
+from .errors import CharrnnError
+from .trainer import LN2, METRICS
+
+
+def loss_curves(run: str | os.PathLike) -> dict[str, list[tuple[float, float]]]:
+    """Train and validation loss in bits per character by step, from a run folder's
+    metrics.jsonl, or from a checkpoint's stored history."""
+    run = Path(run)
+    metrics = run / METRICS if run.is_dir() else None
+    train, val = [], []
+    if metrics is not None and metrics.is_file():
+        for line in metrics.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a crash
+            if row.get("event") == "train" and row.get("train_loss") is not None:
+                train.append((row["step"], row["train_loss"] / LN2))
+            elif row.get("event") == "eval" and row.get("val_loss") is not None:
+                val.append((row["step"], row["val_loss"] / LN2))
+    else:
+        history = checkpoint.load(checkpoint.resolve(run)).get("history", {})
+        train = [(s, v / LN2) for s, v in history.get("train", [])]
+        val = [(s, v / LN2) for s, v in history.get("val", [])]
+    if not train and not val:
+        raise CharrnnError(f"{run} has no recorded losses to plot.")
+    return {"train": train, "validation": val}
+
+
+def save_png(curves: dict[str, list[tuple[float, float]]], path: str | os.PathLike, title: str = "") -> Path:
+    """Draw the curves with matplotlib (headless) into `path`."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise CharrnnError(
+            "Writing a picture needs matplotlib: pip install 'charrnn-cli[plot]', or use --terminal."
+        ) from None
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    for name, style in (("train", dict(lw=1, alpha=0.7)), ("validation", dict(lw=2, marker="o", ms=3))):
+        pts = curves.get(name) or []
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name, **style)
+    ax.set_xlabel("step")
+    ax.set_ylabel("bits per character")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    try:
+        fig.savefig(path)
+    except OSError as exc:
+        raise CharrnnError(f"Cannot write {path}: {exc.strerror or exc}.") from None
+    finally:
+        plt.close(fig)
+    return path

@@ -1,0 +1,128 @@
+"""The Python API and the CLI's feel: train()/load(), plot, environment defaults, docs."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import charrnn
+from charrnn import CharrnnError, load, train
+from charrnn.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = dict(hidden_size=48, num_layers=1, embedding_size=8, batch_size=4, seq_len=16, lr=1e-2, warmup_steps=5,
+             dropout=0.0, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("api")
+    corpus = root / "cat.txt"
+    corpus.write_text("the cat sat on the mat. " * 200)
+    events = []
+    result = train(corpus, out=root / "run", max_steps=150, eval_every=50, on_event=events.append, **SMALL)
+    return root, result, events
+
+
+def test_train_returns_a_result_and_prints_nothing(run, capsys):
+    root, result, events = run
+    assert result.steps == 150 and result.out_dir == root / "run"
+    assert result.best_path.name == "best.pt"
+    assert result.best_val_bits_per_char == pytest.approx(result.best_val_loss / 0.6931471805599453)
+    assert any(type(e).__name__ == "Evaluated" for e in events)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_load_generate_and_loss(run):
+    root, result, _ = run
+    model = load(root / "run")
+    text = "".join(model.generate(prime="the cat ", temperature=0, length=24, seed=1))
+    assert text == "sat on the mat. the cat "
+    report = model.loss("the cat sat on the mat. " * 20)
+    assert report.nats_per_char < 0.5 and report.bits_per_char == pytest.approx(report.nats_per_char / 0.6931471805599453)
+    assert result.load().net.config.hidden_size == 48
+
+
+def test_train_accepts_duration_strings_and_rejects_unknown_options(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("abc " * 500)
+    with pytest.raises(TypeError, match="hiden_size"):
+        train(corpus, out=tmp_path / "x", hiden_size=3)
+    result = train(corpus, out=tmp_path / "t", max_time="2s", **SMALL)
+    assert result.elapsed < 10
+    with pytest.raises(CharrnnError):
+        train(tmp_path / "missing.txt", out=tmp_path / "m", max_steps=1)
+
+
+def test_help_of_the_package_is_useful():
+    assert "train(" in charrnn.__doc__ and "load(" in charrnn.__doc__
+    for fn in (charrnn.train, charrnn.load, charrnn.Model.generate, charrnn.Model.loss):
+        assert fn.__doc__ and fn.__annotations__
+
+
+def test_plot_terminal_and_png(run, tmp_path):
+    root, _, _ = run
+    result = CliRunner().invoke(main, ["plot", str(root / "run")])
+    assert result.exit_code == 0 and "bits per character" in result.stdout and "validation" in result.stdout
+    from_checkpoint = CliRunner().invoke(main, ["plot", str(root / "run" / "latest.pt")])
+    assert from_checkpoint.exit_code == 0
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "loss.png"
+    result = CliRunner().invoke(main, ["plot", str(root / "run"), "-o", str(png)])
+    assert result.exit_code == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert result.stdout == ""
+
+
+def test_metrics_are_appended_on_resume(run):
+    root, _, _ = run
+    rows = [json.loads(l) for l in (root / "run" / "metrics.jsonl").read_text().splitlines()]
+    train(root / "cat.txt", out=root / "run", resume=True, max_steps=170)
+    more = [json.loads(l) for l in (root / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert more[: len(rows)] == rows and more[-1]["step"] == 170
+
+
+def test_environment_provides_defaults(run, tmp_path, monkeypatch):
+    root, _, _ = run
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["sample", "--length", "12", "--seed", "1"],
+                                env={"CHARRNN_CHECKPOINTS": str(root), "CHARRNN_DEVICE": "cpu"})
+    assert result.exit_code == 0 and len(result.stdout) == 12
+    bad = CliRunner().invoke(main, ["sample"], env={"CHARRNN_DEVICE": "tpu"})
+    assert bad.exit_code == 2
+
+
+def test_no_color_and_no_tty_mean_plain_stderr(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("abc abd " * 300)
+    result = CliRunner().invoke(main, ["train", str(corpus), "--out", str(tmp_path / "r"), "--max-steps", "20",
+                                       "--hidden-size", "16", "--batch-size", "4", "--seq-len", "8"],
+                                env={"NO_COLOR": "1"})
+    assert result.exit_code == 0
+    assert "\x1b[" not in result.stderr
+    assert "Best val" in result.stderr and "charrnn sample -c" in result.stderr
+
+
+def _documented_names():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    return readme
+
+
+def test_every_command_and_option_is_documented_in_the_readme():
+    readme = _documented_names()
+    missing = []
+    for name, command in main.commands.items():
+        if f"charrnn {name}" not in readme:
+            missing.append(f"command {name}")
+        for param in command.params:
+            for opt in getattr(param, "opts", []):
+                if opt.startswith("-") and not re.search(re.escape(opt) + r"(?![\w-])", readme):
+                    missing.append(f"{name} {opt}")
+    assert not missing, f"undocumented in README.md: {missing}"
+
+
+def test_shell_completion_is_documented_and_works():
+    assert "_CHARRNN_COMPLETE=bash_source charrnn" in _documented_names()
+    result = CliRunner().invoke(main, [], prog_name="charrnn", env={"_CHARRNN_COMPLETE": "bash_source"})
+    assert "complete" in result.output
