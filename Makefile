@@ -23,7 +23,7 @@ $(BIN)/charrnn: setup.cfg pyproject.toml
 install: $(BIN)/charrnn
 
 demo: install
-	$(BIN)/charrnn train corpora/tinyshakespeare.txt --max-time $(TIME)
+	$(BIN)/charrnn train corpora/tinyshakespeare.txt --max-time $(TIME) --overwrite
 	$(BIN)/charrnn sample -c checkpoints/tinyshakespeare --temp 0.8 --length 1000
 
 test: install

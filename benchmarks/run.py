@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -41,32 +40,47 @@ def make_corpus(path: Path, megabytes: float) -> Path:
     return path
 
 
-def child(code: str) -> tuple[dict, int]:
-    """Run Python code in a fresh interpreter; return what it prints (JSON) and its peak RSS in KB."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return json.loads(out.stdout.strip().splitlines()[-1]), max(peak, before)
+def child(code: str) -> dict:
+    """Run Python code in a fresh interpreter; it prints one JSON object, to which the
+    child's own peak RSS (MB) is added."""
+    wrapped = code + (
+        "\nimport resource as _r, json as _j\n"
+        "print(_j.dumps({**globals().get('result', {}), "
+        "'peak_rss_mb': _r.getrusage(_r.RUSAGE_SELF).ru_maxrss / 1024}))"
+    )
+    out = subprocess.run([sys.executable, "-c", wrapped], capture_output=True, text=True, cwd=ROOT)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def ingest(tmp: Path, megabytes: float) -> dict:
     corpus = make_corpus(tmp / "ingest.txt", megabytes)
     code = (
-        "import json, time; from charrnn.data import encode_corpus\n"
+        "import time; from charrnn.data import encode_corpus\n"
         f"t = time.perf_counter(); e = encode_corpus({str(corpus)!r}, cache_dir={str(tmp / 'cache')!r})\n"
-        "print(json.dumps({'seconds': time.perf_counter() - t, 'chars': e.chars}))"
+        "result = {'seconds': time.perf_counter() - t, 'chars': e.chars}"
     )
-    result, rss = child(code)
+    baseline = child("import charrnn.data\nresult = {}")["peak_rss_mb"]
+    r = child(code)
     mb = corpus.stat().st_size / 1e6
-    return {"megabytes": mb, "mb_per_sec": mb / result["seconds"], "peak_rss_mb": rss / 1024}
+    return {"megabytes": mb, "mb_per_sec": mb / r["seconds"], "peak_rss_mb": r["peak_rss_mb"],
+            "import_rss_mb": baseline}
 
 
 def train_memory(tmp: Path, megabytes: float) -> float:
+    """Peak RSS of a real `charrnn train` run (5 steps, default model) on a corpus this size."""
     corpus = make_corpus(tmp / f"mem{megabytes:g}.txt", megabytes)
-    cmd = [sys.executable, "-m", "charrnn", "train", str(corpus), "--out", str(tmp / f"run{megabytes:g}"),
-           "--max-steps", "5", "--eval-every", "5", "-q", "--overwrite"]
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    argv = ["charrnn", "train", str(corpus), "--out", str(tmp / f"run{megabytes:g}"), "--max-steps", "5",
+            "--eval-every", "5", "-q", "--overwrite"]
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = {argv!r}\n"
+        "try:\n    runpy.run_module('charrnn', run_name='__main__')\nexcept SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "result = {}"
+    )
+    return child(code)["peak_rss_mb"]
 
 
 def threads(quick: bool) -> dict:
@@ -86,37 +100,45 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--parts", default="training,sampling,ingest,memory,threads",
+                   help="comma-separated subset of: training, sampling, ingest, memory, threads")
     args = p.parse_args(argv)
+    parts = set(args.parts.split(","))
     quick = ["--quick"] if args.quick else []
     started = time.time()
     report = {"machine": describe(), "quick": args.quick}
     print(f"machine: {line(report['machine'])}\n", flush=True)
 
-    print("== training throughput ==", flush=True)
-    report["training"] = training.main(quick + ["--device", args.device])
-    print("\n== sampling speed ==", flush=True)
-    report["sampling"] = sampling.main(quick)
+    if "training" in parts:
+        print("== training throughput ==", flush=True)
+        report["training"] = training.main(quick + ["--device", args.device])
+    if "sampling" in parts:
+        print("\n== sampling speed ==", flush=True)
+        report["sampling"] = sampling.main(quick)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        print("\n== corpus ingest ==", flush=True)
-        report["ingest"] = ingest(tmp, 10 if args.quick else 100)
-        r = report["ingest"]
-        print(f"{r['megabytes']:.0f} MB ASCII corpus: {r['mb_per_sec']:.0f} MB/s, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
-        print("\n== training memory (peak RSS of `charrnn train`, 5 steps) ==", flush=True)
-        small, big = (2, 20) if args.quick else (2, 200)
-        # RUSAGE_CHILDREN is a running maximum: measure the small corpus first.
-        rss_small = train_memory(tmp, small)
-        rss_big = train_memory(tmp, big)
-        report["memory"] = {f"{small}MB": rss_small, f"{big}MB": rss_big, "growth_mb": rss_big - rss_small}
-        print(f"{small} MB corpus: {rss_small:.0f} MB; {big} MB corpus: {rss_big:.0f} MB; growth {rss_big - rss_small:.0f} MB", flush=True)
-    print("\n== CPU threads (bare training loop) ==", flush=True)
-    report["threads"] = threads(args.quick)
-    for n, rate in report["threads"].items():
-        print(f"{n} thread(s): {rate:,.0f} chars/s", flush=True)
+        if "ingest" in parts:
+            print("\n== corpus ingest ==", flush=True)
+            report["ingest"] = r = ingest(tmp, 10 if args.quick else 100)
+            print(f"{r['megabytes']:.0f} MB ASCII corpus: {r['mb_per_sec']:.0f} MB/s, peak RSS {r['peak_rss_mb']:.0f} MB "
+                  f"(the interpreter with torch imported: {r['import_rss_mb']:.0f} MB)", flush=True)
+        if "memory" in parts:
+            print("\n== training memory (peak RSS of `charrnn train`, default model, 5 steps) ==", flush=True)
+            small, big = (2, 20) if args.quick else (2, 200)
+            rss_small = train_memory(tmp, small)
+            rss_big = train_memory(tmp, big)
+            report["memory"] = {f"{small}MB": rss_small, f"{big}MB": rss_big, "growth_mb": rss_big - rss_small}
+            print(f"{small} MB corpus: {rss_small:.0f} MB; {big} MB corpus: {rss_big:.0f} MB; "
+                  f"growth {rss_big - rss_small:.0f} MB", flush=True)
+    if "threads" in parts:
+        print("\n== CPU threads (bare training loop) ==", flush=True)
+        report["threads"] = threads(args.quick)
+        for n, rate in report["threads"].items():
+            print(f"{n} thread(s): {rate:,.0f} chars/s", flush=True)
     report["seconds"] = time.time() - started
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = "quick.json" if args.quick else f"{args.device}.json"
+    name = "quick.json" if args.quick else f"{args.device}{'' if len(parts) == 5 else '-' + '-'.join(sorted(parts))}.json"
     (out / name).write_text(json.dumps(report, indent=2, default=str))
     print(f"\nwrote {out / name} in {report['seconds']:.0f} s")
     return 0

@@ -502,6 +502,8 @@ def info(ckpt, as_json, checkpoints_dir):
         "epoch": d.get("epoch"),
         "best_val_loss": best,
         "best_val_bits_per_char": None if best is None else best / LN2,
+        "best_val_loss_per_token": None if best is None else best * d.get("chars_per_token", 1.0),
+        "chars_per_token": d.get("chars_per_token", 1.0),
         "val_loss": d.get("val_loss"),
         "train_time_s": d.get("elapsed"),
         "device": d.get("device"),
@@ -526,6 +528,9 @@ def info(ckpt, as_json, checkpoints_dir):
         lines.append(f"training     {summary['step']:,} steps, {summary['epoch']:.2f} epochs, {t:,.0f} s on {summary['device']}")
     if best is not None:
         lines.append(f"best val     {best:.4f} nats/char, {best / LN2:.4f} bits/char")
+        cpt = d.get("chars_per_token", 1.0)
+        if model.vocab.kind != "char":
+            lines.append(f"             {best * cpt:.4f} nats/token ({cpt:.2f} characters per token)")
     click.echo("\n".join(lines))
     if history.get("train") or history.get("val"):
         click.echo("\nloss (nats/char) by step:")

@@ -233,6 +233,10 @@ class Trainer:
 
         seed_everything(config.seed)  # identical initial weights on every rank
         self.model = CharRNN(model_config).to(self.device)
+        if self.bf16 and not self._bf16_works():
+            if config.precision == "bf16":
+                raise ConfigError("--precision bf16 was requested but this GPU's cuDNN cannot run the recurrent layers in bfloat16.")
+            self.bf16 = False  # older cuDNN: recurrent kernels have no bfloat16, stay in float32
         if world.active:
             dist_utils.init(world, self.device)
             from torch.nn.parallel import DistributedDataParallel
@@ -285,6 +289,24 @@ class Trainer:
         self.synced_elapsed = 0.0  # the clock all ranks agree on (rank 0's, shared at log steps)
         self._stop_reason: str | None = None
         self._stop_agreed = False  # under DDP a stop waits until every rank knows of it
+
+    def _bf16_works(self) -> bool:
+        """Run one tiny forward and backward under bf16 autocast (cuDNN supports bfloat16
+        recurrent kernels only from version 9.13); the RNG is left as it was."""
+        rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        try:
+            with autocast(self.device, True):
+                logits, _ = self.model(torch.zeros(1, 2, dtype=torch.long, device=self.device))
+            logits.float().sum().backward()
+            return True
+        except RuntimeError:
+            return False
+        finally:
+            self.model.zero_grad(set_to_none=True)
+            torch.set_rng_state(rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state(cuda_rng, self.device)
 
     def _own_rows(self, streams: torch.Tensor) -> torch.Tensor:
         if not self.world.active:

@@ -63,6 +63,8 @@ class CharVocab:
         # largest code point catches everything bigger after clipping)
         self._lut = np.full(int(self._points[-1]) + 2, -1, dtype=np.int32)
         self._lut[self._points] = np.arange(len(chars), dtype=np.int32)
+        self._known = self._lut >= 0
+        self._lut_ids = np.maximum(self._lut, 0).astype(self.dtype)  # same table in the id dtype
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -87,12 +89,16 @@ class CharVocab:
     def dtype(self) -> np.dtype:
         return id_dtype(self.size)
 
-    def _lookup(self, points: np.ndarray) -> np.ndarray:
-        """Ids of code points, -1 where a code point is outside the vocabulary."""
+    def _index(self, points: np.ndarray) -> np.ndarray:
+        """Code points clipped into the lookup tables (anything larger maps to an unknown slot)."""
         top = len(self._lut) - 1
         if top > np.iinfo(points.dtype).max:
-            return self._lut[points]  # every value of this dtype is a valid index
-        return self._lut[np.minimum(points, points.dtype.type(top))]
+            return points  # every value of this dtype is a valid index
+        return np.minimum(points, points.dtype.type(top))
+
+    def _lookup(self, points: np.ndarray) -> np.ndarray:
+        """Ids of code points, -1 where a code point is outside the vocabulary."""
+        return self._lut[self._index(points)]
 
     def unknown_chars(self, text: str) -> tuple[tuple[str, ...], int]:
         """Distinct characters of `text` outside the vocabulary (in order of first use) and
@@ -110,11 +116,11 @@ class CharVocab:
         """Ids of `text` as a compact array; unknown characters raise `VocabularyError`."""
         out = np.empty(len(text), dtype=self.dtype)
         for i in range(0, len(text), _BLOCK_CHARS):
-            ids = self._lookup(_code_points(text[i : i + _BLOCK_CHARS]))
-            if ids.size and ids.min() < 0:
+            index = self._index(_code_points(text[i : i + _BLOCK_CHARS]))
+            if not self._known[index].all():
                 unknown, count = self.unknown_chars(text)
                 raise VocabularyError(unknown_message(unknown, count), unknown, count)
-            out[i : i + len(ids)] = ids
+            out[i : i + len(index)] = self._lut_ids[index]
         return out
 
     def decode(self, ids: Iterable[int]) -> str:

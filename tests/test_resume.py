@@ -228,3 +228,15 @@ def test_sigterm_exits_143(tmp_path, corpus):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     assert checkpoint.load(tmp_path / "run" / "latest.pt")["step"] > 0
+
+
+def test_second_sigint_exits_at_once_and_leaves_checkpoints_loadable(tmp_path, corpus):
+    proc = _start(corpus, tmp_path / "run", 100000, eval_every=1)
+    _wait_for(tmp_path / "run" / "latest.pt", proc)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    for path in (tmp_path / "run").glob("*.pt"):
+        checkpoint.load(path)

@@ -83,4 +83,4 @@ def test_sentencepiece_end_to_end_through_cli(tmp_path):
     assert report["chars"] > report["tokens"] > 0
     assert report["nats_per_char"] < report["nats_per_token"]
     info = runner.invoke(main, ["info", str(run)])
-    assert "sentencepiece" in info.stdout
+    assert "sentencepiece" in info.stdout and "nats/token" in info.stdout
