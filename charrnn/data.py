@@ -131,23 +131,18 @@ def read_corpus(
             raise CorpusError(f"Standard input looks binary (NUL byte at byte offset {nul}).")
         text, name, files = _decode(data, "Standard input", encoding, errors), "stdin", 1
     else:
-        path = Path(src)
-        if not path.exists():
-            raise CorpusError(f"Corpus {src} does not exist.")
-        if path.is_dir():
-            paths = text_files(path)
-            if not paths:
-                raise CorpusError(f"Folder {src} contains no text files.")
+        paths, name = _source_files(src)
+        if Path(src).is_dir():
             parts = []
             for p in paths:
                 part = _read_file(p, encoding, errors)
                 if part and not part.endswith("\n"):
                     part += "\n"
                 parts.append(part)
-            text, files = "".join(parts), len(paths)
+            text = "".join(parts)
         else:
-            text, files = _read_file(path, encoding, errors), 1
-        name = path.resolve().stem or "corpus"
+            text = _read_file(paths[0], encoding, errors)
+        files = len(paths)
     if not text:
         raise CorpusError(f"Corpus {'from stdin' if src == '-' else src} is empty.")
     if not text.strip():
