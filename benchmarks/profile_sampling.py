@@ -23,7 +23,6 @@ def main(argv=None) -> None:
     p.add_argument("-c", "--checkpoint")
     p.add_argument("--steps", type=int, default=300)
     args = p.parse_args(argv)
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     from charrnn.sampling import Sampler, SampleConfig
