@@ -33,6 +33,16 @@ def shapes(device: str) -> dict:
     return {"hidden_size": 512, "num_layers": 2, "batch_size": 64, "seq_len": 128}
 
 
+BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}  # dense bf16 FLOP/s
+
+
+def train_flops_per_char(s: dict, vocab: int = 65, embedding: int = 64) -> float:
+    """8·H·(I+H) per LSTM layer per character forward, the output layer 2·H·V, ×3 for training."""
+    h = s["hidden_size"]
+    forward = sum(8 * h * ((embedding if i == 0 else h) + h) for i in range(s["num_layers"])) + 2 * h * vocab
+    return 3 * forward
+
+
 def bare_rate(s: dict, device, steps: int) -> float:
     import torch
     import torch.nn.functional as F
@@ -134,8 +144,12 @@ def main(argv=None) -> dict:
     b, o = sum(bare) / len(bare), sum(ours) / len(ours)
     step_time = s["batch_size"] * s["seq_len"] / o
     eval_overhead = (sum(evals) / len(evals)) / (100 * step_time)  # at the default --eval-every 100
+    flops = train_flops_per_char(s) * o
+    info = describe()
+    peak = next((v for k, v in BF16_PEAK.items() if k in info.get("gpu", "")), None)
     result = {
-        "machine": describe(), "shapes": s, "steps": steps, "rounds": rounds,
+        "machine": info, "shapes": s, "steps": steps, "rounds": rounds,
+        "model_flops_per_sec": flops, "bf16_peak_fraction": None if peak is None else flops / peak,
         "bare_chars_per_sec": b, "charrnn_chars_per_sec": o, "ratio": o / b,
         "eval_and_save_s": sum(evals) / len(evals), "eval_overhead_at_default_cadence": eval_overhead,
     }
@@ -145,6 +159,8 @@ def main(argv=None) -> dict:
     print(f"| training loop | chars/s |\n|---|---:|\n| bare nn.LSTM + AdamW | {b:,.0f} |\n| charrnn Trainer | {o:,.0f} |")
     print(f"charrnn / bare: {o / b:.3f}; one evaluation ({res['val_tokens']:,} val chars) + checkpoint takes {result['eval_and_save_s']:.2f} s, "
           f"{eval_overhead:.1%} on top at --eval-every 100")
+    peak_text = f", {result['bf16_peak_fraction']:.1%} of the GPU's bf16 peak" if peak else ""
+    print(f"model FLOP/s of charrnn's loop: {flops / 1e9:,.1f} GFLOP/s{peak_text}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return result
