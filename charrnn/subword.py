@@ -138,6 +138,7 @@ class SentencePieceVocab:
         return cls(data["model"])
 
     def preview(self, limit: int = 30) -> str:
-        pieces = [self.sp.id_to_piece(i) for i in range(self.size) if not (self.sp.is_control(i) or self.sp.is_byte(i))]
+        pieces = [self.sp.id_to_piece(i) for i in range(self.size)
+                  if not (self.sp.is_control(i) or self.sp.is_byte(i) or self.sp.is_unknown(i))]
         shown = " ".join(p.replace(NEWLINE_MARK, "\\n") for p in pieces[:limit])
         return shown + (" …" if len(pieces) > limit else "")
