@@ -154,7 +154,7 @@ def train(
     import dataclasses
 
     from .durations import parse_duration
-    from .runs import DEFAULT_ROOT, prepare_training
+    from .runs import DEFAULT_ROOT, CorpusOptions, prepare_training
     from .trainer import Finished, TrainConfig
 
     if isinstance(options.get("max_time"), str):
@@ -172,12 +172,7 @@ def train(
         resume=resume,
         init_from=init_from,
         overwrite=overwrite,
-        tokenizer=tokenizer,
-        vocab_size=vocab_size,
-        sp_model_type=sp_model_type,
-        encoding=encoding,
-        errors=errors,
-        newline=newline,
+        corpus_options=CorpusOptions(tokenizer, vocab_size, sp_model_type, encoding, errors, newline),
         root=os.environ.get("CHARRNN_CHECKPOINTS", DEFAULT_ROOT),
     )
     done = None

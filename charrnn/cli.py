@@ -224,7 +224,7 @@ def train(ctx, corpus, out_dir, resume, init_from, overwrite, threads, encoding,
     """
     import torch
 
-    from .runs import prepare_training
+    from .runs import CorpusOptions, prepare_training
     from .ui import TrainView
 
     if threads:
@@ -246,12 +246,7 @@ def train(ctx, corpus, out_dir, resume, init_from, overwrite, threads, encoding,
         init_from=init_from,
         overwrite=overwrite,
         explicit=explicit,
-        tokenizer=tokenizer,
-        vocab_size=vocab_size,
-        sp_model_type=sp_model_type,
-        encoding=encoding,
-        errors=errors,
-        newline=newline,
+        corpus_options=CorpusOptions(tokenizer, vocab_size, sp_model_type, encoding, errors, newline),
         root=checkpoints_dir,
     )
     signals = StopOnSignal(trainer)

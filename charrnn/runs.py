@@ -8,14 +8,14 @@ option that would change the model or the data it was trained on.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Collection
 
 from . import checkpoint
-import hashlib
-
 from .data import EncodedCorpus, encode_corpus, read_corpus, split_ids, _source_files
 from .errors import ConfigError
 from .model import ModelConfig
@@ -28,6 +28,18 @@ from .vocab import vocab_from_dict
 DEFAULT_MAX_TIME = 600.0  # seconds, when a new run is given no budget at all
 DEFAULT_ROOT = "checkpoints"
 BUDGETS = ("max_steps", "max_epochs", "max_time")
+
+
+@dataclass(frozen=True)
+class CorpusOptions:
+    """How the corpus is read and turned into tokens."""
+
+    tokenizer: str = "char"  # or "sentencepiece"
+    vocab_size: int = 2000  # sentencepiece only
+    sp_model_type: str = "unigram"  # sentencepiece only
+    encoding: str = "utf-8"
+    errors: str = "strict"
+    newline: str = "keep"
 
 
 def flag(name: str) -> str:
@@ -71,12 +83,7 @@ def prepare_training(
     init_from: str | os.PathLike | None = None,
     overwrite: bool = False,
     explicit: Collection[str] | None = None,
-    tokenizer: str = "char",
-    vocab_size: int = 2000,
-    sp_model_type: str = "unigram",
-    encoding: str = "utf-8",
-    errors: str = "strict",
-    newline: str = "keep",
+    corpus_options: CorpusOptions = CorpusOptions(),
     root: str | os.PathLike = DEFAULT_ROOT,
     stdin: io.BufferedIOBase | None = None,
 ) -> Trainer:
@@ -96,9 +103,7 @@ def prepare_training(
         _source_files(corpus)  # a missing corpus is reported before any folder is created
     out = Path(out_dir) if out_dir is not None else Path(root) / corpus_name(corpus)
 
-    tokens = {"tokenizer": tokenizer, "vocab_size": vocab_size, "sp_model_type": sp_model_type}
-    args = (corpus, out, model_options, train_options, resume, init_from, overwrite, explicit, tokens,
-            encoding, errors, newline, stdin)
+    args = (corpus, out, model_options, train_options, resume, init_from, overwrite, explicit, corpus_options, stdin)
     world = world_from_env()
     if not world.active:
         lock = RunLock(out).acquire()
@@ -146,24 +151,24 @@ def _prepare_distributed(world: World, args: tuple, train_options: dict) -> Trai
     return trainer
 
 
-def _encode(corpus, out, vocab, tokens, encoding, errors, newline, stdin) -> EncodedCorpus:
+def _encode(corpus, out, vocab, opts: CorpusOptions, stdin) -> EncodedCorpus:
     """Character corpora stream through the memory-mapped cache; a sentencepiece corpus is
     read into memory, its tokenizer trained (unless given) and the text encoded."""
-    kind = vocab.kind if vocab is not None else tokens["tokenizer"]
+    kind = vocab.kind if vocab is not None else opts.tokenizer
     if kind == "char":
-        return encode_corpus(corpus, cache_dir=out, vocab=vocab, encoding=encoding, errors=errors,
-                             newline=newline, stdin=stdin)
+        return encode_corpus(corpus, cache_dir=out, vocab=vocab, encoding=opts.encoding, errors=opts.errors,
+                             newline=opts.newline, stdin=stdin)
     from .subword import SentencePieceVocab
 
-    data = read_corpus(corpus, encoding=encoding, errors=errors, newline=newline, stdin=stdin)
+    data = read_corpus(corpus, encoding=opts.encoding, errors=opts.errors, newline=opts.newline, stdin=stdin)
     if vocab is None:
-        vocab = SentencePieceVocab.train(data.text, tokens["vocab_size"], tokens["sp_model_type"])
+        vocab = SentencePieceVocab.train(data.text, opts.vocab_size, opts.sp_model_type)
     digest = hashlib.sha256(data.text.encode("utf-8", "surrogatepass")).hexdigest()
     return EncodedCorpus(vocab.encode(data.text), vocab, data.name, data.source, len(data.text), data.files, digest)
 
 
 def _plan(corpus, out, model_options, train_options, resume, init_from, overwrite, explicit,
-          tokens, encoding, errors, newline, stdin, main: bool = True, vocab=None):
+          opts: CorpusOptions, stdin, main: bool = True, vocab=None):
     """Every check and the corpus encoding; `main` is False on ranks other than 0, which
     leave checks and changes of the run folder to rank 0 and take its vocabulary."""
     stored = None
@@ -189,8 +194,8 @@ def _plan(corpus, out, model_options, train_options, resume, init_from, overwrit
     if stored is not None:
         problems = _differences(model_options, stored["model_config"], model_options.keys(), explicit)
         kind = stored["vocab"].get("kind")
-        if "tokenizer" in explicit and tokens["tokenizer"] != kind:
-            problems.append(f"--tokenizer {tokens['tokenizer']} (the run has {kind})")
+        if "tokenizer" in explicit and opts.tokenizer != kind:
+            problems.append(f"--tokenizer {opts.tokenizer} (the run has {kind})")
         if resume:
             fixed = [f for f in stored.get("train_config", {}) if f not in TrainConfig.RESUMABLE]
             problems += _differences(train_options, stored["train_config"], fixed, explicit)
@@ -213,7 +218,7 @@ def _plan(corpus, out, model_options, train_options, resume, init_from, overwrit
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in train_options.items() if k in known})
 
-    encoded = _encode(corpus, out, vocab, tokens, encoding, errors, newline, stdin)
+    encoded = _encode(corpus, out, vocab, opts, stdin)
     if resume:
         was = stored.get("corpus", {}).get("sha256")
         if was is not None and was != encoded.sha256:
