@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -129,8 +130,6 @@ class StopOnSignal:
     (checkpoints are written atomically, so nothing on disk can be half-written)."""
 
     def __init__(self, trainer):
-        import signal
-
         self.trainer = trainer
         self.signum = None
         self.previous = {}
@@ -138,16 +137,12 @@ class StopOnSignal:
             self.previous[sig] = signal.signal(sig, self.handle)
 
     def handle(self, signum, frame):
-        import signal
-
         if self.signum is not None:
             os._exit(128 + signum)
         self.signum = signum
         self.trainer.request_stop(f"interrupted by {signal.Signals(signum).name}")
 
     def restore(self):
-        import signal
-
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
 

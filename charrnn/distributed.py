@@ -51,11 +51,6 @@ def init(world: World, device: torch.device) -> None:
     dist.init_process_group(backend=backend, timeout=TIMEOUT)
 
 
-def barrier(world: World) -> None:
-    if world.active:
-        dist.barrier()
-
-
 def all_sum(world: World, *values: torch.Tensor) -> list[torch.Tensor]:
     """Sum small tensors over ranks (one collective for all of them)."""
     if not world.active:

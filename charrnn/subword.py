@@ -102,9 +102,6 @@ class SentencePieceVocab:
     def decode(self, ids: Iterable[int]) -> str:
         return self.sp.decode([int(i) for i in ids]).replace(NEWLINE_MARK, "\n")
 
-    def char_count(self, text: str) -> int:
-        return len(text)
-
     def piece_bytes(self) -> list[bytes]:
         out = []
         for i in range(self.size):

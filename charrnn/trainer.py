@@ -135,10 +135,6 @@ class TrainingError(CharrnnError):
     """Training cannot go on (e.g. the loss stays non-finite); the last good checkpoint stays."""
 
 
-def bits(nats: float) -> float:
-    return nats / LN2
-
-
 @dataclass(frozen=True)
 class EvalResult:
     nats: float  # summed cross-entropy
@@ -423,25 +419,18 @@ class Trainer:
         except OSError:
             pass  # metrics are a convenience; a full disk is reported when a checkpoint is saved
 
-    def _write(self, name: str) -> Saved:
+    def _write(self, *names: str) -> Iterator[Saved]:
+        """Build the payload once and write it under each name (only rank 0 writes)."""
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
             raise TrainingError("The weights are no longer finite; no checkpoint was written and the previous ones are intact.")
-        payload = self._payload_cache()  # a collective under DDP: every rank takes part
-        if not self.world.main:
-            return Saved(str(self.out_dir / name), name)
-        return Saved(str(checkpoint.save(payload, self.out_dir / name)), name)
-
-    def _payload_cache(self) -> dict:
-        # One payload serves latest, best and snapshots written at the same step.
-        if getattr(self, "_cached_step", None) != self.step:
-            self._cached, self._cached_step = self.payload(), self.step
-        return self._cached
+        payload = self.payload()  # a collective under DDP: every rank takes part
+        for name in names:
+            path = checkpoint.save(payload, self.out_dir / name) if self.world.main else self.out_dir / name
+            yield Saved(str(path), name)
 
     def save(self, improved: bool) -> Iterator[Saved]:
-        yield self._write(checkpoint.LATEST)
-        if improved or not (self.out_dir / checkpoint.BEST).exists():
-            yield self._write(checkpoint.BEST)
-        self._cached_step = None
+        best = improved or not (self.out_dir / checkpoint.BEST).exists()
+        yield from self._write(checkpoint.LATEST, *([checkpoint.BEST] if best else []))
 
     def validate(self) -> float:
         """Validation loss in nats per character (NaN when there is no validation text)."""
@@ -589,14 +578,13 @@ class Trainer:
                 self.eval_time += time.monotonic() - t_eval
                 last_log_time = time.monotonic()
             if c.keep_every and self.step % c.keep_every == 0:
-                yield self._write(f"step-{self.step:08d}.pt")
+                yield from self._write(f"step-{self.step:08d}.pt")
         train_time = time.monotonic() - start - first_elapsed - self.eval_time
         if float(good_steps):
             self.history.train.append([self.step, float(loss_sum) / float(good_steps) / self.chars_per_token])
         reason = self._stop_reason or "budget reached"
         if self._stop_reason is not None and not self._stop_reason.startswith("early"):
-            yield self._write(checkpoint.LATEST)  # interrupted: save where we are, no evaluation
-            self._cached_step = None
+            yield from self._write(checkpoint.LATEST)  # interrupted: save where we are, no evaluation
         elif evaluated_at != self.step:
             yield from self.evaluate_and_save()
         self.elapsed = time.monotonic() - start

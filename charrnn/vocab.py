@@ -128,15 +128,6 @@ class CharVocab:
         chars = self.chars
         return "".join(chars[int(i)] for i in ids)
 
-    def decode_each(self, ids: list[int]) -> list[str]:
-        """The text of each id on its own (one new token per sample while sampling)."""
-        chars = self.chars
-        return [chars[i] for i in ids]
-
-    def char_count(self, text: str) -> int:
-        """Characters of `text`, the unit every loss is reported in (bits per character)."""
-        return len(text)
-
     def piece_bytes(self) -> list[bytes]:
         """UTF-8 bytes each id stands for (what a streaming decoder emits)."""
         return [c.encode("utf-8", "surrogatepass") for c in self.chars]
