@@ -15,10 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Collection
 
+import torch
+
 from . import checkpoint
 from .data import EncodedCorpus, encode_corpus, read_corpus, split_ids, _source_files
+from .devices import autocast, resolve_device, use_bf16
 from .errors import ConfigError
-from .model import ModelConfig
+from .model import CharRNN, ModelConfig
+from . import sizing
 from . import distributed as dist_utils
 from .distributed import World, world_from_env
 from .runlock import RunLock
@@ -136,7 +140,8 @@ def _prepare_distributed(world: World, args: tuple, train_options: dict) -> Trai
             plan = _plan(*args)
         except BaseException as exc:  # shared below so that no rank waits for ever
             error = exc
-    shared = [None if error is None else str(error), None if plan is None else plan[3].vocab.to_dict()]
+    shared = [None if error is None else str(error), None if plan is None else plan[3].vocab.to_dict(),
+              None if plan is None else plan[1]]
     dist.broadcast_object_list(shared, src=0)
     if error is not None:
         if lock is not None:
@@ -145,7 +150,7 @@ def _prepare_distributed(world: World, args: tuple, train_options: dict) -> Trai
     if shared[0] is not None:
         raise ConfigError(f"Process 0 could not start: {shared[0]}")
     if not world.main:
-        plan = _plan(*args, main=False, vocab=vocab_from_dict(shared[1]))
+        plan = _plan(*args, main=False, vocab=vocab_from_dict(shared[1]), sized=shared[2])
     trainer = _build(*plan, world)
     trainer.lock = lock
     return trainer
@@ -168,9 +173,10 @@ def _encode(corpus, out, vocab, opts: CorpusOptions, stdin) -> EncodedCorpus:
 
 
 def _plan(corpus, out, model_options, train_options, resume, init_from, overwrite, explicit,
-          opts: CorpusOptions, stdin, main: bool = True, vocab=None):
+          opts: CorpusOptions, stdin, main: bool = True, vocab=None, sized: dict | None = None):
     """Every check and the corpus encoding; `main` is False on ranks other than 0, which
-    leave checks and changes of the run folder to rank 0 and take its vocabulary."""
+    leave checks and changes of the run folder to rank 0 and take its vocabulary and its
+    model size (`sized`)."""
     stored = None
     if resume:
         latest = out / checkpoint.LATEST
@@ -226,15 +232,78 @@ def _plan(corpus, out, model_options, train_options, resume, init_from, overwrit
                 f"The corpus {corpus} differs from the text the run in {out} was trained on; "
                 f"resume with the same text, or start a new run on it with --init-from {out}."
             )
+    if sized is not None:
+        model_options = sized
+    elif stored is None:
+        model_options = size_model(model_options, config, encoded)
     if main and overwrite and not resume:
         _clear_run(out)
     return out, model_options, config, encoded, stored, resume, init_from
 
 
+AUTO = ("hidden_size", "dropout")  # sized to the corpus and budget unless given
+
+
+def size_model(model_options: dict, config: TrainConfig, encoded: EncodedCorpus) -> dict:
+    """Fill in the options of `AUTO` that are missing or None with `sizing.choose`.
+
+    The chosen figures are kept under the private key "_sizing" for the trainer to report.
+    """
+    options = {k: v for k, v in model_options.items() if v is not None}
+    if all(name in options for name in AUTO):
+        return options
+    fields = ModelConfig.__dataclass_fields__
+    get = lambda name: options.get(name, fields[name].default)  # noqa: E731
+    world = world_from_env()
+    if get("tie_weights") and "hidden_size" not in options:
+        options["hidden_size"] = get("embedding_size")  # tied weights fix the width
+    auto = [name for name in AUTO if name not in options]
+    vocab_size = encoded.vocab.size
+    one_hot = get("one_hot")
+    input_size = vocab_size if one_hot else get("embedding_size")
+    train_tokens = len(split_ids(encoded.ids, config.val_fraction)[0])
+    local_batch = max(1, config.batch_size // world.size)
+
+    throughput = None
+    if config.max_time is not None:
+        device = resolve_device(config.device)
+        if world.active and device.type == "cuda":
+            device = torch.device("cuda", world.local_rank)
+        bf16 = use_bf16(device, config.precision)
+
+        def factory(hidden: int):
+            return CharRNN(ModelConfig(vocab_size=vocab_size, **{**options, "hidden_size": hidden}))
+
+        def throughput(hidden: int) -> float:
+            measure = sizing.measure_throughput(factory, local_batch, config.seq_len, vocab_size, device,
+                                                autocast=(lambda: autocast(device, True)) if bf16 else None)
+            try:
+                return world.size * measure(hidden)
+            except RuntimeError:  # no bf16 recurrent kernels in this cuDNN: training runs float32 too
+                measure = sizing.measure_throughput(factory, local_batch, config.seq_len, vocab_size, device)
+                return world.size * measure(hidden)
+
+    choice = sizing.choose(
+        cell=get("cell"), num_layers=get("num_layers"), input_size=input_size, vocab_size=vocab_size,
+        train_tokens=train_tokens, tokens_per_step=config.batch_size * config.seq_len,
+        max_steps=config.max_steps, max_epochs=config.max_epochs, max_time=config.max_time,
+        throughput=throughput, embedding=not one_hot,
+        ladder=(options["hidden_size"],) if "hidden_size" in options else sizing.LADDER)
+    options.setdefault("hidden_size", choice.hidden_size)
+    options.setdefault("dropout", choice.dropout)
+    options["_sizing"] = dataclasses.asdict(choice) | {"epochs": choice.epochs, "auto": auto}
+    return options
+
+
 def _build(out, model_options, config, encoded, stored, resume, init_from, world: World) -> Trainer:
+    model_options = dict(model_options)
+    chosen = model_options.pop("_sizing", None)
     model_config = ModelConfig(vocab_size=encoded.vocab.size, **model_options)
     train_ids, val_ids = split_ids(encoded.ids, config.val_fraction)
     trainer = Trainer(model_config, config, encoded.vocab, train_ids, val_ids, out, encoded.info(), world)
+    if chosen is not None:
+        trainer.sizing = chosen
+        trainer.corpus_info["sizing"] = chosen
     if resume:
         trainer.restore(stored)
     elif init_from is not None:

@@ -21,6 +21,21 @@ def _loss(nats: float) -> str:
     return f"{nats:.4f} ({nats / LN2:.3f} bpc)"
 
 
+def sizing_line(sizing: dict) -> str:
+    """One sentence on what the sizing rule chose and why (see charrnn.sizing)."""
+    chosen = []
+    if "hidden_size" in sizing["auto"]:
+        chosen.append(f"{sizing['hidden_size']} units per layer")
+    if "dropout" in sizing["auto"]:
+        chosen.append(f"dropout {sizing['dropout']:g}")
+    why = {"budget": "a larger network would not see enough text in the budget",
+           "corpus": "a larger network would have too many weights for this corpus",
+           "ladder": "the largest size tried"}[sizing["limit"]]
+    text = f"Sized to the corpus and budget: {' and '.join(chosen)}, for about {sizing['tokens_seen']:,.0f} tokens "
+    text += f"({sizing['epochs']:.1f} passes over {sizing['train_tokens']:,})"
+    return text + (f"; {why}." if "hidden_size" in sizing["auto"] else ".")
+
+
 class TrainView:
     """Renders `Trainer.run()` events: a live bar on a TTY, a line every few seconds elsewhere."""
 
@@ -67,6 +82,8 @@ class TrainView:
                 f"{event.vocab_size}, {event.train_tokens:,} training and {event.val_tokens:,} "
                 f"validation tokens, {event.windows_per_epoch} windows per epoch; checkpoints in {event.out_dir}"
             )
+            if event.sizing:
+                self.log(sizing_line(event.sizing))
         elif isinstance(event, Step):
             eta = event.elapsed * (1 - event.fraction) / event.fraction if event.fraction > 0 else math.nan
             eta_text = format_duration(eta) if math.isfinite(eta) else "…"

@@ -1,0 +1,108 @@
+"""The sizing rule: model width and dropout follow the corpus and the budget."""
+
+import math
+
+import pytest
+import torch
+
+from charrnn import sizing, train
+from charrnn.model import CharRNN, ModelConfig
+from charrnn.runs import prepare_training
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("one_hot,tied", [(False, False), (True, False), (False, True)])
+def test_parameter_formula_matches_the_model(cell, one_hot, tied):
+    hidden = 24 if tied else 40
+    config = ModelConfig(vocab_size=30, hidden_size=hidden, num_layers=3, embedding_size=24, cell=cell,
+                         one_hot=one_hot, tie_weights=tied)
+    expected = CharRNN(config).num_parameters()
+    assert sizing.count_parameters(cell, hidden, 3, config.input_size, 30, embedding=not one_hot, tied=tied) == expected
+
+
+def choose(train_tokens, tokens_seen, cell="lstm", **kw):
+    return sizing.choose(cell=cell, num_layers=2, input_size=64, vocab_size=65, train_tokens=train_tokens,
+                         tokens_per_step=32 * 128, max_epochs=tokens_seen / train_tokens, **kw)
+
+
+def test_dropout_follows_the_passes_over_the_text():
+    assert sizing.dropout_for(0.3) == 0.0 and sizing.dropout_for(2.0) == 0.0
+    assert sizing.dropout_for(4.0) == pytest.approx(0.1)
+    assert sizing.dropout_for(16.0) == pytest.approx(0.3)
+    assert sizing.dropout_for(1000.0) == sizing.MAX_DROPOUT
+    values = [sizing.dropout_for(e) for e in (1.5, 3, 6, 12, 24)]
+    assert values == sorted(values)
+
+
+def test_small_corpus_gets_a_small_regularised_model_and_big_corpus_no_dropout():
+    small = choose(50_000, 4.5e6)  # 10 minutes of CPU on a 50 KB text: ~90 passes
+    shakespeare = choose(1_000_000, 4.5e6)
+    big = choose(50_000_000, 4.5e6)  # the same budget on 50 MB: a tenth of one pass
+    assert small.hidden_size < shakespeare.hidden_size
+    assert small.limit == "corpus" and small.dropout == sizing.MAX_DROPOUT
+    assert sizing.count_parameters("lstm", small.hidden_size, 2, 64, 65) <= sizing.PARAMS_PER_TOKEN * 50_000
+    assert big.dropout == 0.0 and big.limit == "budget"
+    assert big.hidden_size >= 384  # not starved: as large as the budget can train
+    assert 0.05 <= shakespeare.dropout <= 0.2
+
+
+def test_larger_budgets_never_give_smaller_models():
+    sizes = [choose(10_000_000, seen).hidden_size for seen in (1e5, 1e6, 4e6, 1.6e7, 6.4e7, 2.6e8)]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+
+
+def test_time_budget_uses_measured_throughput_and_stops_timing_early():
+    timed = []
+
+    def throughput(hidden):  # tokens/s falling with the square of the width, as on a CPU
+        timed.append(hidden)
+        return 3e9 / hidden**2
+
+    choice = sizing.choose(cell="lstm", num_layers=2, input_size=64, vocab_size=65, train_tokens=10**8,
+                           tokens_per_step=4096, max_time=600.0, throughput=throughput)
+    params = sizing.count_parameters("lstm", choice.hidden_size, 2, 64, 65)
+    assert params <= choice.tokens_seen == pytest.approx(600.0 * 3e9 / choice.hidden_size**2)
+    bigger = sizing.LADDER[sizing.LADDER.index(choice.hidden_size) + 1]
+    assert sizing.count_parameters("lstm", bigger, 2, 64, 65) > 600.0 * 3e9 / bigger**2
+    assert timed == list(sizing.LADDER[: len(timed)]) and timed[-1] <= bigger  # never times past the first too large size
+
+
+def test_real_throughput_measurement_is_positive_and_leaves_the_rng_alone():
+    rate = sizing.measure_throughput(lambda h: CharRNN(ModelConfig(vocab_size=20, hidden_size=h, num_layers=1,
+                                                                   embedding_size=8)),
+                                     batch_size=4, seq_len=16, vocab_size=20, device=torch.device("cpu"))
+    before = torch.get_rng_state()
+    assert rate(16) > 0 and math.isfinite(rate(32))
+    assert torch.equal(before, torch.get_rng_state())
+
+
+def test_options_the_user_gives_are_kept_and_the_rest_sized(shakespeare_head, tmp_path):
+    trainer = prepare_training(str(shakespeare_head), out_dir=tmp_path / "a",
+                               train_options={"max_epochs": 0.5, "device": "cpu"})
+    assert trainer.model_config.dropout == 0.0  # half a pass: nothing to regularise
+    assert trainer.sizing["auto"] == ["hidden_size", "dropout"]
+    assert trainer.model_config.hidden_size == trainer.sizing["hidden_size"]
+    trainer.lock.release()
+
+    trainer = prepare_training(str(shakespeare_head), out_dir=tmp_path / "b",
+                               model_options={"hidden_size": 40, "dropout": None},
+                               train_options={"max_epochs": 8, "device": "cpu"})
+    assert trainer.model_config.hidden_size == 40
+    assert trainer.model_config.dropout == pytest.approx(0.2)  # 8 passes
+    assert trainer.sizing["auto"] == ["dropout"]
+    trainer.lock.release()
+
+    trainer = prepare_training(str(shakespeare_head), out_dir=tmp_path / "c",
+                               model_options={"hidden_size": 40, "dropout": 0.05},
+                               train_options={"max_epochs": 8, "device": "cpu"})
+    assert trainer.model_config.dropout == 0.05 and trainer.sizing is None
+    trainer.lock.release()
+
+
+def test_defaults_keep_learning(shakespeare_head, tmp_path):
+    """Regression guard for the default settings: a short run of everything-default on
+    60 KB of Shakespeare must get clearly below a unigram model (about 3.3 nats/char)."""
+    run = train(shakespeare_head, out=tmp_path / "d", max_steps=120, eval_every=60, device="cpu", seed=1)
+    model = run.load()
+    assert model.net.config.cell == "lstm" and model.net.config.num_layers == 2
+    assert run.best_val_loss < 2.45, run.best_val_loss
