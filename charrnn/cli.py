@@ -155,19 +155,19 @@ class StopOnSignal:
 @click.option("--init-from", type=click.Path(exists=True), help="Start a new run from a checkpoint's weights (fine-tuning; same vocabulary).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run in the output folder instead of refusing.")
 @click.option("--cell", type=click.Choice(CELLS), default="lstm", show_default=True, help="Recurrent cell.")
-@click.option("--hidden-size", type=click.IntRange(min=1), default=512, show_default=True, help="Units per recurrent layer.")
+@click.option("--hidden-size", type=click.IntRange(min=1), help="Units per recurrent layer [default: sized to the corpus and budget].")
 @click.option("--num-layers", type=click.IntRange(min=1), default=2, show_default=True, help="Stacked recurrent layers.")
 @click.option("--embedding-size", type=click.IntRange(min=1), default=64, show_default=True, help="Size of the learned character embedding.")
 @click.option("--nonlinearity", type=click.Choice(["tanh", "relu"]), default="tanh", show_default=True, help="Activation of the vanilla rnn cell.")
 @click.option("--one-hot", is_flag=True, help="Feed one-hot characters (classic char-rnn) instead of a learned embedding.")
 @click.option("--tie-weights", is_flag=True, help="Share the embedding table with the output layer (needs --embedding-size equal to --hidden-size).")
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True, help="Dropout on the embedding, between layers and before the head.")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), help="Dropout on the embedding, between layers and before the head [default: from the passes over the text the budget allows].")
 @click.option("--tokenizer", type=click.Choice(["char", "sentencepiece"]), default="char", show_default=True, help="Characters, or subword pieces trained with sentencepiece on the corpus.")
 @click.option("--vocab-size", type=click.IntRange(min=260), default=2000, show_default=True, help="Pieces in a sentencepiece vocabulary (at least 260: 256 byte pieces come first).")
 @click.option("--sp-model-type", type=click.Choice(["unigram", "bpe"]), default="unigram", show_default=True, help="sentencepiece algorithm.")
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=32, show_default=True, help="Parallel streams B.")
 @click.option("--seq-len", "-t", type=click.IntRange(min=1), default=128, show_default=True, help="Window length T for truncated backpropagation through time.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3, show_default=True, help="Peak learning rate (AdamW).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-2, show_default=True, help="Peak learning rate (AdamW).")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=0.01, show_default=True, help="AdamW weight decay on weight matrices.")
 @click.option("--warmup-steps", type=click.IntRange(min=0), default=50, show_default=True, help="Linear learning-rate warmup steps before the cosine decay.")
 @click.option("--grad-clip", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Clip the gradient norm to this value (0 turns clipping off).")
@@ -513,6 +513,10 @@ def info(ckpt, as_json, checkpoints_dir):
     ]
     if corpus:
         lines.append(f"corpus       {corpus.get('name')} ({corpus.get('chars', 0):,} characters from {corpus.get('source')})")
+    if corpus.get("sizing"):
+        from .ui import sizing_line
+
+        lines.append(f"sizing       {sizing_line(corpus['sizing'])}")
     if summary["step"] is not None:
         t = summary["train_time_s"] or 0.0
         lines.append(f"training     {summary['step']:,} steps, {summary['epoch']:.2f} epochs, {t:,.0f} s on {summary['device']}")

@@ -40,7 +40,7 @@ def _finite(x: float) -> float | None:
 class TrainConfig:
     batch_size: int = 32
     seq_len: int = 128
-    lr: float = 3e-3
+    lr: float = 1e-2
     weight_decay: float = 0.01
     warmup_steps: int = 50
     min_lr_ratio: float = 0.05
@@ -81,6 +81,7 @@ class Started:
     vocab_size: int
     windows_per_epoch: int
     out_dir: str
+    sizing: dict | None = None  # what charrnn.sizing chose for a new run, when it chose
 
 
 @dataclass(frozen=True)
@@ -224,6 +225,7 @@ class Trainer:
             torch.cuda.set_device(self.device)
         self.bf16 = use_bf16(self.device, config.precision)
         self.lock = None  # a RunLock held for the run, released when run() ends
+        self.sizing: dict | None = None  # set by runs.prepare_training when it sized the model
         if config.batch_size % world.size:
             raise ConfigError(f"--batch-size {config.batch_size} must be a multiple of the {world.size} processes.")
 
@@ -484,6 +486,7 @@ class Trainer:
             self.vocab.size,
             self.windows_per_epoch,
             str(self.out_dir),
+            self.sizing,
         )
         model.train()
         params = [p for p in model.parameters()]
