@@ -87,7 +87,8 @@ def main(argv=None) -> int:
     print(f"\nmachine: {line(info)}")
     print(f"corpus: {args.corpus}; overrides: {overrides or 'none (defaults)'}\n")
     rows = REFERENCE + [(
-        f"charrnn defaults{' + ' + str(overrides) if overrides else ''} ({mc.cell} {mc.num_layers}x{mc.hidden_size})",
+        f"charrnn defaults{' + ' + str(overrides) if overrides else ''} ({mc.cell} {mc.num_layers}x{mc.hidden_size}, "
+        f"dropout {mc.dropout:g})",
         f"{params / 1e6:.2f}M", f"{done.elapsed:.0f} s",
         f"{report.nats_per_char:.4f} (eval), {done.best_val_loss:.4f} (training)",
     )]
@@ -100,6 +101,7 @@ def main(argv=None) -> int:
     with open(args.json, "a") as fh:
         fh.write(json.dumps({
             "corpus": args.corpus, "time": args.time, "overrides": overrides, "params": params,
+            "model": mc.to_dict(), "sizing": trainer.sizing,
             "steps": done.step, "epochs": done.epoch, "chars_per_sec": done.chars_per_sec,
             "val_loss_eval": report.nats_per_char, "val_loss_training": done.best_val_loss,
             "curve": curve, "machine": info,

@@ -51,3 +51,17 @@ def test_batch_must_divide_among_processes(tmp_path, shakespeare_head):
     result = torchrun("train", str(shakespeare_head), "--out", str(tmp_path / "odd"), *args)
     assert result.returncode != 0
     assert "must be a multiple of the 2 processes" in result.stderr
+
+
+def test_processes_share_the_size_chosen_by_process_zero(tmp_path, shakespeare_head):
+    """With a time budget each process would time the candidate widths differently; the
+    size and dropout are chosen once, by process 0, and every process builds that model."""
+    args = ["--embedding-size", "8", "--batch-size", "8", "--seq-len", "16", "--max-time", "4s",
+            "--eval-every", "10", "--log-every", "5", "--threads", "1", "-q"]
+    result = torchrun("train", str(shakespeare_head), "--out", str(tmp_path / "sized"), *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = checkpoint.load(tmp_path / "sized" / "latest.pt")
+    sizing = data["corpus"]["sizing"]
+    assert sizing["auto"] == ["hidden_size", "dropout"]
+    assert data["model_config"]["hidden_size"] == sizing["hidden_size"]
+    assert data["model_config"]["dropout"] == sizing["dropout"]

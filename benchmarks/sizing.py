@@ -1,0 +1,106 @@
+"""How the default sizing behaves on a small and on a large corpus under the same budget.
+
+    python benchmarks/sizing.py --time 3m
+
+Trains three runs with `charrnn`'s defaults (nothing but the budget given):
+  * small: the first 50,000 characters of ../shared/corpora/linux_c.txt;
+  * small, fixed: the same text with the old fixed default (2 x 512, dropout 0.1), to
+    show what the sizing rule avoids;
+  * large: linux_c.txt repeated to about 50 MB (the budget reads well under one copy, so
+    the repetition is never seen).
+and prints, for each, the size the rule chose, the best and the final validation loss,
+the final training loss and the validation curve. Results are appended to --json.
+
+On the large corpus the validation tail is a copy of text the run has already trained on
+(it is the same file seven times), so its validation loss flatters; read its training
+loss instead: in less than one pass every training character is seen for the first time,
+which makes the training loss an honest held-out figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from machine import describe, line  # noqa: E402
+
+SHARED = HERE.parent.parent / "shared" / "corpora"
+
+
+def run(corpus: Path, out: Path, budget: float, model_options: dict) -> dict:
+    from charrnn.runs import prepare_training
+    from charrnn.trainer import Evaluated, Finished, Progress
+
+    trainer = prepare_training(str(corpus), out_dir=out, model_options=model_options,
+                               train_options={"max_time": budget}, overwrite=True)
+    curve, train_loss, done = [], None, None
+    t0 = time.monotonic()
+    for event in trainer.run():
+        if isinstance(event, Progress):
+            train_loss = event.train_loss
+        elif isinstance(event, Evaluated):
+            curve.append((round(time.monotonic() - t0), event.step, round(event.val_loss, 4)))
+            print(f"    {curve[-1][0]:5d}s step {event.step:5d}  val {event.val_loss:.4f}  train {train_loss:.4f}", flush=True)
+        elif isinstance(event, Finished):
+            done = event
+    mc = trainer.model_config
+    return {
+        "corpus": str(corpus), "chars": trainer.corpus_info.get("chars"), "hidden_size": mc.hidden_size,
+        "dropout": mc.dropout, "params": trainer.model.num_parameters(), "sizing": trainer.sizing,
+        "steps": done.step, "epochs": done.epoch, "best_val": done.best_val_loss, "final_val": done.final_val_loss,
+        "final_train": train_loss, "curve": curve,
+    }
+
+
+def main(argv=None) -> int:
+    from charrnn.durations import parse_duration
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--time", default="3m", help="budget of each run")
+    p.add_argument("--source", default=str(SHARED / "linux_c.txt"))
+    p.add_argument("--json", default=str(HERE / "results" / "sizing.jsonl"))
+    args = p.parse_args(argv)
+    budget = parse_duration(args.time)
+
+    text = Path(args.source).read_text(encoding="utf-8")
+    work = Path(tempfile.mkdtemp(prefix="charrnn-sizing-"))
+    small = work / "small.txt"
+    small.write_text(text[:50_000], encoding="utf-8")
+    large = work / "large.txt"
+    copies = max(1, round(50e6 / len(text.encode("utf-8"))))
+    large.write_text(text * copies, encoding="utf-8")
+
+    results = []
+    for name, corpus, options in [
+        ("small (50 KB), sized", small, {}),
+        ("small (50 KB), fixed 2x512 dropout 0.1", small, {"hidden_size": 512, "dropout": 0.1}),
+        (f"large ({large.stat().st_size / 1e6:.0f} MB), sized", large, {}),
+    ]:
+        print(f"{name}:", flush=True)
+        r = run(corpus, work / name.split()[0], budget, options)
+        r["name"] = name
+        results.append(r)
+
+    info = describe()
+    print(f"\nmachine: {line(info)}; budget {args.time} each; source {args.source}\n")
+    print("| run | model | params | steps | passes | best val | final val | final train |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        print(f"| {r['name']} | 2 x {r['hidden_size']}, dropout {r['dropout']:g} | {r['params'] / 1e6:.2f}M | "
+              f"{r['steps']} | {r['epochs']:.1f} | {r['best_val']:.4f} | {r['final_val']:.4f} | {r['final_train']:.4f} |")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.json, "a") as fh:
+        fh.write(json.dumps({"time": args.time, "runs": results, "machine": info}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
