@@ -167,7 +167,7 @@ class StopOnSignal:
 @click.option("--sp-model-type", type=click.Choice(["unigram", "bpe"]), default="unigram", show_default=True, help="sentencepiece algorithm.")
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=32, show_default=True, help="Parallel streams B.")
 @click.option("--seq-len", "-t", type=click.IntRange(min=1), default=128, show_default=True, help="Window length T for truncated backpropagation through time.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-2, show_default=True, help="Peak learning rate (AdamW).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate (AdamW) [default: 1e-2 for lstm, 5e-3 for gru, 3e-3 for rnn].")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=0.01, show_default=True, help="AdamW weight decay on weight matrices.")
 @click.option("--warmup-steps", type=click.IntRange(min=0), default=50, show_default=True, help="Linear learning-rate warmup steps before the cosine decay.")
 @click.option("--grad-clip", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Clip the gradient norm to this value (0 turns clipping off).")

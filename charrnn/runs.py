@@ -221,6 +221,9 @@ def _plan(corpus, out, model_options, train_options, resume, init_from, overwrit
 
     if all(train_options.get(b) is None for b in BUDGETS):
         train_options["max_time"] = DEFAULT_MAX_TIME
+    if train_options.get("lr") is None:  # new runs: the cell's own default
+        cell = model_options.get("cell") or ModelConfig.__dataclass_fields__["cell"].default
+        train_options["lr"] = sizing.LEARNING_RATE[cell]
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in train_options.items() if k in known})
 

@@ -106,3 +106,16 @@ def test_defaults_keep_learning(shakespeare_head, tmp_path):
     model = run.load()
     assert model.net.config.cell == "lstm" and model.net.config.num_layers == 2
     assert run.best_val_loss < 2.45, run.best_val_loss
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_learning_rate_defaults_per_cell_and_a_given_one_is_kept(cell, shakespeare_head, tmp_path):
+    small = {"cell": cell, "hidden_size": 16, "embedding_size": 8, "dropout": 0.0}
+    trainer = prepare_training(str(shakespeare_head), out_dir=tmp_path / "a", model_options=small,
+                               train_options={"max_steps": 1, "device": "cpu"})
+    assert trainer.config.lr == sizing.LEARNING_RATE[cell]
+    trainer.lock.release()
+    trainer = prepare_training(str(shakespeare_head), out_dir=tmp_path / "b", model_options=small,
+                               train_options={"max_steps": 1, "device": "cpu", "lr": 0.02})
+    assert trainer.config.lr == 0.02
+    trainer.lock.release()
