@@ -277,14 +277,15 @@ def size_model(model_options: dict, config: TrainConfig, encoded: EncodedCorpus)
         def factory(hidden: int):
             return CharRNN(ModelConfig(vocab_size=vocab_size, **{**options, "hidden_size": hidden}))
 
-        def throughput(hidden: int) -> float:
-            measure = sizing.measure_throughput(factory, local_batch, config.seq_len, vocab_size, device,
-                                                autocast=(lambda: autocast(device, True)) if bf16 else None)
+        timed = sizing.measure_throughput(factory, local_batch, config.seq_len, vocab_size, device,
+                                          autocast=(lambda: autocast(device, True)) if bf16 else None)
+        timed_fp32 = sizing.measure_throughput(factory, local_batch, config.seq_len, vocab_size, device)
+
+        def throughput(hidden: int) -> float:  # all processes together
             try:
-                return world.size * measure(hidden)
+                return world.size * timed(hidden)
             except RuntimeError:  # no bf16 recurrent kernels in this cuDNN: training runs float32 too
-                measure = sizing.measure_throughput(factory, local_batch, config.seq_len, vocab_size, device)
-                return world.size * measure(hidden)
+                return world.size * timed_fp32(hidden)
 
     choice = sizing.choose(
         cell=get("cell"), num_layers=get("num_layers"), input_size=input_size, vocab_size=vocab_size,
