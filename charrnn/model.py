@@ -8,47 +8,13 @@ than the arithmetic itself, and sampling makes one call per character.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError
+from .config import CELLS, ModelConfig
 
-CELLS = ("lstm", "gru", "rnn")
 State = tuple[torch.Tensor, ...]  # lstm: (h, c); gru/rnn: (h,); each (L, B, H)
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    vocab_size: int
-    hidden_size: int = 512
-    num_layers: int = 2
-    embedding_size: int = 64
-    dropout: float = 0.1
-    cell: str = "lstm"
-    nonlinearity: str = "tanh"  # rnn only
-    one_hot: bool = False  # feed one-hot vectors (classic char-rnn) instead of an embedding
-    tie_weights: bool = False  # share the embedding table with the output head
-
-    def __post_init__(self):
-        if self.cell not in CELLS:
-            raise ConfigError(f"Unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}.")
-        if self.tie_weights and (self.one_hot or self.embedding_size != self.hidden_size):
-            raise ConfigError("--tie-weights needs an embedding (not --one-hot) with --embedding-size equal to --hidden-size.")
-
-    @property
-    def input_size(self) -> int:
-        return self.vocab_size if self.one_hot else self.embedding_size
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ModelConfig":
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 class CharRNN(nn.Module):

@@ -18,6 +18,7 @@ from typing import Collection
 import torch
 
 from . import checkpoint
+from .config import CorpusOptions
 from .data import EncodedCorpus, encode_corpus, read_corpus, split_ids, _source_files
 from .devices import autocast, resolve_device, use_bf16
 from .errors import ConfigError
@@ -32,18 +33,6 @@ from .vocab import vocab_from_dict
 DEFAULT_MAX_TIME = 600.0  # seconds, when a new run is given no budget at all
 DEFAULT_ROOT = "checkpoints"
 BUDGETS = ("max_steps", "max_epochs", "max_time")
-
-
-@dataclass(frozen=True)
-class CorpusOptions:
-    """How the corpus is read and turned into tokens."""
-
-    tokenizer: str = "char"  # or "sentencepiece"
-    vocab_size: int = 2000  # sentencepiece only
-    sp_model_type: str = "unigram"  # sentencepiece only
-    encoding: str = "utf-8"
-    errors: str = "strict"
-    newline: str = "keep"
 
 
 def flag(name: str) -> str:

@@ -25,7 +25,8 @@ from .distributed import World
 from .data import as_streams, eval_windows, num_windows
 from .devices import autocast, device_name, resolve_device, use_bf16
 from .errors import CharrnnError, ConfigError
-from .model import CharRNN, ModelConfig, State
+from .config import ModelConfig, TrainConfig
+from .model import CharRNN, State
 
 LN2 = math.log(2)
 METRICS = "metrics.jsonl"
@@ -34,41 +35,6 @@ METRICS = "metrics.jsonl"
 def _finite(x: float) -> float | None:
     """JSON has no NaN or infinity: they are written as null."""
     return x if math.isfinite(x) else None
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    batch_size: int = 32
-    seq_len: int = 128
-    lr: float = 1e-2
-    weight_decay: float = 0.01
-    warmup_steps: int = 50
-    min_lr_ratio: float = 0.05
-    grad_clip: float = 1.0
-    max_steps: int | None = None
-    max_epochs: float | None = None
-    max_time: float | None = None  # seconds
-    eval_every: int = 100
-    log_every: int = 10
-    val_fraction: float = 0.1
-    eval_max_tokens: int = 262_144  # validation is capped so evaluation stays cheap on huge corpora
-    seed: int = 1337
-    device: str = "auto"
-    precision: str = "auto"
-    patience: int | None = None  # evaluations without improvement before stopping early
-    keep_every: int | None = None  # keep a step-NNNNNNNN.pt snapshot every N steps
-    max_bad_steps: int = 8  # consecutive non-finite steps (skipped) before giving up
-
-    # Options a resumed run may change; every other one must match the checkpoint.
-    RESUMABLE = ("max_steps", "max_epochs", "max_time", "eval_every", "log_every", "device",
-                 "precision", "patience", "keep_every", "max_bad_steps")
-
-    def __post_init__(self):
-        if self.max_steps is None and self.max_epochs is None and self.max_time is None:
-            raise ConfigError("Training needs a budget: --max-steps, --max-epochs or --max-time.")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 # -- events ---------------------------------------------------------------------------------
