@@ -52,7 +52,9 @@ def main(argv=None) -> int:
 
     text = Path(args.corpus).read_text(encoding="utf-8")
     vocab = CharVocab.from_text(text)
-    held_out = text[len(text) - int(len(text) * 0.1):]
+    from charrnn.data import split_text
+
+    held_out = split_text(text)[1]  # the tail training held out (the default fraction)
     rows = []
     for cell in args.cells.split(","):
         hidden = hidden_for(cell, args.params, vocab.size)

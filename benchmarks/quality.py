@@ -5,8 +5,10 @@ comparison table of the model-quality issue with charrnn's row added.
     python benchmarks/quality.py --time 3m --set hidden_size=384  # try a variant
     python benchmarks/quality.py --corpus ../shared/corpora/linux_c.txt --time 5m
 
-Validation loss is measured the way `charrnn eval` measures it: the last 10% of the text,
-read with the state carried across windows. Results are appended to --json as one object.
+Training goes through `charrnn.train()`. Validation loss is measured the way `charrnn eval`
+measures it: on the tail the run held out (its val_fraction, by default
+`charrnn.data.VAL_FRACTION`, 10%), read with the state carried across windows. Results
+are appended to --json as one object.
 """
 
 from __future__ import annotations
@@ -45,11 +47,9 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
 
-
-    from charrnn import load
-    from charrnn.runs import prepare_training
-    from charrnn.trainer import Evaluated, Finished
-    from charrnn.model import ModelConfig
+    import charrnn
+    from charrnn.data import split_text
+    from charrnn.trainer import Evaluated, Started
 
     overrides = {}
     for item in args.set:
@@ -58,27 +58,25 @@ def main(argv=None) -> int:
             overrides[name] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             overrides[name] = value
-    model_fields = set(ModelConfig.__dataclass_fields__) - {"vocab_size"}
-    model_options = {k: v for k, v in overrides.items() if k in model_fields}
-    train_options = {k: v for k, v in overrides.items() if k not in model_fields}
-    train_options.setdefault("max_time", parse_duration(args.time))
-    train_options.setdefault("device", args.device)
+    options = dict(overrides)
+    options.setdefault("max_time", parse_duration(args.time))
+    options.setdefault("device", args.device)
 
-    trainer = prepare_training(args.corpus, out_dir=args.out, model_options=model_options,
-                               train_options=train_options, overwrite=True)
     curve = []
-    t0 = time.monotonic()
-    done = None
-    for event in trainer.run():
-        if isinstance(event, Evaluated):
-            curve.append((round(time.monotonic() - t0, 1), event.step, round(event.val_loss, 4)))
-            print(f"  {curve[-1][0]:7.1f}s  step {event.step:6d}  val {event.val_loss:.4f}", flush=True)
-        if isinstance(event, Finished):
-            done = event
+    seen = {"t0": None, "sizing": None}
 
-    model = load(Path(args.out) / "best.pt")
+    def on_event(event):
+        if isinstance(event, Started):  # the clock starts with training, after encoding and sizing
+            seen["t0"], seen["sizing"] = time.monotonic(), event.sizing
+        elif isinstance(event, Evaluated):
+            curve.append((round(time.monotonic() - seen["t0"], 1), event.step, round(event.val_loss, 4)))
+            print(f"  {curve[-1][0]:7.1f}s  step {event.step:6d}  val {event.val_loss:.4f}", flush=True)
+
+    done = charrnn.train(args.corpus, out=args.out, overwrite=True, on_event=on_event, **options)
+
+    model = done.load()
     text = Path(args.corpus).read_text(encoding="utf-8")
-    _, val_text = text[: len(text) - int(len(text) * 0.1)], text[len(text) - int(len(text) * 0.1):]
+    _, val_text = split_text(text, model.checkpoint.train_config.val_fraction)  # the tail training held out
     report = model.loss(val_text)
     params = model.net.num_parameters()
     mc = model.net.config
@@ -95,14 +93,14 @@ def main(argv=None) -> int:
     print("| system | params | budget | val loss (nats/char) |\n|---|---|---|---|")
     for r in rows:
         print("| " + " | ".join(r) + " |")
-    print(f"\ncharrnn: {done.step} steps, {done.epoch:.2f} epochs, {done.chars_per_sec:,.0f} training chars/s")
+    print(f"\ncharrnn: {done.steps} steps, {done.epochs:.2f} epochs, {done.chars_per_sec:,.0f} training chars/s")
 
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     with open(args.json, "a") as fh:
         fh.write(json.dumps({
             "corpus": args.corpus, "time": args.time, "overrides": overrides, "params": params,
-            "model": mc.to_dict(), "sizing": trainer.sizing,
-            "steps": done.step, "epochs": done.epoch, "chars_per_sec": done.chars_per_sec,
+            "model": mc.to_dict(), "sizing": seen["sizing"],
+            "steps": done.steps, "epochs": done.epochs, "chars_per_sec": done.chars_per_sec,
             "val_loss_eval": report.nats_per_char, "val_loss_training": done.best_val_loss,
             "curve": curve, "machine": info,
         }) + "\n")

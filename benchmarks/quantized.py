@@ -66,7 +66,9 @@ def main(argv=None) -> dict:
 
     model = load(args.checkpoint)
     text = Path(args.text).read_text(encoding="utf-8")
-    held_out = text[len(text) - int(len(text) * 0.1):][: args.chars]
+    from charrnn.data import split_text
+
+    held_out = split_text(text)[1][: args.chars]  # the tail training held out
     ids = model.vocab.encode(held_out)
     q = QuantizedStepper(model.net)
     rows = {}

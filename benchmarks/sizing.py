@@ -36,28 +36,35 @@ SHARED = HERE.parent.parent / "shared" / "corpora"
 
 
 def run(corpus: Path, out: Path, budget: float, model_options: dict) -> dict:
-    from charrnn.runs import prepare_training
-    from charrnn.trainer import Evaluated, Finished, Progress
+    import charrnn
+    from charrnn import checkpoint
+    from charrnn.trainer import Evaluated, Progress, Started
 
-    trainer = prepare_training(str(corpus), out_dir=out, model_options=model_options,
-                               train_options={"max_time": budget}, overwrite=True)
-    curve, train_loss, done = [], None, None
-    t0 = time.monotonic()
-    for event in trainer.run():
-        if isinstance(event, Progress):
-            train_loss = event.train_loss
+    curve, seen = [], {"train_loss": None, "t0": None}
+
+    def on_event(event):
+        if isinstance(event, Started):  # the clock starts with training, after encoding and sizing
+            seen["t0"] = time.monotonic()
+        elif isinstance(event, Progress):
+            seen["train_loss"] = event.train_loss
         elif isinstance(event, Evaluated):
-            curve.append((round(time.monotonic() - t0), event.step, round(event.val_loss, 4)))
-            print(f"    {curve[-1][0]:5d}s step {event.step:5d}  val {event.val_loss:.4f}  train {train_loss:.4f}", flush=True)
-        elif isinstance(event, Finished):
-            done = event
-    mc = trainer.model_config
+            curve.append((round(time.monotonic() - seen["t0"]), event.step, round(event.val_loss, 4)))
+            print(f"    {curve[-1][0]:5d}s step {event.step:5d}  val {event.val_loss:.4f}  "
+                  f"train {fmt(seen['train_loss'])}", flush=True)
+
+    result = charrnn.train(corpus, out=out, overwrite=True, on_event=on_event, max_time=budget, **model_options)
+    ckpt = checkpoint.load(result.best_path)
+    mc = ckpt.model_config
     return {
-        "corpus": str(corpus), "chars": trainer.corpus_info.get("chars"), "hidden_size": mc.hidden_size,
-        "dropout": mc.dropout, "params": trainer.model.num_parameters(), "sizing": trainer.sizing,
-        "steps": done.step, "epochs": done.epoch, "best_val": done.best_val_loss, "final_val": done.final_val_loss,
-        "final_train": train_loss, "curve": curve,
+        "corpus": str(corpus), "chars": ckpt.corpus.get("chars"), "hidden_size": mc.hidden_size,
+        "dropout": mc.dropout, "params": ckpt.num_parameters, "sizing": ckpt.corpus.get("sizing"),
+        "steps": result.steps, "epochs": result.epochs, "best_val": result.best_val_loss,
+        "final_val": result.final_val_loss, "final_train": seen["train_loss"], "curve": curve,
     }
+
+
+def fmt(x) -> str:
+    return "-" if x is None else f"{x:.4f}"
 
 
 def main(argv=None) -> int:
@@ -71,23 +78,24 @@ def main(argv=None) -> int:
     budget = parse_duration(args.time)
 
     text = Path(args.source).read_text(encoding="utf-8")
-    work = Path(tempfile.mkdtemp(prefix="charrnn-sizing-"))
-    small = work / "small.txt"
-    small.write_text(text[:50_000], encoding="utf-8")
-    large = work / "large.txt"
-    copies = max(1, round(50e6 / len(text.encode("utf-8"))))
-    large.write_text(text * copies, encoding="utf-8")
+    with tempfile.TemporaryDirectory(prefix="charrnn-sizing-") as tmp:  # corpora and runs: ~150 MB
+        work = Path(tmp)
+        small = work / "small.txt"
+        small.write_text(text[:50_000], encoding="utf-8")
+        large = work / "large.txt"
+        copies = max(1, round(50e6 / len(text.encode("utf-8"))))
+        large.write_text(text * copies, encoding="utf-8")
 
-    results = []
-    for name, corpus, options in [
-        ("small (50 KB), sized", small, {}),
-        ("small (50 KB), fixed 2x512 dropout 0.1", small, {"hidden_size": 512, "dropout": 0.1}),
-        (f"large ({large.stat().st_size / 1e6:.0f} MB), sized", large, {}),
-    ]:
-        print(f"{name}:", flush=True)
-        r = run(corpus, work / name.split()[0], budget, options)
-        r["name"] = name
-        results.append(r)
+        results = []
+        for name, corpus, options in [
+            ("small (50 KB), sized", small, {}),
+            ("small (50 KB), fixed 2x512 dropout 0.1", small, {"hidden_size": 512, "dropout": 0.1}),
+            (f"large ({large.stat().st_size / 1e6:.0f} MB), sized", large, {}),
+        ]:
+            print(f"{name}:", flush=True)
+            r = run(corpus, work / name.split()[0], budget, options)
+            r["name"] = name
+            results.append(r)
 
     info = describe()
     print(f"\nmachine: {line(info)}; budget {args.time} each; source {args.source}\n")
@@ -95,7 +103,7 @@ def main(argv=None) -> int:
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
         print(f"| {r['name']} | 2 x {r['hidden_size']}, dropout {r['dropout']:g} | {r['params'] / 1e6:.2f}M | "
-              f"{r['steps']} | {r['epochs']:.1f} | {r['best_val']:.4f} | {r['final_val']:.4f} | {r['final_train']:.4f} |")
+              f"{r['steps']} | {r['epochs']:.1f} | {r['best_val']:.4f} | {r['final_val']:.4f} | {fmt(r['final_train'])} |")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     with open(args.json, "a") as fh:
         fh.write(json.dumps({"time": args.time, "runs": results, "machine": info}) + "\n")

@@ -14,7 +14,18 @@ Errors a user can cause raise `CharrnnError` (a subclass per kind) with a one-se
 
 __version__ = "0.1.0"
 
-from .api import LossReport, Model, TrainResult, load, train  # noqa: E402
 from .errors import CharrnnError  # noqa: E402
+
+_LAZY = {"LossReport": "api", "Model": "api", "load": "api", "TrainResult": "runs", "train": "runs"}
+
+
+def __getattr__(name: str):
+    """The entry points are imported on first use: `import charrnn` (and so `charrnn --help`)
+    does not pay for torch."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["CharrnnError", "LossReport", "Model", "TrainResult", "load", "train", "__version__"]

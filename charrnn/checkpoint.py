@@ -1,44 +1,309 @@
-"""The only code that writes or reads checkpoint files.
+"""The checkpoint schema, the only code that reads or writes checkpoint files, and `RunDir`.
 
-A checkpoint is one self-describing `.pt` file holding plain Python types and tensors
-only, so it loads with `torch.load(weights_only=True)`: loading never runs code from the
-file. Saves go to a temporary file in the same folder that is fsynced and then
-`os.replace`d over the target, so a crash at any moment leaves the previous file whole.
+A checkpoint is one self-describing `.pt` file of plain Python types and tensors, so it
+loads with `torch.load(weights_only=True)`: loading never runs code from the file. Saves
+go to a temporary file in the same folder that is fsynced and then `os.replace`d over the
+target, so a crash at any moment leaves the previous file whole.
+
+On disk a checkpoint is a flat dict (`FORMAT`, `VERSION`, then the sections' keys). In
+memory it is a `Checkpoint`: one dataclass per section, validated once when the file is
+read (types, ranges, consistency of weights and vocabulary), and older format versions are
+brought up to date by `MIGRATIONS` first. Every other module asks this one for a field
+instead of indexing the raw dict.
+
+`RunDir` names every file of a run folder, so the code knows which files are its own and
+never touches one it did not write.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
+import re
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import torch
-
-from .errors import CheckpointError
+from .config import ModelConfig, TrainConfig, from_known
+from .errors import CheckpointError, CharrnnError
 
 FORMAT = "charrnn-checkpoint"
-VERSION = 1
+VERSION = 2
 BEST = "best.pt"
 LATEST = "latest.pt"
+BUNDLED = Path(__file__).resolve().parent / "models" / "tinyshakespeare.pt"
 
 
-def save(payload: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write `payload` atomically to `path` (temp file + fsync + rename)."""
+# -- sections ----------------------------------------------------------------------------
+@dataclass
+class RunState:
+    """Where a run stands: everything about its progress that must survive a restart,
+    saved and restored whole (the trainer mutates one instance of it)."""
+
+    step: int = 0
+    window: int = 0  # next window within the current epoch
+    epochs_done: int = 0
+    epoch: float = 0.0  # epochs_done + window / windows per epoch, when saved
+    elapsed: float = 0.0  # seconds of training, evaluation and saving
+    best_val_loss: float | None = None  # nats per character
+    val_loss: float | None = None
+    evals_without_improvement: int = 0
+    skipped_steps: int = 0
+    chars_per_token: float = 1.0
+    history_train: list = field(default_factory=list)  # [step, nats/char]
+    history_val: list = field(default_factory=list)
+
+    KEYS = ("step", "window", "epochs_done", "epoch", "elapsed", "best_val_loss", "val_loss",
+            "evals_without_improvement", "skipped_steps", "chars_per_token")
+
+    def to_dict(self) -> dict:
+        out = {k: getattr(self, k) for k in self.KEYS}
+        out["history"] = {"train": self.history_train, "val": self.history_val}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunState":
+        history = data.get("history") or {}
+        _expect(isinstance(history, dict), "history is not a mapping")
+        _expect(all(isinstance(history.get(k, []), list) for k in ("train", "val")), "history is malformed")
+        state = cls(**{k: data[k] for k in cls.KEYS if k in data},
+                    history_train=[list(p) if isinstance(p, (list, tuple)) else [p] for p in history.get("train", [])],
+                    history_val=[list(p) if isinstance(p, (list, tuple)) else [p] for p in history.get("val", [])])
+        for name in ("step", "window", "epochs_done", "evals_without_improvement", "skipped_steps"):
+            _expect(_is_int(getattr(state, name)) and getattr(state, name) >= 0, f"{name} is not a count")
+        for name in ("epoch", "elapsed", "chars_per_token"):
+            _expect(_is_number(getattr(state, name)) and getattr(state, name) >= 0, f"{name} is not a non-negative number")
+        for name in ("best_val_loss", "val_loss"):
+            value = getattr(state, name)
+            _expect(value is None or _is_number(value), f"{name} is not a number")
+        for points in (state.history_train, state.history_val):
+            _expect(all(len(p) == 2 and all(_is_number(v) for v in p) for p in points), "history holds a bad point")
+        return state
+
+
+@dataclass(frozen=True)
+class ResumeState:
+    """What only a resumed run needs: optimizer moments, the carried hidden state of every
+    stream (float32, (L, B, H) each), and the RNG state of every process."""
+
+    optimizer: dict
+    state: tuple  # of tensors (L, B, H)
+    rng: list  # one {"torch": ByteTensor, "cuda"?: ByteTensor} per process (rank order)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One checkpoint, validated. `vocab` is the serialised vocabulary (see
+    `charrnn.vocabulary`); `vocabulary()` rebuilds it."""
+
+    model_config: ModelConfig
+    weights: dict
+    vocab: dict
+    train_config: TrainConfig | None = None
+    corpus: dict = field(default_factory=dict)  # name, source, chars, files, sha256, sizing, init_from
+    progress: RunState = field(default_factory=RunState)
+    resume: ResumeState | None = None  # None in an exported (sampling-only) file
+    device: str | None = None
+    num_parameters: int | None = None
+    exported_from: str | None = None
+    version: int = VERSION
+    path: Path | None = None
+
+    @property
+    def resumable(self) -> bool:
+        return self.resume is not None and self.train_config is not None
+
+    def vocabulary(self):
+        from .vocab import vocab_from_dict
+
+        return vocab_from_dict(self.vocab)
+
+    def to_payload(self) -> dict:
+        out = {
+            "format": FORMAT,
+            "version": VERSION,
+            "model_config": self.model_config.to_dict(),
+            "model": self.weights,
+            "vocab": self.vocab,
+            "corpus": dict(self.corpus),
+            **self.progress.to_dict(),
+        }
+        if self.train_config is not None:
+            out["train_config"] = self.train_config.to_dict()
+        if self.resume is not None:
+            out.update(optimizer=self.resume.optimizer, state=list(self.resume.state), rng=list(self.resume.rng))
+        for name in ("device", "num_parameters", "exported_from"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        return out
+
+    def summary(self) -> dict:
+        """What `charrnn info` shows and `--json` prints: plain types only."""
+        mc, p = self.model_config, self.progress
+        best = p.best_val_loss
+        return {
+            "checkpoint": str(self.path),
+            "format": FORMAT,
+            "version": self.version,
+            "cell": mc.cell,
+            "num_layers": mc.num_layers,
+            "hidden_size": mc.hidden_size,
+            "embedding_size": None if mc.one_hot else mc.embedding_size,
+            "dropout": mc.dropout,
+            "num_parameters": self.num_parameters,
+            "vocab_kind": self.vocab.get("kind"),
+            "vocab_size": mc.vocab_size,
+            "corpus": self.corpus,
+            "step": p.step,
+            "epoch": p.epoch,
+            "best_val_loss": best,
+            "best_val_bits_per_char": None if best is None else best / math.log(2),
+            "best_val_loss_per_token": None if best is None else best * p.chars_per_token,
+            "chars_per_token": p.chars_per_token,
+            "val_loss": p.val_loss,
+            "train_time_s": p.elapsed,
+            "device": self.device,
+            "train_config": {} if self.train_config is None else self.train_config.to_dict(),
+            "history": {"train": p.history_train, "val": p.history_val},
+            "resumable": self.resumable,
+        }
+
+
+# -- validation --------------------------------------------------------------------------
+class _Invalid(Exception):
+    pass
+
+
+def _expect(ok: bool, what: str) -> None:
+    if not ok:
+        raise _Invalid(what)
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+    return (isinstance(x, (int, float)) and not isinstance(x, bool)) and math.isfinite(x)
+
+
+def _section(data: dict, key: str, required: bool = True) -> dict | None:
+    value = data.get(key)
+    if value is None and not required:
+        return None
+    _expect(isinstance(value, dict), f"its {key} section is missing or not a mapping")
+    return value
+
+
+def _from_payload(data: dict, path: Path | None) -> Checkpoint:
+    """Check every section of a current-version payload and build the `Checkpoint`."""
+    import torch
+
+    model_config = ModelConfig.from_dict(_section(data, "model_config"))
+    weights = _section(data, "model")
+    _expect(all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()),
+            "its weights are not a table of tensors")
+    _expect(all(bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point()),
+            "its weights are not all finite numbers")
+    vocab = _section(data, "vocab")
+    train = _section(data, "train_config", required=False)
+    train_config = None if train is None else from_known(TrainConfig, train)
+    corpus = data.get("corpus") or {}
+    _expect(isinstance(corpus, dict), "its corpus section is not a mapping")
+    progress = RunState.from_dict(data)
+    resume = None
+    if all(k in data for k in ("optimizer", "state", "rng")):
+        state, rng = data["state"], data["rng"]
+        _expect(isinstance(data["optimizer"], dict), "its optimizer state is not a mapping")
+        _expect(isinstance(state, (list, tuple)) and all(isinstance(s, torch.Tensor) and s.dim() == 3 for s in state),
+                "its carried state is not a list of (layers, streams, hidden) tensors")
+        _expect(isinstance(rng, list) and all(isinstance(r, dict) for r in rng), "its RNG state is malformed")
+        n_state = 2 if model_config.cell == "lstm" else 1
+        _expect(len(state) == n_state and all(s.shape[0] == model_config.num_layers and s.shape[2] == model_config.hidden_size
+                                              for s in state), "its carried state does not fit the model")
+        resume = ResumeState(data["optimizer"], tuple(s.float() for s in state), rng)
+    num_parameters = data.get("num_parameters")
+    _expect(num_parameters is None or _is_int(num_parameters), "num_parameters is not a count")
+    return Checkpoint(model_config, weights, vocab, train_config, corpus, progress, resume,
+                      data.get("device"), num_parameters, data.get("exported_from"), data["version"], path)
+
+
+def _v1_to_v2(data: dict) -> dict:
+    """Version 1 kept only process 0's RNG state (as one dict) and could hold a bf16
+    carried state; version 2 keeps a list with every process's RNG state, state in float32."""
+    data = dict(data)
+    if isinstance(data.get("rng"), dict):
+        data["rng"] = [data["rng"]]
+    if isinstance(data.get("state"), (list, tuple)):
+        data["state"] = [s.float() if hasattr(s, "float") else s for s in data["state"]]
+    data["version"] = 2
+    return data
+
+
+# version -> function turning a payload of that version into one of the next version
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _v1_to_v2}
+
+
+def migrate(data: dict) -> dict:
+    version = data.get("version")
+    while version in MIGRATIONS:
+        data = MIGRATIONS[version](data)
+        version = data["version"]
+    return data
+
+
+def from_payload(data: Any, path: Path | None = None) -> Checkpoint:
+    """Validate a raw payload (after migrations) and return the `Checkpoint`; any problem
+    is one `CheckpointError` sentence naming the file."""
+    where = path if path is not None else "checkpoint"
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{where} is not a charrnn checkpoint.")
+    version = data.get("version")
+    if not _is_int(version) or version < 1:
+        raise CheckpointError(f"{where} has no valid format version.")
+    if version > VERSION:
+        raise CheckpointError(
+            f"Checkpoint {where} has format version {version}, newer than this charrnn "
+            f"understands ({VERSION}); upgrade charrnn to read it."
+        )
+    try:
+        ckpt = _from_payload(migrate(data), path)
+        vocab = ckpt.vocabulary()
+        _expect(vocab.size == ckpt.model_config.vocab_size,
+                f"its vocabulary has {vocab.size} entries but the model expects {ckpt.model_config.vocab_size}")
+    except _Invalid as exc:
+        raise CheckpointError(f"Checkpoint {where} is damaged or was edited: {exc}.") from None
+    except CharrnnError as exc:  # a config or vocabulary value out of range
+        raise CheckpointError(f"Checkpoint {where} is damaged or was edited: {str(exc).rstrip('.')}.") from None
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise CheckpointError(f"Checkpoint {where} is damaged or was edited ({type(exc).__name__}).") from None
+    return ckpt
+
+
+# -- files ---------------------------------------------------------------------------------
+def temp_name(path: Path) -> Path:
+    """The temporary file a save of `path` goes through (hidden, per process)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def save(ckpt: Checkpoint | dict, path: str | os.PathLike) -> Path:
+    """Write a checkpoint atomically to `path` (temp file + fsync + rename)."""
+    import torch
+
     path = Path(path)
-    payload = {"format": FORMAT, "version": VERSION, **payload}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    payload = ckpt.to_payload() if isinstance(ckpt, Checkpoint) else {"format": FORMAT, "version": VERSION, **ckpt}
+    tmp = temp_name(path)
     try:
         with open(tmp, "wb") as fh:
             torch.save(payload, fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:  # torch reports a full disk as a RuntimeError
         tmp.unlink(missing_ok=True)
-        raise CheckpointError(
-            f"Could not write checkpoint {path}: {exc.strerror or exc}; the previous checkpoint is untouched."
-        ) from None
+        reason = getattr(exc, "strerror", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        raise CheckpointError(f"Could not write checkpoint {path}: {reason}; the previous checkpoint is untouched.") from None
     try:
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -50,8 +315,10 @@ def save(payload: dict[str, Any], path: str | os.PathLike) -> Path:
     return path
 
 
-def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read and validate a checkpoint; tensors land on `map_location` (CPU by default)."""
+def load(path: str | os.PathLike, map_location="cpu") -> Checkpoint:
+    """Read and validate a checkpoint file; tensors land on `map_location` (CPU by default)."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist.")
@@ -64,24 +331,17 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
         ) from None
     except Exception:  # torch reports damaged archives with many exception types
         raise CheckpointError(f"Checkpoint {path} is truncated or corrupt.") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a charrnn checkpoint.")
-    version = data.get("version")
-    if not isinstance(version, int) or version > VERSION:
-        raise CheckpointError(
-            f"Checkpoint {path} has format version {version}, newer than this charrnn "
-            f"understands ({VERSION}); upgrade charrnn to read it."
-        )
-    return data
+    return from_payload(data, path)
 
 
 def resolve(path: str | os.PathLike) -> Path:
     """A checkpoint file, or a run folder's best (else latest) checkpoint."""
     path = Path(path)
     if path.is_dir():
-        for name in (BEST, LATEST):
-            if (path / name).is_file():
-                return path / name
+        run = RunDir(path)
+        for candidate in (run.best, run.latest):
+            if candidate.is_file():
+                return candidate
         raise CheckpointError(f"Folder {path} has no {BEST} or {LATEST} checkpoint.")
     if not path.exists():
         raise CheckpointError(f"Checkpoint {path} does not exist.")
@@ -99,19 +359,113 @@ def newest_best(root: str | os.PathLike) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime_ns, default=None)
 
 
-SAMPLING_KEYS = ("model_config", "model", "vocab", "train_config", "corpus", "step", "epoch", "elapsed",
-                 "best_val_loss", "val_loss", "history", "device", "num_parameters", "chars_per_token")
+@dataclass(frozen=True)
+class Found:
+    """Which checkpoint a command uses, and whether it fell back to the bundled model."""
+
+    path: Path
+    bundled: bool = False
+
+
+def find(path: str | os.PathLike | None, root: str | os.PathLike = "checkpoints") -> Found:
+    """An explicit checkpoint or run folder, else the newest best.pt under `root`, else the
+    bundled Tiny Shakespeare model."""
+    if path:
+        return Found(resolve(path))
+    found = newest_best(root)
+    if found is not None:
+        return Found(found)
+    if BUNDLED.is_file():
+        return Found(BUNDLED, bundled=True)
+    raise CheckpointError(
+        f"No checkpoint found under {root}/; train one with `charrnn train corpora/tinyshakespeare.txt` or pass -c PATH."
+    )
 
 
 def export(src: str | os.PathLike, dst: str | os.PathLike, half: bool = False) -> Path:
     """Write a sampling-only copy of a checkpoint: no optimizer, hidden or RNG state (so it
     cannot be resumed), and with `half`, float16 weights (half the size; loading turns
     them back into float32)."""
-    data = load(resolve(src))
-    slim = {k: data[k] for k in SAMPLING_KEYS if k in data}
+    ckpt = load(resolve(src))
+    weights = ckpt.weights
     if half:
-        slim["model"] = {k: v.half() if v.is_floating_point() else v for k, v in slim["model"].items()}
-    slim["exported_from"] = str(src)
+        weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
+    slim = replace(ckpt, weights=weights, resume=None, exported_from=str(src))
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     return save(slim, dst)
+
+
+# -- the run folder -----------------------------------------------------------------------
+class RunDir:
+    """The files of one run folder, named in one place.
+
+    charrnn writes only these names into a run folder and deletes or replaces nothing
+    else: a user's own files next to them stay untouched.
+    """
+
+    BEST = BEST
+    LATEST = LATEST
+    METRICS = "metrics.jsonl"
+    CORPUS_IDS = "corpus.ids"  # the memory-mapped id cache (charrnn.data)
+    CORPUS_META = "corpus.json"
+    LOCK = ".lock"
+    _SNAPSHOT = re.compile(r"step-\d{8}\.pt")
+    _TEMP = re.compile(r"\.(best\.pt|latest\.pt|step-\d{8}\.pt|corpus\.ids|corpus\.json)\.\d+\.tmp")
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    best = property(lambda self: self.path / self.BEST)
+    latest = property(lambda self: self.path / self.LATEST)
+    metrics = property(lambda self: self.path / self.METRICS)
+    corpus_ids = property(lambda self: self.path / self.CORPUS_IDS)
+    corpus_meta = property(lambda self: self.path / self.CORPUS_META)
+    lock = property(lambda self: self.path / self.LOCK)
+
+    def snapshot(self, step: int) -> Path:
+        return self.path / f"step-{step:08d}.pt"
+
+    def checkpoint(self, kind: str | int) -> Path:
+        """"best", "latest", or a step number (a kept snapshot)."""
+        if isinstance(kind, int):
+            return self.snapshot(kind)
+        return {"best": self.best, "latest": self.latest}[kind]
+
+    @classmethod
+    def is_own(cls, name: str) -> bool:
+        """Whether charrnn writes files of this name into a run folder."""
+        return (name in (cls.BEST, cls.LATEST, cls.METRICS, cls.CORPUS_IDS, cls.CORPUS_META, cls.LOCK)
+                or bool(cls._SNAPSHOT.fullmatch(name)) or bool(cls._TEMP.fullmatch(name)))
+
+    def has_run(self) -> bool:
+        return self.latest.exists() or self.best.exists()
+
+    def foreign(self) -> list[Path]:
+        """Entries of the folder that charrnn did not write."""
+        if not self.path.is_dir():
+            return []
+        return sorted(p for p in self.path.iterdir() if not self.is_own(p.name))
+
+    def clear_run(self) -> None:
+        """Remove a previous run's checkpoints, snapshots and metrics (not the corpus cache,
+        which is checked against the corpus before it is reused, nor anything else)."""
+        for p in [self.best, self.latest, self.metrics, *self.path.glob("step-*.pt")]:
+            if self.is_own(p.name):
+                p.unlink(missing_ok=True)
+
+    def remove_stale_temp_files(self) -> None:
+        """Temporary files left by a process killed mid-save (the caller holds the run lock)."""
+        for p in self.path.glob(".*.tmp"):
+            if self._TEMP.fullmatch(p.name):
+                p.unlink(missing_ok=True)
+
+    def write(self, ckpt: Checkpoint, *kinds: str | int) -> list[Path]:
+        """Save one checkpoint under each of `kinds` ("latest", "best", or a step)."""
+        return [save(ckpt, self.checkpoint(kind)) for kind in kinds]

@@ -8,18 +8,19 @@ stdout carries only generated text or requested machine-readable output; everyth
 from __future__ import annotations
 
 import json
+import math
 import os
-import signal
 import sys
 from pathlib import Path
 
 import click
 
-from . import __version__, checkpoint
+from . import __version__
+from .config import CELLS
 from .durations import parse_duration
-from .errors import CharrnnError
-from .model import CELLS
-from .runs import DEFAULT_ROOT
+from .errors import CharrnnError, Interrupted
+
+DEFAULT_ROOT = "checkpoints"
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -57,6 +58,9 @@ def fail_on_library_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except Interrupted as exc:
+            click.echo(f"Error: {exc}", err=True)
+            raise SystemExit(128 + exc.signum) from None
         except CharrnnError as exc:
             raise click.ClickException(str(exc)) from None
 
@@ -111,40 +115,12 @@ def main():
 
 
 # -- train ----------------------------------------------------------------------------------
-MODEL_OPTIONS = ("hidden_size", "num_layers", "embedding_size", "dropout", "cell", "nonlinearity", "one_hot", "tie_weights")
-TRAIN_OPTIONS = ("batch_size", "seq_len", "lr", "weight_decay", "warmup_steps", "grad_clip", "max_steps", "max_epochs",
-                 "max_time", "eval_every", "log_every", "val_fraction", "seed", "device", "precision", "patience",
-                 "keep_every")
-
-
 def explicit_options(ctx: click.Context, names) -> set[str]:
     """Options the user set on the command line or through the environment."""
     from click.core import ParameterSource
 
     given = {ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT}
     return {n for n in names if ctx.get_parameter_source(n) in given}
-
-
-class StopOnSignal:
-    """First SIGINT/SIGTERM: finish the step, save, exit 130/143. Second: exit at once
-    (checkpoints are written atomically, so nothing on disk can be half-written)."""
-
-    def __init__(self, trainer):
-        self.trainer = trainer
-        self.signum = None
-        self.previous = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self.previous[sig] = signal.signal(sig, self.handle)
-
-    def handle(self, signum, frame):
-        if self.signum is not None:
-            os._exit(128 + signum)
-        self.signum = signum
-        self.trainer.request_stop(f"interrupted by {signal.Signals(signum).name}")
-
-    def restore(self):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
 
 
 @main.command(context_settings=CONTEXT)
@@ -217,12 +193,13 @@ def train(ctx, corpus, out_dir, resume, init_from, overwrite, threads, encoding,
       cat *.txt | charrnn train - --out checkpoints/stdin --max-steps 2000
       torchrun --nproc-per-node 8 -m charrnn train big.txt --batch-size 512
     """
-    import torch
-
-    from .runs import CorpusOptions, prepare_training
+    from .distributed import world_from_env
+    from .runs import MODEL_OPTIONS, TRAIN_OPTIONS, train as train_run
     from .ui import TrainView
 
     if threads:
+        import torch
+
         torch.set_num_threads(threads)
     if resume is not None and resume != ".":
         if corpus is None and (resume == "-" or Path(resume).is_file()):
@@ -232,60 +209,37 @@ def train(ctx, corpus, out_dir, resume, init_from, overwrite, threads, encoding,
         else:
             out_dir = resume
     explicit = explicit_options(ctx, MODEL_OPTIONS + TRAIN_OPTIONS + ("tokenizer",))
-    trainer = prepare_training(
-        corpus,
-        out_dir=out_dir,
-        model_options={k: options[k] for k in MODEL_OPTIONS},
-        train_options={k: options[k] for k in TRAIN_OPTIONS},
-        resume=resume is not None,
-        init_from=init_from,
-        overwrite=overwrite,
-        explicit=explicit,
-        corpus_options=CorpusOptions(tokenizer, vocab_size, sp_model_type, encoding, errors, newline),
-        root=checkpoints_dir,
-    )
-    signals = StopOnSignal(trainer)
-    finished = None
-    try:
-        with TrainView(stderr_console(), quiet=quiet or not trainer.world.main) as view:
-            for event in trainer.run():
-                view.handle(event)
-                finished = event
-    finally:
-        signals.restore()
-        from .distributed import shutdown
+    main_process = world_from_env().main
+    with TrainView(stderr_console(), quiet=quiet or not main_process) as view:
+        result = train_run(
+            corpus, out=out_dir, resume=resume is not None, init_from=init_from, overwrite=overwrite,
+            tokenizer=tokenizer, vocab_size=vocab_size, sp_model_type=sp_model_type, encoding=encoding,
+            errors=errors, newline=newline, root=checkpoints_dir, on_event=view.handle, handle_signals=True,
+            explicit=explicit, **{k: v for k, v in options.items() if k in explicit},
+        )
+    if not main_process:
+        ctx.exit(128 + result.signal if result.signal else 0)
+    if result.signal is not None and result.reason.startswith("interrupted"):
+        import shlex
 
-        shutdown()
-    if not trainer.world.main:
-        ctx.exit(128 + signals.signum if signals.signum else 0)
-    if signals.signum is not None and finished is not None and finished.reason.startswith("interrupted"):
-        source = trainer.corpus_info.get("source", corpus)
+        source = result.source if result.source is not None else corpus
         click.echo(
-            f"Interrupted at step {trainer.step}; saved {trainer.out_dir / 'latest.pt'}. Resume with: "
-            f"charrnn train {source} --out {trainer.out_dir} --resume",
+            f"Interrupted at step {result.steps}; saved {result.out_dir / 'latest.pt'}. Resume with: "
+            f"charrnn train {shlex.quote(str(source))} --out {shlex.quote(str(result.out_dir))} --resume",
             err=True,
         )
-        ctx.exit(128 + signals.signum)
+        ctx.exit(128 + result.signal)
 
 
 # -- sample ---------------------------------------------------------------------------------
-BUNDLED = Path(__file__).resolve().parent / "models" / "tinyshakespeare.pt"
+def load_model(ckpt: str | None, checkpoints_dir: str, device: str = "cpu", quiet: bool = False):
+    """The model a command uses: -c, else the newest run, else the bundled model (noted)."""
+    from .api import load
 
-
-def find_checkpoint(path: str | None, root: str = DEFAULT_ROOT) -> Path:
-    """An explicit checkpoint, else the newest best.pt under `root`, else the bundled model."""
-    if path:
-        return checkpoint.resolve(path)
-    found = checkpoint.newest_best(root)
-    if found is None and BUNDLED.is_file():
-        click.echo(f"Note: no checkpoint under {root}/; using the bundled Tiny Shakespeare model.", err=True)
-        return BUNDLED
-    if found is None:
-        raise click.ClickException(
-            f"No checkpoint found under {root}/; train one with `charrnn train corpora/tinyshakespeare.txt` "
-            f"or pass -c PATH."
-        )
-    return found
+    model = load(ckpt, device=device, root=checkpoints_dir)
+    if model.bundled and not quiet:
+        click.echo(f"Note: no checkpoint under {checkpoints_dir}/; using the bundled Tiny Shakespeare model.", err=True)
+    return model
 
 
 def unescape(text: str) -> str:
@@ -349,11 +303,9 @@ def sample(ckpt, temperature, top_k, top_p, length, prime, prime_file, echo_prim
       echo "JULIET:" | charrnn sample --prime - --stop '\\n\\n'
       charrnn sample -N 4 --length 200 --jsonl | jq -r .text
     """
-    from .api import load
-    from .sampling import Sampler, SampleConfig
     from .vocab import unknown_message
 
-    model = load(find_checkpoint(ckpt, checkpoints_dir), device=device)
+    model = load_model(ckpt, checkpoints_dir, device)
     prime = read_prime(prime, prime_file)
     bad, count = model.vocab.unknown_chars(prime)
     if bad:
@@ -361,26 +313,17 @@ def sample(ckpt, temperature, top_k, top_p, length, prime, prime_file, echo_prim
             raise click.ClickException(unknown_message(bad, count) + " Use --unknown skip to drop them.")
         prime = prime.translate({ord(c): None for c in bad})
         click.echo(f"Note: dropped {count} prime character{'s' if count != 1 else ''} outside the vocabulary.", err=True)
-    cfg = SampleConfig(
-        length=length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-        num_samples=num_samples, stop=tuple(unescape(s) for s in stop if s), max_time=max_time,
-    )
+    chunks = model.stream(prime, temperature=temperature, length=length, seed=seed, top_k=top_k, top_p=top_p,
+                          stop=tuple(unescape(s) for s in stop if s), max_time=max_time,
+                          num_samples=num_samples, quantize=quantize)
     out = StdoutWriter()
     texts = [""] * num_samples
     current = 0  # the sample being streamed; later ones are buffered until it finishes
     shown = 0
     lead = prime if echo_prime else ""
-    sep = unescape(separator)
-
-    def emit(i: int, text: str) -> None:
-        if jsonl:
-            out.write(json.dumps({"sample": i, "prime": prime, "text": texts[i]}, ensure_ascii=False) + "\n")
-        else:
-            out.write(text)
-
     if not jsonl:
         out.write(lead)
-    for chunk in Sampler(model.net, model.vocab, model.device, quantize=quantize).generate(prime, cfg):
+    for chunk in chunks:
         for i, t in enumerate(chunk.texts):
             texts[i] += t
         while current < num_samples:
@@ -390,11 +333,11 @@ def sample(ckpt, temperature, top_k, top_p, length, prime, prime_file, echo_prim
             if not chunk.done[current]:
                 break
             if jsonl:
-                emit(current, "")
+                out.write(json.dumps({"sample": current, "prime": prime, "text": texts[current]}, ensure_ascii=False) + "\n")
             current += 1
             shown = 0
             if current < num_samples and not jsonl:
-                out.write(sep + lead)
+                out.write(unescape(separator) + lead)
     if not jsonl:
         out.end_line_on_terminal(lead + texts[-1])
 
@@ -422,11 +365,10 @@ def evaluate(file, ckpt, as_json, seq_len, streams, device, encoding, checkpoint
       charrnn eval held_out.txt -c checkpoints/tinyshakespeare
       charrnn eval notes.txt --json | jq .bits_per_char
     """
-    from .api import load
     from .data import read_corpus
 
-    path = find_checkpoint(ckpt, checkpoints_dir)
-    model = load(path, device=device)
+    model = load_model(ckpt, checkpoints_dir, device)
+    path = model.path
     text = read_corpus(file, encoding=encoding).text
     report = model.loss(text, seq_len=seq_len, streams=streams)
     if report.chars == 0:
@@ -465,50 +407,21 @@ def info(ckpt, as_json, checkpoints_dir):
       charrnn info checkpoints/tinyshakespeare
       charrnn info checkpoints/tinyshakespeare/latest.pt --json | jq .best_val_loss
     """
-    from .api import load
     from .termplot import line_plot
-    from .trainer import LN2
 
-    path = find_checkpoint(ckpt, checkpoints_dir)
-    model = load(path)
-    d = model.data
-    mc = d["model_config"]
-    best = d.get("best_val_loss")
-    history = d.get("history", {"train": [], "val": []})
-    summary = {
-        "checkpoint": str(path),
-        "format": d["format"],
-        "version": d["version"],
-        "cell": mc["cell"],
-        "num_layers": mc["num_layers"],
-        "hidden_size": mc["hidden_size"],
-        "embedding_size": None if mc.get("one_hot") else mc["embedding_size"],
-        "dropout": mc["dropout"],
-        "num_parameters": model.net.num_parameters(),
-        "vocab_kind": model.vocab.kind,
-        "vocab_size": model.vocab.size,
-        "corpus": d.get("corpus", {}),
-        "step": d.get("step"),
-        "epoch": d.get("epoch"),
-        "best_val_loss": best,
-        "best_val_bits_per_char": None if best is None else best / LN2,
-        "best_val_loss_per_token": None if best is None else best * d.get("chars_per_token", 1.0),
-        "chars_per_token": d.get("chars_per_token", 1.0),
-        "val_loss": d.get("val_loss"),
-        "train_time_s": d.get("elapsed"),
-        "device": d.get("device"),
-        "train_config": d.get("train_config", {}),
-        "history": history,
-    }
+    model = load_model(ckpt, checkpoints_dir, quiet=as_json)
+    summary = model.checkpoint.summary()
     if as_json:
         click.echo(json.dumps(summary))
         return
-    corpus = summary["corpus"]
+    ln2 = math.log(2)
+    corpus, best, cpt = summary["corpus"], summary["best_val_loss"], summary["chars_per_token"]
+    mc = model.checkpoint.model_config
     lines = [
-        f"checkpoint   {path} (format {d['format']} v{d['version']})",
-        f"model        {mc['cell'].upper()} {mc['num_layers']} x {mc['hidden_size']}, "
-        + ("one-hot input" if mc.get("one_hot") else f"embedding {mc['embedding_size']}")
-        + f", dropout {mc['dropout']}, {summary['num_parameters']:,} parameters",
+        f"checkpoint   {model.path} (format {summary['format']} v{summary['version']})",
+        f"model        {mc.cell.upper()} {mc.num_layers} x {mc.hidden_size}, "
+        + ("one-hot input" if mc.one_hot else f"embedding {mc.embedding_size}")
+        + f", dropout {mc.dropout}, {model.net.num_parameters():,} parameters",
         f"vocabulary   {model.vocab.kind}, {model.vocab.size} entries: {model.vocab.preview()}",
     ]
     if corpus:
@@ -517,19 +430,18 @@ def info(ckpt, as_json, checkpoints_dir):
         from .ui import sizing_line
 
         lines.append(f"sizing       {sizing_line(corpus['sizing'])}")
-    if summary["step"] is not None:
-        t = summary["train_time_s"] or 0.0
-        lines.append(f"training     {summary['step']:,} steps, {summary['epoch']:.2f} epochs, {t:,.0f} s on {summary['device']}")
+    if summary["step"]:
+        lines.append(f"training     {summary['step']:,} steps, {summary['epoch']:.2f} epochs, "
+                     f"{summary['train_time_s'] or 0:,.0f} s on {summary['device']}")
     if best is not None:
-        lines.append(f"best val     {best:.4f} nats/char, {best / LN2:.4f} bits/char")
-        cpt = d.get("chars_per_token", 1.0)
+        lines.append(f"best val     {best:.4f} nats/char, {best / ln2:.4f} bits/char")
         if model.vocab.kind != "char":
             lines.append(f"             {best * cpt:.4f} nats/token ({cpt:.2f} characters per token)")
     click.echo("\n".join(lines))
-    if history.get("train") or history.get("val"):
+    history = summary["history"]
+    if history["train"] or history["val"]:
         click.echo("\nloss (nats/char) by step:")
-        plot = line_plot({"train": [tuple(p) for p in history.get("train", [])],
-                          "validation": [tuple(p) for p in history.get("val", [])]})
+        plot = line_plot({"train": [tuple(p) for p in history["train"]], "validation": [tuple(p) for p in history["val"]]})
         click.echo("\n".join(plot))
 
 
@@ -556,7 +468,13 @@ def plot(run, output, terminal, checkpoints_dir):
     from .plotting import loss_curves, save_png
     from .termplot import line_plot
 
-    target = Path(run) if run else find_checkpoint(None, checkpoints_dir).parent
+    if run:
+        target = Path(run)
+    else:
+        from .checkpoint import find
+
+        found = find(None, checkpoints_dir)
+        target = found.path if found.bundled else found.path.parent
     curves = loss_curves(target)
     if output:
         path = save_png(curves, output, title=f"charrnn: {target.name if target.is_dir() else target.parent.name}")
@@ -584,7 +502,9 @@ def export(ckpt, output, half):
       charrnn export checkpoints/tinyshakespeare small.pt --half
       charrnn sample -c small.pt
     """
-    path = checkpoint.export(ckpt, output, half=half)
+    from .checkpoint import export as export_checkpoint
+
+    path = export_checkpoint(ckpt, output, half=half)
     click.echo(f"Wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", err=True)
 
 

@@ -8,12 +8,44 @@ checkpoint being loaded).
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import asdict, dataclass, fields
 
 from .errors import ConfigError
 
 CELLS = ("lstm", "gru", "rnn")
 TOKENIZERS = ("char", "sentencepiece")
+
+
+MAX_HIDDEN = 16384
+MAX_SEED = 2**64 - 1
+
+
+def _check(obj, name: str, kind: type, lo=None, hi=None, *, lo_open=False, hi_open=False, optional=False) -> None:
+    """One rule for every numeric field: the right type, finite, inside [lo, hi]."""
+    value = getattr(obj, name)
+    if value is None and optional:
+        return
+    ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value)
+    if ok and lo is not None:
+        ok = value > lo if lo_open else value >= lo
+    if ok and hi is not None:
+        ok = value < hi if hi_open else value <= hi
+    if not ok:
+        what = "an integer" if kind is int else "a number"
+        bounds = []
+        if lo is not None:
+            bounds.append(f"{'above' if lo_open else 'at least'} {lo:g}" if kind is float else f"at least {lo}")
+        if hi is not None:
+            bounds.append(f"{'below' if hi_open else 'at most'} {hi:g}" if kind is float else f"at most {hi}")
+        raise ConfigError(f"{name} must be {what}{' ' + ' and '.join(bounds) if bounds else ''}, not {value!r}.")
+
+
+def _choice(obj, name: str, choices: tuple) -> None:
+    if getattr(obj, name) not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {getattr(obj, name)!r}.")
 
 
 def field_names(cls) -> tuple[str, ...]:
@@ -41,6 +73,15 @@ class ModelConfig:
     def __post_init__(self):
         if self.cell not in CELLS:
             raise ConfigError(f"Unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}.")
+        _check(self, "vocab_size", int, 1, 2**31 - 1)
+        _check(self, "hidden_size", int, 1, MAX_HIDDEN)
+        _check(self, "num_layers", int, 1, 64)
+        _check(self, "embedding_size", int, 1, MAX_HIDDEN)
+        _check(self, "dropout", float, 0, 1, hi_open=True)
+        _choice(self, "nonlinearity", ("tanh", "relu"))
+        for name in ("one_hot", "tie_weights"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, not {getattr(self, name)!r}.")
         if self.tie_weights and (self.one_hot or self.embedding_size != self.hidden_size):
             raise ConfigError("--tie-weights needs an embedding (not --one-hot) with --embedding-size equal to --hidden-size.")
 
@@ -85,6 +126,22 @@ class TrainConfig:
     BUDGETS = ("max_steps", "max_epochs", "max_time")
 
     def __post_init__(self):
+        for name in ("batch_size", "seq_len", "eval_every", "log_every", "eval_max_tokens", "max_bad_steps"):
+            _check(self, name, int, 1)
+        _check(self, "warmup_steps", int, 0)
+        for name in ("max_steps", "patience", "keep_every"):
+            _check(self, name, int, 1, optional=True)
+        _check(self, "lr", float, 0, lo_open=True)
+        for name in ("weight_decay", "grad_clip"):
+            _check(self, name, float, 0)
+        _check(self, "min_lr_ratio", float, 0, 1)
+        _check(self, "val_fraction", float, 0, 1, hi_open=True)
+        for name in ("max_epochs", "max_time"):
+            _check(self, name, float, 0, lo_open=True, optional=True)
+        _check(self, "seed", int, -(2**63), MAX_SEED)
+        if not (isinstance(self.device, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device)):
+            raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, not {self.device!r}.")
+        _choice(self, "precision", ("auto", "fp32", "bf16"))
         if self.max_steps is None and self.max_epochs is None and self.max_time is None:
             raise ConfigError("Training needs a budget: --max-steps, --max-epochs or --max-time.")
 
@@ -102,3 +159,10 @@ class CorpusOptions:
     encoding: str = "utf-8"
     errors: str = "strict"
     newline: str = "keep"
+
+    def __post_init__(self):
+        _choice(self, "tokenizer", TOKENIZERS)
+        _check(self, "vocab_size", int, 260, 1_000_000)
+        _choice(self, "sp_model_type", ("unigram", "bpe"))
+        _choice(self, "errors", ("strict", "replace", "ignore"))
+        _choice(self, "newline", ("keep", "lf"))

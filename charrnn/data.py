@@ -1,4 +1,8 @@
-"""Corpus reading and the truncated-BPTT stream layout.
+"""Corpus reading, the id cache, and the truncated-BPTT stream layout.
+
+One reader turns a file, a folder or standard input into decoded text blocks of bounded
+size (`_blocks`): `read_corpus` joins them, and `encode_corpus` streams them through any
+vocabulary into a memory-mapped id cache, so both see the same text by construction.
 
 The training ids are cut into B contiguous streams, one per batch row, and read in
 consecutive windows of T characters, so the hidden state left by window k is exactly the
@@ -12,27 +16,38 @@ state window k+1 needs (char-rnn / pytorch examples `batchify`)::
 
 from __future__ import annotations
 
+import base64
 import codecs
+import contextlib
 import hashlib
 import io
+import itertools
 import json
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
 
-from .errors import CorpusError
-from .vocab import CharCounter, CharVocab
+from .config import TOKENIZERS, CorpusOptions, TrainConfig
+from .errors import CharrnnError, ConfigError, CorpusError
+from .vocab import CharCounter
+from .vocabulary import Vocabulary, VocabularyBuilder, vocab_from_dict
 
 _SNIFF_BYTES = 8192
 _READ_BYTES = 1 << 24  # streaming reads: 16 MB of the corpus at a time
 CACHE_IDS = "corpus.ids"
 CACHE_META = "corpus.json"
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: raw ids written through the file, any vocabulary kind
+VAL_FRACTION = TrainConfig.val_fraction  # the default validation tail (one fact, in charrnn.config)
+# Codecs in which a pure-ASCII byte string decodes to the same code points: no decoding needed.
+_ASCII_CODECS = frozenset({"utf-8-sig", "ascii", "iso8859-1", "cp1252"})
+_ASCII_SPACE = bytes(c for c in range(128) if chr(c).isspace())  # what str.isspace() calls space
+
+Blocks = Iterator["str | bytes"]  # decoded text; a block of pure ASCII may come as bytes
 
 
 @dataclass(frozen=True)
@@ -45,40 +60,25 @@ class Corpus:
     files: int = 1
 
 
-def _decode(data: bytes, where: str, encoding: str, errors: str) -> str:
-    if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
-        encoding = "utf-8-sig"  # a BOM is metadata, not text: never put it in the vocabulary
-    try:
-        return data.decode(encoding, errors)
-    except UnicodeDecodeError as exc:
-        raise CorpusError(
-            f"{where} is not valid {exc.encoding.replace('-sig', '').upper()} text "
-            f"(byte offset {exc.start}); pass --encoding to name its encoding or "
-            f"--errors replace to substitute bad bytes."
-        ) from None
-    except LookupError:
-        raise CorpusError(f"Unknown text encoding {encoding!r}.") from None
+@dataclass(frozen=True)
+class _Source:
+    """A corpus source resolved once: what to read and what to call it."""
 
+    spec: str  # as given: a path, or "-" for standard input
+    name: str
+    files: tuple[Path, ...]  # () for standard input
+    folder: bool
 
-def _looks_binary(data: bytes) -> int:
-    """Offset of the first NUL byte in the head of `data`, or -1 for text."""
-    return data.find(b"\x00", 0, _SNIFF_BYTES)
+    @property
+    def stdin(self) -> bool:
+        return self.spec == "-"
 
+    @property
+    def count(self) -> int:
+        return max(1, len(self.files))
 
-def _read_file(path: Path, encoding: str, errors: str) -> str:
-    try:
-        data = path.read_bytes()
-    except PermissionError:
-        raise CorpusError(f"Cannot read {path}: permission denied.") from None
-    except OSError as exc:
-        raise CorpusError(f"Cannot read {path}: {exc.strerror or exc}.") from None
-    nul = _looks_binary(data)
-    if nul >= 0 and errors == "strict":
-        raise CorpusError(
-            f"{path} looks like a binary file (NUL byte at byte offset {nul}); pass "
-            f"--encoding to name its encoding or --errors replace to read it anyway."
-        )
-    return _decode(data, str(path), encoding, errors)
+    def described(self) -> str:
+        return "from stdin" if self.stdin else self.spec
 
 
 def text_files(folder: Path) -> list[Path]:
@@ -107,6 +107,147 @@ def normalise_newlines(text: str, newline: str) -> str:
     return text
 
 
+def _source_files(source: str) -> tuple[list[Path], str]:
+    path = Path(source)
+    if not path.exists():
+        raise CorpusError(f"Corpus {source} does not exist.")
+    if path.is_dir():
+        files = text_files(path)
+        if not files:
+            raise CorpusError(f"Folder {source} contains no text files.")
+        return files, path.resolve().name or "corpus"
+    return [path], path.resolve().stem or "corpus"
+
+
+def check_source(source: str | os.PathLike) -> None:
+    """Raise `CorpusError` now for a corpus path that cannot be read at all (missing, or a
+    folder without text files), before a caller creates anything for it."""
+    if str(source) != "-":
+        _source_files(str(source))
+
+
+def _resolve(source: str | os.PathLike) -> _Source:
+    spec = str(source)
+    if spec == "-":
+        return _Source(spec, "stdin", (), False)
+    files, name = _source_files(spec)
+    return _Source(spec, name, tuple(files), Path(spec).is_dir())
+
+
+# -- the one reader ---------------------------------------------------------------------------
+def _codec(encoding: str) -> codecs.CodecInfo:
+    try:
+        info = codecs.lookup(encoding)
+    except LookupError:
+        info = None
+    if info is None or not getattr(info, "_is_text_encoding", True):  # e.g. rot13, base64
+        raise CorpusError(f"Unknown text encoding {encoding!r}.")
+    if info.name == "utf-8":
+        return codecs.lookup("utf-8-sig")  # a BOM is metadata, not text: never put it in the vocabulary
+    return info
+
+
+def _reads(stream, where: str) -> Iterator[bytes]:
+    """Raw reads of up to `_READ_BYTES`; a text stream's str is taken as UTF-8."""
+    while True:
+        try:
+            data = stream.read(_READ_BYTES)
+        except OSError as exc:
+            raise CorpusError(f"Cannot read {where}: {exc.strerror or exc}.") from None
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        if not data:
+            return
+        yield data
+
+
+def _decoded(reads: Iterable[bytes], where: str, codec: codecs.CodecInfo, errors: str, newline: str) -> Blocks:
+    """The text of one file (or of standard input) in blocks: the binary check on its
+    head, decoding with byte offsets in errors, and newline normalisation that holds a
+    final CR back until the next read shows whether an LF follows it."""
+    decoder = codec.incrementaldecoder(errors)
+    ascii_fast = codec.name in _ASCII_CODECS
+    offset = 0  # bytes read so far
+    held = ""  # with newline="lf": a CR that ended the previous block
+    for data in itertools.chain(reads, [b""]):
+        final = not data
+        if offset < _SNIFF_BYTES and errors == "strict":
+            nul = data.find(b"\x00", 0, _SNIFF_BYTES - offset)
+            if nul >= 0:
+                what = "binary data" if where == "Standard input" else "a binary file"
+                raise CorpusError(
+                    f"{where} looks like {what} (NUL byte at byte offset {offset + nul}); pass "
+                    f"--encoding to name its encoding or --errors replace to read it anyway."
+                )
+        pending, flag = decoder.getstate()  # bytes held back from the previous read
+        if ascii_fast and data and not pending and data.isascii():
+            # Pure ASCII needs no decoding: its bytes are its code points (and, holding no
+            # BOM, it settles that the text does not start with one).
+            decoder.setstate((b"", 0))
+            offset += len(data)
+            if newline == "keep" or (not held and b"\r" not in data):
+                yield data
+                continue
+            text = data.decode("ascii")
+        else:
+            try:
+                if final and pending and flag and codec.name == "utf-8-sig":
+                    text = pending.decode("utf-8", errors)  # a text of 1-2 bytes that start a BOM
+                else:
+                    text = decoder.decode(data, final=final)
+            except UnicodeDecodeError as exc:
+                bom = 3 if codec.name == "utf-8-sig" and flag and (pending + data).startswith(codecs.BOM_UTF8) else 0
+                raise CorpusError(
+                    f"{where} is not valid {exc.encoding.upper()} text (byte offset "
+                    f"{offset - len(pending) + bom + max(exc.start, 0)}); pass --encoding to name "
+                    f"its encoding or --errors replace to substitute bad bytes."
+                ) from None
+            offset += len(data)
+        if newline == "lf":
+            text, held = held + text, ""
+            if not final and text.endswith("\r"):
+                text, held = text[:-1], "\r"  # its LF may start the next block
+            text = normalise_newlines(text, newline)
+        if text:
+            yield text
+
+
+def _blocks(src: _Source, encoding: str, errors: str, newline: str, stdin: io.BufferedIOBase | None) -> Blocks:
+    """The decoded, normalised text of a source in blocks of bounded size. Each file is
+    normalised on its own; the files of a folder are joined with a newline added after
+    any whose text does not end in one."""
+    codec = _codec(encoding)
+    if src.stdin:
+        stream = stdin if stdin is not None else sys.stdin.buffer
+        yield from _decoded(_reads(stream, "standard input"), "Standard input", codec, errors, newline)
+        return
+    for path in src.files:
+        try:
+            fh = path.open("rb")
+        except PermissionError:
+            raise CorpusError(f"Cannot read {path}: permission denied.") from None
+        except OSError as exc:
+            raise CorpusError(f"Cannot read {path}: {exc.strerror or exc}.") from None
+        last = ""
+        with fh:
+            for block in _decoded(_reads(fh, str(path)), str(path), codec, errors, newline):
+                last = block[-1:] if isinstance(block, str) else chr(block[-1])
+                yield block
+        if src.folder and last not in ("", "\n"):
+            yield "\n"  # files of a folder are joined on line boundaries
+
+
+def _blank(block: str | bytes) -> bool:
+    return block.isspace() if isinstance(block, str) else not block.strip(_ASCII_SPACE)
+
+
+def _check_text(chars: int, has_text: bool, src: _Source) -> None:
+    if chars == 0:
+        raise CorpusError(f"Corpus {src.described()} is empty.")
+    if not has_text:
+        raise CorpusError(f"Corpus {src.described()} contains only whitespace.")
+
+
 def read_corpus(
     source: str | os.PathLike,
     *,
@@ -120,43 +261,20 @@ def read_corpus(
     Raises `CorpusError` with a one-sentence explanation for anything unusable: missing
     path, binary or undecodable data, a folder without text files, empty or blank text.
     """
-    src = str(source)
-    if src == "-":
-        stream = stdin if stdin is not None else sys.stdin.buffer
-        data = stream.read()
-        if isinstance(data, str):
-            data = data.encode("utf-8")
-        nul = _looks_binary(data)
-        if nul >= 0 and errors == "strict":
-            raise CorpusError(f"Standard input looks binary (NUL byte at byte offset {nul}).")
-        text, name, files = _decode(data, "Standard input", encoding, errors), "stdin", 1
-    else:
-        paths, name = _source_files(src)
-        if Path(src).is_dir():
-            parts = []
-            for p in paths:
-                part = _read_file(p, encoding, errors)
-                if part and not part.endswith("\n"):
-                    part += "\n"
-                parts.append(part)
-            text = "".join(parts)
-        else:
-            text = _read_file(paths[0], encoding, errors)
-        files = len(paths)
-    if not text:
-        raise CorpusError(f"Corpus {'from stdin' if src == '-' else src} is empty.")
-    if not text.strip():
-        raise CorpusError(f"Corpus {'from stdin' if src == '-' else src} contains only whitespace.")
-    return Corpus(normalise_newlines(text, newline), name, src, files)
+    src = _resolve(source)
+    blocks = _blocks(src, encoding, errors, newline, stdin)
+    text = "".join(b.decode("ascii") if isinstance(b, bytes) else b for b in blocks)
+    _check_text(len(text), not text.isspace(), src)
+    return Corpus(text, src.name, src.spec, src.count)
 
 
-# -- streaming ingest ------------------------------------------------------------------------
+# -- encoding into the id cache ---------------------------------------------------------------
 @dataclass(frozen=True)
 class EncodedCorpus:
     """A corpus as ids (an in-memory array or a read-only memory map) plus what describes it."""
 
     ids: np.ndarray
-    vocab: CharVocab
+    vocab: Vocabulary
     name: str
     source: str
     chars: int
@@ -167,186 +285,199 @@ class EncodedCorpus:
         return {"name": self.name, "source": self.source, "chars": self.chars, "files": self.files, "sha256": self.sha256}
 
 
-def _source_files(source: str) -> tuple[list[Path], str]:
-    path = Path(source)
-    if not path.exists():
-        raise CorpusError(f"Corpus {source} does not exist.")
-    if path.is_dir():
-        files = text_files(path)
-        if not files:
-            raise CorpusError(f"Folder {source} contains no text files.")
-        return files, path.resolve().name or "corpus"
-    return [path], path.resolve().stem or "corpus"
+def _builder(options: CorpusOptions) -> VocabularyBuilder:
+    """What builds a new vocabulary of `options.tokenizer` from the first streaming pass."""
+    if options.tokenizer == "char":
+        return CharCounter()
+    if options.tokenizer == "sentencepiece":
+        from .subword import SentencePieceBuilder
+
+        return SentencePieceBuilder(options.vocab_size, options.sp_model_type)
+    raise ConfigError(f"Unknown tokenizer {options.tokenizer!r}; choose one of {', '.join(TOKENIZERS)}.")
 
 
-def _text_blocks(files: list[Path], encoding: str, errors: str, newline: str, folder: bool) -> Iterator[str | bytes]:
-    """Decoded text of the files, joined as `read_corpus` joins them, in blocks of bounded size.
-
-    A block of pure ASCII may come as `bytes` (which the vocabulary reads as code points)."""
-    enc = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
-    try:
-        decoder_cls = codecs.getincrementaldecoder(enc)
-    except LookupError:
-        raise CorpusError(f"Unknown text encoding {encoding!r}.") from None
-    ascii_fast = enc in ("utf-8-sig", "ascii", "latin-1", "iso-8859-1", "cp1252")
-    for path in files:
-        decoder = decoder_cls(errors)
-        offset, last, held = 0, "", ""
-        try:
-            fh = path.open("rb")
-        except OSError as exc:
-            raise CorpusError(f"Cannot read {path}: {exc.strerror or exc}.") from None
-        with fh:
-            while True:
-                data = fh.read(_READ_BYTES)
-                if offset == 0 and errors == "strict":
-                    nul = _looks_binary(data)
-                    if nul >= 0:
-                        raise CorpusError(
-                            f"{path} looks like a binary file (NUL byte at byte offset {nul}); pass "
-                            f"--encoding to name its encoding or --errors replace to read it anyway."
-                        )
-                pending = len(decoder.getstate()[0])  # bytes held back from the previous block
-                bom = 3 if offset == 0 and enc == "utf-8-sig" and data.startswith(codecs.BOM_UTF8) else 0
-                if data and ascii_fast and not pending and not bom and not held and data.isascii():
-                    # Pure ASCII needs no decoding: its bytes are its code points.
-                    offset += len(data)
-                    last = chr(data[-1])
-                    yield data if newline == "keep" else normalise_newlines(data.decode("ascii"), newline)
-                    continue
-                try:
-                    text = decoder.decode(data, final=not data)
-                except UnicodeDecodeError as exc:
-                    raise CorpusError(
-                        f"{path} is not valid {encoding.upper()} text (byte offset "
-                        f"{offset - pending + bom + max(exc.start, 0)}); pass --encoding to name "
-                        f"its encoding or --errors replace to substitute bad bytes."
-                    ) from None
-                offset += len(data)
-                if newline == "lf":
-                    text = held + text
-                    held = ""
-                    if data and text.endswith("\r"):
-                        text, held = text[:-1], "\r"  # its \n may start the next block
-                    text = normalise_newlines(text, newline)
-                if text:
-                    last = text[-1]
-                    yield text
-                if not data:
-                    break
-        if folder and last and last != "\n":
-            yield "\n"  # files of a folder are joined on line boundaries
+def _tokenizer_key(options: CorpusOptions) -> dict:
+    """The options that decide which vocabulary a corpus gets (the cache's, without `vocab`)."""
+    if options.tokenizer == "sentencepiece":
+        return {"tokenizer": options.tokenizer, "vocab_size": options.vocab_size, "sp_model_type": options.sp_model_type}
+    return {"tokenizer": options.tokenizer}
 
 
-def _fingerprint(files: list[Path], options: dict) -> dict:
-    """Cheap identity of the corpus files: size, mtime and hashes of head and tail."""
+def _vocab_json(vocab: Vocabulary) -> dict:
+    """`vocab.to_dict()` in JSON types (bytes, such as a sentencepiece model, as base64)."""
+    return {k: {"base64": base64.b64encode(v).decode("ascii")} if isinstance(v, bytes) else v
+            for k, v in vocab.to_dict().items()}
+
+
+def _vocab_from_json(data: dict) -> Vocabulary:
+    return vocab_from_dict({k: base64.b64decode(v["base64"]) if isinstance(v, dict) else v for k, v in data.items()})
+
+
+def _vocab_sha256(vocab: Vocabulary) -> str:
+    return hashlib.sha256(json.dumps(_vocab_json(vocab), sort_keys=True).encode("ascii")).hexdigest()
+
+
+def _fingerprint(files: Sequence[Path], options: CorpusOptions) -> dict:
+    """Cheap identity of the corpus files (size, mtime and hashes of head and tail) and of
+    how they are read; which vocabulary encoded them is checked separately (`_load_cache`)."""
     entries = []
     for path in files:
-        st = path.stat()
-        with path.open("rb") as fh:
-            head = fh.read(1 << 16)
-            fh.seek(max(0, st.st_size - (1 << 16)))
-            tail = fh.read()
+        try:
+            st = path.stat()
+            with path.open("rb") as fh:
+                head = fh.read(1 << 16)
+                fh.seek(max(0, st.st_size - (1 << 16)))
+                tail = fh.read()
+        except OSError as exc:
+            raise CorpusError(f"Cannot read {path}: {exc.strerror or exc}.") from None
         entries.append([str(path.resolve()), st.st_size, st.st_mtime_ns,
                         hashlib.sha256(head + tail).hexdigest()])
-    return {"version": _CACHE_VERSION, "files": entries, **options}
+    return {"version": _CACHE_VERSION, "files": entries, "encoding": options.encoding,
+            "errors": options.errors, "newline": options.newline}
 
 
-def _check_text(chars: int, has_text: bool, source: str) -> None:
-    if chars == 0:
-        raise CorpusError(f"Corpus {source} is empty.")
-    if not has_text:
-        raise CorpusError(f"Corpus {source} contains only whitespace.")
+def _load_cache(cache: Path, fingerprint: dict, vocab: Vocabulary | None,
+                options: CorpusOptions) -> tuple[np.ndarray, Vocabulary, dict] | None:
+    """The cached ids, memory-mapped copy-on-write (writable for torch, the file untouched),
+    if they were made from the same files, read the same way, with the given vocabulary
+    (or, without one, by the same tokenizer options); None otherwise."""
+    try:
+        meta = json.loads((cache / CACHE_META).read_text(encoding="utf-8"))
+        if {k: meta.get(k) for k in fingerprint} != fingerprint:
+            return None
+        if vocab is not None and meta.get("vocab_sha256") != _vocab_sha256(vocab):
+            return None
+        if vocab is None and meta.get("tokenizer") != _tokenizer_key(options):
+            return None
+        vocab = vocab if vocab is not None else _vocab_from_json(meta["vocab"])
+        dtype, count = np.dtype(meta["dtype"]), int(meta["count"])
+        path = cache / CACHE_IDS
+        if dtype != vocab.dtype or count <= 0 or path.stat().st_size != count * dtype.itemsize:
+            return None
+        return np.memmap(path, dtype=dtype, mode="c", shape=(count,)), vocab, meta
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, CharrnnError):
+        return None  # unreadable, stale or foreign: rebuilt
+
+
+def _write_ids(cache: Path, parts: Iterable[np.ndarray]) -> int:
+    """Write the ids through the file into a temporary file, then move it into place, and
+    return how many there are. Not through a writable memory map: the count is not known
+    in advance, and a full disk must raise OSError (here `CorpusError`), not SIGBUS."""
+    tmp = cache / f".{CACHE_IDS}.{os.getpid()}.tmp"
+    count = 0
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        (cache / CACHE_META).unlink(missing_ok=True)  # never let old metadata describe new ids
+        with open(tmp, "wb") as fh:
+            for part in parts:
+                fh.write(np.ascontiguousarray(part).data)
+                count += len(part)
+        os.replace(tmp, cache / CACHE_IDS)
+    except OSError as exc:
+        raise CorpusError(f"Cannot write the corpus cache in {cache}: {exc.strerror or exc}.") from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+    return count
+
+
+def _write_meta(cache: Path, meta: dict) -> None:
+    tmp = cache / f".{CACHE_META}.{os.getpid()}.tmp"
+    try:
+        tmp.write_text(json.dumps(meta), encoding="utf-8")
+        os.replace(tmp, cache / CACHE_META)
+    except OSError as exc:
+        raise CorpusError(f"Cannot write the corpus cache in {cache}: {exc.strerror or exc}.") from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def encode_corpus(
     source: str | os.PathLike,
     *,
     cache_dir: str | os.PathLike | None = None,
-    vocab: CharVocab | None = None,
-    encoding: str = "utf-8",
-    errors: str = "strict",
-    newline: str = "keep",
+    vocab: Vocabulary | None = None,
+    options: CorpusOptions = CorpusOptions(),
     stdin: io.BufferedIOBase | None = None,
 ) -> EncodedCorpus:
-    """Read and encode a corpus without ever holding more than a block of its text.
+    """Read and encode a corpus with any vocabulary kind, never holding more than a block
+    of its text (beyond what a tokenizer trains on).
 
-    Files and folders are read in two streaming passes: the first counts characters
-    (building the vocabulary) and hashes the text, the second writes the ids into
-    `cache_dir/corpus.ids`, which is then memory-mapped. The cache is reused while the
-    files keep their size, mtime and head/tail hashes. Standard input is read into memory.
-    With `vocab` given (fine-tuning), the text is encoded with it instead of a new one.
+    A first streaming pass counts and hashes the text and, without `vocab`, builds one by
+    `options.tokenizer` (characters are counted; sentencepiece trains on the text, or an
+    evenly spread sample of its lines). A second pass encodes it: into memory, or with
+    `cache_dir` through the file `cache_dir/corpus.ids`, which is then memory-mapped and
+    reused while the files keep their size, mtime and head/tail hashes and the reading and
+    tokenizer options (or the given vocabulary) stay the same. Standard input is read
+    once into memory and goes through the same passes, without a cache.
     """
-    src = str(source)
-    if src == "-":
-        corpus = read_corpus(src, encoding=encoding, errors=errors, newline=newline, stdin=stdin)
-        vocab = vocab or CharVocab.from_text(corpus.text)
-        ids = vocab.encode(corpus.text)
-        digest = hashlib.sha256(corpus.text.encode("utf-8", "surrogatepass")).hexdigest()
-        return EncodedCorpus(ids, vocab, "stdin", "-", len(corpus.text), 1, digest)
+    src = _resolve(source)
+    builder = _builder(options) if vocab is None else None  # an unknown tokenizer fails before any reading
 
-    files, name = _source_files(src)
-    options = {"encoding": encoding, "errors": errors, "newline": newline,
-               "vocab": None if vocab is None else "".join(vocab.chars)}
-    ids_path = meta_path = None
+    def read() -> Blocks:
+        return _blocks(src, options.encoding, options.errors, options.newline, stdin)
+
+    if src.stdin:
+        held = list(read())  # standard input can be read only once
+        read = lambda: iter(held)  # noqa: E731
+        cache_dir = None
+    cache = fingerprint = None
     if cache_dir is not None:
-        ids_path, meta_path = Path(cache_dir) / CACHE_IDS, Path(cache_dir) / CACHE_META
-        fingerprint = _fingerprint(files, options)
-        cached = _load_cache(ids_path, meta_path, fingerprint)
+        cache = Path(cache_dir)
+        fingerprint = _fingerprint(src.files, options)
+        cached = _load_cache(cache, fingerprint, vocab, options)
         if cached is not None:
-            ids, meta = cached
-            return EncodedCorpus(ids, CharVocab(list(meta["chars"])), name, src, meta["count"], len(files), meta["sha256"])
+            ids, vocab, meta = cached
+            return EncodedCorpus(ids, vocab, src.name, src.spec, meta["chars"], src.count, meta["sha256"])
+    return _encode(src, read, vocab, builder, options, cache, fingerprint)
 
-    counter, digest, has_text = CharCounter(), hashlib.sha256(), False
-    for block in _text_blocks(files, encoding, errors, newline, Path(src).is_dir()):
-        counter.add(block)
+
+def _encode(src: _Source, read: Callable[[], Blocks], vocab: Vocabulary | None, builder: VocabularyBuilder | None,
+            options: CorpusOptions, cache: Path | None, fingerprint: dict | None) -> EncodedCorpus:
+    """The one `EncodedCorpus` builder. The first pass over `read()` checks, counts and
+    hashes the text (and feeds `builder`, which makes the vocabulary when none is given);
+    the second writes the ids, into memory or through the cache file."""
+    digest, chars, has_text = hashlib.sha256(), 0, False
+    for block in read():
         digest.update(block if isinstance(block, bytes) else block.encode("utf-8", "surrogatepass"))
-        has_text = has_text or not block.isspace()
-    _check_text(counter.chars, has_text, src)
-    vocab = vocab or counter.vocab()
-    count = counter.chars
-
-    if ids_path is None:
-        ids = np.empty(count, dtype=vocab.dtype)
-    else:
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        tmp = ids_path.with_name(f".{CACHE_IDS}.{os.getpid()}.tmp")
-        ids = np.lib.format.open_memmap(tmp, mode="w+", dtype=vocab.dtype, shape=(count,))
-    pos = 0
-    for block in _text_blocks(files, encoding, errors, newline, Path(src).is_dir()):
-        part = vocab.encode(block)
-        ids[pos : pos + len(part)] = part
-        pos += len(part)
-    if ids_path is None:
-        return EncodedCorpus(ids, vocab, name, src, count, len(files), digest.hexdigest())
-    ids.flush()
-    del ids
-    os.replace(tmp, ids_path)
-    meta = {**fingerprint, "chars": "".join(vocab.chars), "count": count, "sha256": digest.hexdigest()}
-    meta_tmp = meta_path.with_name(f".{CACHE_META}.{os.getpid()}.tmp")
-    meta_tmp.write_text(json.dumps(meta), encoding="utf-8")
-    os.replace(meta_tmp, meta_path)
-    ids, _ = _load_cache(ids_path, meta_path, fingerprint)
-    return EncodedCorpus(ids, vocab, name, src, count, len(files), digest.hexdigest())
+        chars += len(block)
+        has_text = has_text or not _blank(block)
+        if builder is not None:
+            builder.add(block)
+    _check_text(chars, has_text, src)
+    if builder is not None:
+        vocab = builder.build(read)
+    if cache is None:
+        parts = list(vocab.encode_blocks(read()))
+        ids = np.concatenate(parts) if parts else np.zeros(0, dtype=vocab.dtype)
+        return EncodedCorpus(ids, vocab, src.name, src.spec, chars, src.count, digest.hexdigest())
+    count = _write_ids(cache, vocab.encode_blocks(read()))
+    _write_meta(cache, {**fingerprint, "tokenizer": None if builder is None else _tokenizer_key(options),
+                        "vocab_sha256": _vocab_sha256(vocab), "vocab": _vocab_json(vocab),
+                        "dtype": vocab.dtype.str, "count": count, "chars": chars, "sha256": digest.hexdigest()})
+    ids = np.memmap(cache / CACHE_IDS, dtype=vocab.dtype, mode="c", shape=(count,))
+    return EncodedCorpus(ids, vocab, src.name, src.spec, chars, src.count, digest.hexdigest())
 
 
-def _load_cache(ids_path: Path, meta_path: Path, fingerprint: dict):
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if {k: meta.get(k) for k in fingerprint} != fingerprint:
-            return None
-        ids = np.load(ids_path, mmap_mode="c")  # copy-on-write: writable for torch, file untouched
-        if len(ids) != meta["count"]:
-            return None
-        return ids, meta
-    except (OSError, ValueError, KeyError):
-        return None
+# -- split and stream layout ------------------------------------------------------------------
+S = TypeVar("S", np.ndarray, str)
 
 
-def split_ids(ids: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+def _split_tail(seq: S, fraction: float) -> tuple[S, S]:
+    n_val = int(len(seq) * fraction)
+    return seq[: len(seq) - n_val], seq[len(seq) - n_val :]
+
+
+def split_ids(ids: np.ndarray, val_fraction: float = VAL_FRACTION) -> tuple[np.ndarray, np.ndarray]:
     """Contiguous split: the last `val_fraction` of the ids is validation (nanoGPT's split)."""
-    n_val = int(len(ids) * val_fraction)
-    return ids[: len(ids) - n_val], ids[len(ids) - n_val :]
+    return _split_tail(ids, val_fraction)
+
+
+def split_text(text: str, fraction: float = VAL_FRACTION) -> tuple[str, str]:
+    """The same contiguous split of a text (same rounding as `split_ids`): what benchmarks
+    score as held-out text when they read a corpus themselves."""
+    return _split_tail(text, fraction)
 
 
 def as_streams(ids: np.ndarray, batch_size: int) -> torch.Tensor:
@@ -366,15 +497,6 @@ def as_streams(ids: np.ndarray, batch_size: int) -> torch.Tensor:
 def num_windows(streams: torch.Tensor, seq_len: int) -> int:
     """Windows of T in one pass over the streams (each needs T+1 columns for its targets)."""
     return (streams.size(1) - 1) // seq_len
-
-
-def windows(
-    streams: torch.Tensor, seq_len: int, start: int = 0
-) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-    """Yield (k, x, y) for consecutive windows k >= start; x, y are (B, T) views, y = x shifted by one."""
-    for k in range(start, num_windows(streams, seq_len)):
-        t = k * seq_len
-        yield k, streams[:, t : t + seq_len], streams[:, t + 1 : t + seq_len + 1]
 
 
 def eval_windows(streams: torch.Tensor, seq_len: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -89,6 +89,15 @@ def gather_streams(world: World, state: tuple[torch.Tensor, ...]) -> tuple[torch
     return tuple(out)
 
 
+def gather_objects(world: World, obj) -> list:
+    """Every rank's `obj` (small, picklable), in rank order."""
+    if not world.active:
+        return [obj]
+    out = [None] * world.size
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

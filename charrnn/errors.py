@@ -28,3 +28,11 @@ class CheckpointError(CharrnnError):
 
 class ConfigError(CharrnnError):
     """Options that cannot work together (e.g. a corpus too short for the requested batch)."""
+
+
+class Interrupted(CharrnnError):
+    """A signal arrived before training had started: nothing was saved or changed."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum

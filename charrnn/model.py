@@ -1,12 +1,14 @@
 """The network: embedding -> stacked recurrent cell -> linear head over the vocabulary.
 
 `forward` runs whole windows through cuDNN/oneDNN kernels (training, evaluation, prime
-warm-up). `step` advances one token with plain matrix-vector products over the same
-weights: at batch 1 on a CPU the fused `nn.LSTM` kernel costs several times more per call
-than the arithmetic itself, and sampling makes one call per character.
+warm-up). `step` advances one token through PyTorch's fused single-step cell kernels over
+the same weights: at batch 1 on a CPU the sequence kernel of `nn.LSTM` costs several
+times more per call than the arithmetic itself, and sampling makes one call per character.
 """
 
 from __future__ import annotations
+
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +16,8 @@ from torch import nn
 
 from .config import CELLS, ModelConfig
 
-State = tuple[torch.Tensor, ...]  # lstm: (h, c); gru/rnn: (h,); each (L, B, H)
+State = tuple[torch.Tensor, ...]  # lstm: (h, c); gru/rnn: (h,); each (L, B, H), float32
+Cell = Callable  # one layer's single step: (x (B, in), hx) -> new hx; hx is (h, c) for an LSTM, h otherwise
 
 
 class CharRNN(nn.Module):
@@ -60,40 +63,73 @@ class CharRNN(nn.Module):
         return self.embedding(ids.long())
 
     def forward(self, ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        """ids (B, T) -> logits (B, T, V) and the state after the last position."""
+        """ids (B, T) -> logits (B, T, V) and the state after the last position (float32,
+        also under bf16 autocast, so that it can be carried into the next window)."""
         if state is None:
             state = self.init_state(ids.size(0), ids.device)
         x = self.drop(self._inputs(ids))  # (B, T, E)
         hx = state if self.config.cell == "lstm" else state[0]
         out, new = self.rnn(x, hx)  # (B, T, H)
         new_state = tuple(new) if self.config.cell == "lstm" else (new,)
-        return self.head(self.drop(out)), new_state  # (B, T, V)
+        return self.head(self.drop(out)), _as_float32(new_state)  # (B, T, V)
+
+    def layer_weights(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(weight_ih, weight_hh, bias_ih, bias_hh) of one recurrent layer: the tensors `forward`
+        uses, read by their public names so that `step` and its variants share them."""
+        rnn = self.rnn
+        return (getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}"),
+                getattr(rnn, f"bias_ih_l{layer}"), getattr(rnn, f"bias_hh_l{layer}"))
 
     @torch.no_grad()
-    def step(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def step(self, ids: torch.Tensor, state: State, cells: Sequence[Cell] | None = None,
+             head: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, State]:
         """One token per stream without dropout: ids (B,) -> logits (B, V), new state.
 
         Same weights and equations as `forward`, through PyTorch's fused single-step cell
-        kernels (`torch.lstm_cell`, `torch.gru_cell`, `torch.rnn_tanh_cell`), which at
-        batch 1 cost a fraction of a sequence-kernel call.
+        kernels (`torch.lstm_cell`, `torch.gru_cell`, `torch.rnn_tanh_cell`,
+        `torch.rnn_relu_cell`), which at batch 1 cost a fraction of a sequence-kernel call.
+
+        This is the only per-layer step loop. `cells` (one callable per layer,
+        `(x (B, in), hx) -> new hx` with hx `(h, c)` for an LSTM and `h` otherwise) and `head`
+        (`(B, H) -> (B, V)`) swap in other arithmetic over the same structure, e.g. int8
+        weights (`charrnn.quantize`), without a second copy of the loop.
         """
-        c = self.config
+        lstm = self.config.cell == "lstm"
+        fused = _fused_cell(self.config)
         x = self._inputs(ids)  # (B, E)
         hs, cs = [], []
-        flat = self.rnn._flat_weights  # per layer: w_ih, w_hh, b_ih, b_hh (kept current by nn.RNNBase)
-        for layer in range(c.num_layers):
-            weights = flat[4 * layer : 4 * layer + 4]
-            h = state[0][layer]  # (B, H)
-            if c.cell == "lstm":
-                h, cell = torch.lstm_cell(x, (h, state[1][layer]), *weights)
-                cs.append(cell)
-            elif c.cell == "gru":
-                h = torch.gru_cell(x, h, *weights)
-            elif c.nonlinearity == "tanh":
-                h = torch.rnn_tanh_cell(x, h, *weights)
+        for layer in range(self.config.num_layers):
+            hx = (state[0][layer], state[1][layer]) if lstm else state[0][layer]  # (B, H) each
+            if cells is None:
+                hx = fused(x, hx, *self.layer_weights(layer))
             else:
-                h = torch.rnn_relu_cell(x, h, *weights)
-            hs.append(h)
-            x = h
-        new_state = (torch.stack(hs), torch.stack(cs)) if c.cell == "lstm" else (torch.stack(hs),)
-        return self.head(x), new_state
+                hx = cells[layer](x, hx)
+            x = hx[0] if lstm else hx  # (B, H)
+            hs.append(x)
+            if lstm:
+                cs.append(hx[1])
+        new_state = (torch.stack(hs), torch.stack(cs)) if lstm else (torch.stack(hs),)
+        logits = self.head(x) if head is None else head(x)  # (B, V)
+        return logits, _as_float32(new_state)
+
+
+def _fused_cell(config: ModelConfig) -> Callable:
+    """The fused single-step kernel of the cell, called as kernel(x, hx, *layer_weights)."""
+    if config.cell == "lstm":
+        return torch.lstm_cell
+    if config.cell == "gru":
+        return torch.gru_cell
+    return torch.rnn_relu_cell if config.nonlinearity == "relu" else torch.rnn_tanh_cell
+
+
+def _as_float32(state: State) -> State:
+    """The carried state in float32 whatever the kernels returned.
+
+    Under CUDA bf16 autocast cuDNN (and the fused cells) hand back h and c in bfloat16; fed
+    back window after window, bfloat16's 8-bit mantissa would round the long-range memory
+    every step, and the state's dtype would differ from `init_state`'s. Casting only when
+    the dtype differs keeps the float32 path free.
+    """
+    if all(s.dtype == torch.float32 for s in state):
+        return state
+    return tuple(s.float() for s in state)

@@ -2,35 +2,39 @@
 
 from __future__ import annotations
 
-import json
+import math
 import os
 from pathlib import Path
 
 from . import checkpoint
+from .checkpoint import RunDir
 from .errors import CharrnnError
-from .trainer import LN2, METRICS
+from .metrics import read_rows
+
+LN2 = math.log(2)
 
 
 def loss_curves(run: str | os.PathLike) -> dict[str, list[tuple[float, float]]]:
     """Train and validation loss in bits per character by step, from a run folder's
-    metrics.jsonl, or from a checkpoint's stored history."""
+    metrics file, or from a checkpoint's stored history."""
     run = Path(run)
-    metrics = run / METRICS if run.is_dir() else None
+    metrics = RunDir(run).metrics if run.is_dir() else None
     train, val = [], []
     if metrics is not None and metrics.is_file():
-        for line in metrics.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue  # a line cut short by a crash
-            if row.get("event") == "train" and row.get("train_loss") is not None:
-                train.append((row["step"], row["train_loss"] / LN2))
-            elif row.get("event") == "eval" and row.get("val_loss") is not None:
-                val.append((row["step"], row["val_loss"] / LN2))
+        rows, _ = read_rows(metrics)
+        for row in rows:
+            step, event = row.get("step"), row.get("event")
+            loss = row.get("train_loss" if event == "train" else "val_loss")
+            if not isinstance(step, (int, float)) or not isinstance(loss, (int, float)):
+                continue
+            if event == "train":
+                train.append((step, loss / LN2))
+            elif event == "eval":
+                val.append((step, loss / LN2))
     else:
-        history = checkpoint.load(checkpoint.resolve(run)).get("history", {})
-        train = [(s, v / LN2) for s, v in history.get("train", [])]
-        val = [(s, v / LN2) for s, v in history.get("val", [])]
+        progress = checkpoint.load(checkpoint.resolve(run)).progress
+        train = [(s, v / LN2) for s, v in progress.history_train]
+        val = [(s, v / LN2) for s, v in progress.history_val]
     if not train and not val:
         raise CharrnnError(f"{run} has no recorded losses to plot.")
     return {"train": train, "validation": val}

@@ -17,15 +17,18 @@ from .model import CharRNN, State
 
 
 class QuantizedStepper:
-    """`step(ids, state) -> logits, state` with the contract of `CharRNN.step`, on int8 weights."""
+    """`step(ids, state) -> logits, state` with the contract of `CharRNN.step`, on int8 weights.
+
+    Only the arithmetic differs: the per-layer loop is the model's own (`CharRNN.step` with
+    quantized cells and head), so the two paths cannot drift apart.
+    """
 
     def __init__(self, net: CharRNN):
         c = net.config
-        self.config = c
         self.net = net
         cells = []
         for layer in range(c.num_layers):
-            w_ih, w_hh, b_ih, b_hh = net.rnn._flat_weights[4 * layer : 4 * layer + 4]
+            w_ih, w_hh, b_ih, b_hh = net.layer_weights(layer)
             size_in = w_ih.size(1)
             if c.cell == "lstm":
                 cell = nn.LSTMCell(size_in, c.hidden_size)
@@ -45,23 +48,13 @@ class QuantizedStepper:
             head.bias.copy_(net.head.bias)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # eager-mode quantization announces its successor
-            self.modules = torch.ao.quantization.quantize_dynamic(
+            modules = torch.ao.quantization.quantize_dynamic(
                 nn.ModuleList([*cells, head]), {nn.LSTMCell, nn.GRUCell, nn.RNNCell, nn.Linear}, dtype=torch.qint8
             ).eval()
+        # Quantized cells take and return hx as the float cells do: (h, c) for an LSTM, h otherwise.
+        self.cells, self.head = list(modules[:-1]), modules[-1]
 
     @torch.no_grad()
     def step(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        c = self.config
-        x = self.net._inputs(ids)  # (B, E)
-        hs, cs = [], []
-        for layer in range(c.num_layers):
-            cell = self.modules[layer]
-            if c.cell == "lstm":
-                h, cc = cell(x, (state[0][layer], state[1][layer]))
-                cs.append(cc)
-            else:
-                h = cell(x, state[0][layer])
-            hs.append(h)
-            x = h
-        new_state = (torch.stack(hs), torch.stack(cs)) if c.cell == "lstm" else (torch.stack(hs),)
-        return self.modules[-1](x), new_state
+        """ids (B,) -> logits (B, V), new state, as `CharRNN.step`."""
+        return self.net.step(ids, state, cells=self.cells, head=self.head)

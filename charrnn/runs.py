@@ -1,38 +1,40 @@
-"""Setting up a training run: new, resumed (--resume) or fine-tuned (--init-from).
+"""One training run from start to finish: `Run`, and `train()`, its public face.
 
-This is where the rules that protect earlier work live: one process per run folder, no
-silent overwrite of an existing run, and a resume that refuses a different corpus or an
-option that would change the model or the data it was trained on.
+A `Run` is a context manager that owns everything about one run: the lock on its folder,
+the `Plan` (what will be trained, on what, from where), and the `Trainer`. This is where
+the rules that protect earlier work live: one process per run folder, no silent overwrite
+of an existing run (and with --overwrite, nothing is removed before every check has
+passed), and a resume that refuses a different corpus or an option that would change the
+model or the data it was trained on.
+
+    with Run("corpus.txt", out="checkpoints/x", train_options={"max_time": 60}) as run:
+        for event in run.events():
+            ...
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import hashlib
 import io
+import math
 import os
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Collection
-
-import torch
+from typing import Callable, Collection, Iterator
 
 from . import checkpoint
-from .config import CorpusOptions
-from .data import EncodedCorpus, encode_corpus, read_corpus, split_ids, _source_files
-from .devices import autocast, resolve_device, use_bf16
-from .errors import ConfigError
-from .model import CharRNN, ModelConfig
-from . import sizing
-from . import distributed as dist_utils
-from .distributed import World, world_from_env
-from .runlock import RunLock
-from .trainer import TrainConfig, Trainer
-from .vocab import vocab_from_dict
+from .checkpoint import Checkpoint, RunDir
+from .config import CorpusOptions, ModelConfig, TrainConfig, field_names
+from .errors import ConfigError, Interrupted
 
 DEFAULT_MAX_TIME = 600.0  # seconds, when a new run is given no budget at all
 DEFAULT_ROOT = "checkpoints"
-BUDGETS = ("max_steps", "max_epochs", "max_time")
+MODEL_OPTIONS = tuple(n for n in field_names(ModelConfig) if n != "vocab_size")
+TRAIN_OPTIONS = field_names(TrainConfig)
+AUTO = ("hidden_size", "dropout")  # sized to the corpus and budget unless given
 
 
 def flag(name: str) -> str:
@@ -47,6 +49,35 @@ def corpus_name(source: str) -> str:
     return (path.name if path.is_dir() else path.stem) or "corpus"
 
 
+@dataclass(frozen=True)
+class Request:
+    """What the user asked for, before any file is read."""
+
+    corpus: str | None
+    run_dir: RunDir
+    model_options: dict
+    train_options: dict
+    resume: bool = False
+    init_from: str | None = None
+    overwrite: bool = False
+    explicit: frozenset = frozenset()  # options the user set; on resume only these are compared
+    corpus_options: CorpusOptions = CorpusOptions()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything checked and read: the run is ready to be built."""
+
+    run_dir: RunDir
+    model_config: ModelConfig
+    train_config: TrainConfig
+    corpus: object  # charrnn.data.EncodedCorpus
+    resume_from: Checkpoint | None = None
+    init_from: Checkpoint | None = None
+    sizing: dict | None = None  # what charrnn.sizing chose, when it chose
+    clear_first: bool = False  # --overwrite: remove the old run once the new one is built
+
+
 def _differences(given: dict, stored: dict, names: Collection[str], explicit: Collection[str]) -> list[str]:
     out = []
     for name in names:
@@ -55,212 +86,124 @@ def _differences(given: dict, stored: dict, names: Collection[str], explicit: Co
     return out
 
 
-def _clear_run(out: Path) -> None:
-    for path in [out / checkpoint.BEST, out / checkpoint.LATEST, out / "metrics.jsonl", *out.glob("step-*.pt")]:
-        path.unlink(missing_ok=True)
+def _stored_checkpoint(req: Request) -> Checkpoint | None:
+    if req.resume:
+        if not req.run_dir.latest.is_file():
+            raise ConfigError(f"Nothing to resume: {req.run_dir.path} has no {checkpoint.LATEST}.")
+        stored = checkpoint.load(req.run_dir.latest)
+        if not stored.resumable:
+            raise ConfigError(f"{stored.path} holds weights only (an exported model), so it cannot be resumed.")
+        return stored
+    if req.init_from is not None:
+        return checkpoint.load(checkpoint.resolve(req.init_from))
+    return None
 
 
-def _remove_stale_temp_files(out: Path) -> None:
-    """Temporary files left by a process killed mid-save (we hold the run lock now)."""
-    for path in out.glob(".*.tmp"):
-        path.unlink(missing_ok=True)
-
-
-def prepare_training(
-    corpus: str | None,
-    *,
-    out_dir: str | os.PathLike | None = None,
-    model_options: dict | None = None,
-    train_options: dict | None = None,
-    resume: bool = False,
-    init_from: str | os.PathLike | None = None,
-    overwrite: bool = False,
-    explicit: Collection[str] | None = None,
-    corpus_options: CorpusOptions = CorpusOptions(),
-    root: str | os.PathLike = DEFAULT_ROOT,
-    stdin: io.BufferedIOBase | None = None,
-) -> Trainer:
-    """Read the corpus, check it against any existing run, and return a ready `Trainer`.
-
-    `explicit` names the options the user actually set (all given ones when None): on
-    resume only those are compared with the checkpoint, the rest are taken from it.
-    """
-    model_options = dict(model_options or {})
-    train_options = dict(train_options or {})
-    explicit = set(explicit) if explicit is not None else set(model_options) | set(train_options)
-    if resume and init_from is not None:
-        raise ConfigError("Use either --resume or --init-from, not both.")
-    if corpus is None and not (resume and out_dir is not None):
-        raise ConfigError("Name a corpus to train on (a file, a folder, or - for stdin).")
-    if corpus is not None and corpus != "-":
-        _source_files(corpus)  # a missing corpus is reported before any folder is created
-    out = Path(out_dir) if out_dir is not None else Path(root) / corpus_name(corpus)
-
-    args = (corpus, out, model_options, train_options, resume, init_from, overwrite, explicit, corpus_options, stdin)
-    world = world_from_env()
-    if not world.active:
-        lock = RunLock(out).acquire()
-        try:
-            _remove_stale_temp_files(out)
-            trainer = _build(*_plan(*args), world)
-        except BaseException:
-            lock.release()
-            raise
-        trainer.lock = lock
-        return trainer
-    return _prepare_distributed(world, args, train_options)
-
-
-def _prepare_distributed(world: World, args: tuple, train_options: dict) -> Trainer:
-    """Rank 0 checks the run and encodes the corpus into the shared cache first; the other
-    ranks then read the cache (and rank 0's vocabulary), and all build their trainers."""
-    import torch.distributed as dist
-
-    from .devices import resolve_device
-
-    if args[0] == "-":
-        raise ConfigError("Distributed training cannot read the corpus from stdin; pass a file or folder.")
-    dist_utils.init(world, resolve_device(train_options.get("device") or "auto"))
-    lock, plan, error = None, None, None
-    if world.main:
-        try:
-            lock = RunLock(args[1]).acquire()
-            _remove_stale_temp_files(args[1])
-            plan = _plan(*args)
-        except BaseException as exc:  # shared below so that no rank waits for ever
-            error = exc
-    shared = [None if error is None else str(error), None if plan is None else plan[3].vocab.to_dict(),
-              None if plan is None else plan[1]]
-    dist.broadcast_object_list(shared, src=0)
-    if error is not None:
-        if lock is not None:
-            lock.release()
-        raise error
-    if shared[0] is not None:
-        raise ConfigError(f"Process 0 could not start: {shared[0]}")
-    if not world.main:
-        plan = _plan(*args, main=False, vocab=vocab_from_dict(shared[1]), sized=shared[2])
-    trainer = _build(*plan, world)
-    trainer.lock = lock
-    return trainer
-
-
-def _encode(corpus, out, vocab, opts: CorpusOptions, stdin) -> EncodedCorpus:
-    """Character corpora stream through the memory-mapped cache; a sentencepiece corpus is
-    read into memory, its tokenizer trained (unless given) and the text encoded."""
-    kind = vocab.kind if vocab is not None else opts.tokenizer
-    if kind == "char":
-        return encode_corpus(corpus, cache_dir=out, vocab=vocab, encoding=opts.encoding, errors=opts.errors,
-                             newline=opts.newline, stdin=stdin)
-    from .subword import SentencePieceVocab
-
-    data = read_corpus(corpus, encoding=opts.encoding, errors=opts.errors, newline=opts.newline, stdin=stdin)
-    if vocab is None:
-        vocab = SentencePieceVocab.train(data.text, opts.vocab_size, opts.sp_model_type)
-    digest = hashlib.sha256(data.text.encode("utf-8", "surrogatepass")).hexdigest()
-    return EncodedCorpus(vocab.encode(data.text), vocab, data.name, data.source, len(data.text), data.files, digest)
-
-
-def _plan(corpus, out, model_options, train_options, resume, init_from, overwrite, explicit,
-          opts: CorpusOptions, stdin, main: bool = True, vocab=None, sized: dict | None = None):
-    """Every check and the corpus encoding; `main` is False on ranks other than 0, which
-    leave checks and changes of the run folder to rank 0 and take its vocabulary and its
-    model size (`sized`)."""
-    stored = None
-    if resume:
-        latest = out / checkpoint.LATEST
-        if not latest.is_file():
-            raise ConfigError(f"Nothing to resume: {out} has no {checkpoint.LATEST}.")
-        stored = checkpoint.load(latest)
-        if corpus is None:
-            corpus = stored.get("corpus", {}).get("source")
-            if corpus in (None, "-"):
-                raise ConfigError(f"The run in {out} was trained on standard input; pipe the same text and pass - as the corpus.")
-        vocab = vocab_from_dict(stored["vocab"])
-    elif init_from is not None:
-        stored = checkpoint.load(checkpoint.resolve(init_from))
-        vocab = vocab or vocab_from_dict(stored["vocab"])
-    if main and not resume and not overwrite and ((out / checkpoint.LATEST).exists() or (out / checkpoint.BEST).exists()):
-        raise ConfigError(
-            f"{out} already holds a training run; continue it with --resume, start over with "
-            f"--overwrite, or choose another folder with --out."
-        )
-
+def _merged_options(req: Request, stored: Checkpoint | None) -> tuple[dict, dict]:
+    """Model and training options of the run: the user's, or on resume / fine-tuning the
+    stored ones where the user did not set them (a different explicit value is refused)."""
+    model_options, train_options = dict(req.model_options), dict(req.train_options)
     if stored is not None:
-        problems = _differences(model_options, stored["model_config"], model_options.keys(), explicit)
-        kind = stored["vocab"].get("kind")
-        if "tokenizer" in explicit and opts.tokenizer != kind:
-            problems.append(f"--tokenizer {opts.tokenizer} (the run has {kind})")
-        if resume:
-            fixed = [f for f in stored.get("train_config", {}) if f not in TrainConfig.RESUMABLE]
-            problems += _differences(train_options, stored["train_config"], fixed, explicit)
+        stored_model = stored.model_config.to_dict()
+        problems = _differences(model_options, stored_model, model_options.keys(), req.explicit)
+        kind = stored.vocab.get("kind")
+        if "tokenizer" in req.explicit and req.corpus_options.tokenizer != kind:
+            problems.append(f"--tokenizer {req.corpus_options.tokenizer} (the run has {kind})")
+        if req.resume:
+            stored_train = stored.train_config.to_dict()
+            fixed = [f for f in stored_train if f not in TrainConfig.RESUMABLE]
+            problems += _differences(train_options, stored_train, fixed, req.explicit)
         if problems:
-            what = "resume" if resume else "fine-tune from"
-            raise ConfigError(f"Cannot {what} {out if resume else init_from} with different settings: {'; '.join(problems)}.")
-        model_options = {k: v for k, v in stored["model_config"].items() if k != "vocab_size"}
-        if resume:
-            merged = dict(stored["train_config"])
+            what, which = ("resume", req.run_dir.path) if req.resume else ("fine-tune from", req.init_from)
+            raise ConfigError(f"Cannot {what} {which} with different settings: {'; '.join(problems)}.")
+        model_options = {k: v for k, v in stored_model.items() if k != "vocab_size"}
+        if req.resume:
+            merged = stored.train_config.to_dict()
             for name in TrainConfig.RESUMABLE:
-                if name in explicit and name in train_options:
+                if name in req.explicit and name in train_options:
                     merged[name] = train_options[name]
-            if any(b in explicit for b in BUDGETS):  # a new budget replaces the old one whole
-                for b in BUDGETS:
+            if any(b in req.explicit for b in TrainConfig.BUDGETS):  # a new budget replaces the old one whole
+                for b in TrainConfig.BUDGETS:
                     merged[b] = train_options.get(b)
             train_options = merged
-
-    if all(train_options.get(b) is None for b in BUDGETS):
+    if all(train_options.get(b) is None for b in TrainConfig.BUDGETS):
         train_options["max_time"] = DEFAULT_MAX_TIME
     if train_options.get("lr") is None:  # new runs: the cell's own default
-        cell = model_options.get("cell") or ModelConfig.__dataclass_fields__["cell"].default
-        train_options["lr"] = sizing.LEARNING_RATE[cell]
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in train_options.items() if k in known})
+        from .sizing import LEARNING_RATE
 
-    encoded = _encode(corpus, out, vocab, opts, stdin)
-    if resume:
-        was = stored.get("corpus", {}).get("sha256")
+        cell = model_options.get("cell") or "lstm"
+        train_options["lr"] = LEARNING_RATE.get(cell, LEARNING_RATE["lstm"])
+    return model_options, {k: v for k, v in train_options.items() if k in TRAIN_OPTIONS and v is not None}
+
+
+def make_plan(req: Request, stdin: io.BufferedIOBase | None = None, *, main: bool = True, vocab=None,
+              sized: tuple[dict, dict | None] | None = None) -> Plan:
+    """Every check and the corpus encoding. `main` is False on processes other than 0,
+    which leave checks of the run folder to process 0 and take its vocabulary and its model
+    size (`sized`)."""
+    from .data import encode_corpus
+
+    stored = _stored_checkpoint(req)
+    if stored is not None and vocab is None:
+        vocab = stored.vocabulary()
+    if main and not req.resume and not req.overwrite and req.run_dir.has_run():
+        raise ConfigError(
+            f"{req.run_dir.path} already holds a training run; continue it with --resume, start over with "
+            f"--overwrite, or choose another folder with --out."
+        )
+    corpus = req.corpus
+    if corpus is None:
+        corpus = stored.corpus.get("source") if stored is not None else None
+        if corpus in (None, "-"):
+            raise ConfigError(f"The run in {req.run_dir.path} was trained on standard input; pipe the same text and pass - as the corpus.")
+    model_options, train_options = _merged_options(req, stored)
+    config = TrainConfig(**train_options)
+    encoded = encode_corpus(corpus, cache_dir=req.run_dir.path, vocab=vocab, options=req.corpus_options, stdin=stdin)
+    if req.resume:
+        was = stored.corpus.get("sha256")
         if was is not None and was != encoded.sha256:
             raise ConfigError(
-                f"The corpus {corpus} differs from the text the run in {out} was trained on; "
-                f"resume with the same text, or start a new run on it with --init-from {out}."
+                f"The corpus {corpus} differs from the text the run in {req.run_dir.path} was trained on; "
+                f"resume with the same text, or start a new run on it with --init-from {req.run_dir.path}."
             )
+    sizing = None
     if sized is not None:
-        model_options = sized
+        model_options, sizing = sized
     elif stored is None:
-        model_options = size_model(model_options, config, encoded)
-    if main and overwrite and not resume:
-        _clear_run(out)
-    return out, model_options, config, encoded, stored, resume, init_from
+        model_options, sizing = size_model(model_options, config, encoded)
+    model_config = ModelConfig(vocab_size=encoded.vocab.size, **model_options)
+    return Plan(req.run_dir, model_config, config, encoded, stored if req.resume else None,
+                stored if req.init_from is not None else None, sizing, main and req.overwrite and not req.resume)
 
 
-AUTO = ("hidden_size", "dropout")  # sized to the corpus and budget unless given
+def size_model(model_options: dict, config: TrainConfig, encoded) -> tuple[dict, dict | None]:
+    """Fill in the options of `AUTO` that are missing or None with `sizing.choose`, and
+    say what was chosen (None when the user gave them all)."""
+    import torch
 
+    from . import sizing
+    from .data import split_ids
+    from .devices import autocast, local_device, use_bf16
+    from .distributed import world_from_env
+    from .model import CharRNN
 
-def size_model(model_options: dict, config: TrainConfig, encoded: EncodedCorpus) -> dict:
-    """Fill in the options of `AUTO` that are missing or None with `sizing.choose`.
-
-    The chosen figures are kept under the private key "_sizing" for the trainer to report.
-    """
     options = {k: v for k, v in model_options.items() if v is not None}
     if all(name in options for name in AUTO):
-        return options
-    fields = ModelConfig.__dataclass_fields__
-    get = lambda name: options.get(name, fields[name].default)  # noqa: E731
+        return options, None
+    defaults = ModelConfig(vocab_size=1)
+    get = lambda name: options.get(name, getattr(defaults, name))  # noqa: E731
     world = world_from_env()
     if get("tie_weights") and "hidden_size" not in options:
         options["hidden_size"] = get("embedding_size")  # tied weights fix the width
     auto = [name for name in AUTO if name not in options]
     vocab_size = encoded.vocab.size
     one_hot = get("one_hot")
-    input_size = vocab_size if one_hot else get("embedding_size")
     train_tokens = len(split_ids(encoded.ids, config.val_fraction)[0])
     local_batch = max(1, config.batch_size // world.size)
 
     throughput = None
     if config.max_time is not None:
-        device = resolve_device(config.device)
-        if world.active and device.type == "cuda":
-            device = torch.device("cuda", world.local_rank)
+        device = local_device(config.device, world.local_rank if world.active else None)
         bf16 = use_bf16(device, config.precision)
 
         def factory(hidden: int):
@@ -276,30 +219,286 @@ def size_model(model_options: dict, config: TrainConfig, encoded: EncodedCorpus)
             except RuntimeError:  # no bf16 recurrent kernels in this cuDNN: training runs float32 too
                 return world.size * timed_fp32(hidden)
 
+    del torch
     choice = sizing.choose(
-        cell=get("cell"), num_layers=get("num_layers"), input_size=input_size, vocab_size=vocab_size,
-        train_tokens=train_tokens, tokens_per_step=config.batch_size * config.seq_len,
+        cell=get("cell"), num_layers=get("num_layers"), input_size=vocab_size if one_hot else get("embedding_size"),
+        vocab_size=vocab_size, train_tokens=train_tokens, tokens_per_step=config.batch_size * config.seq_len,
         max_steps=config.max_steps, max_epochs=config.max_epochs, max_time=config.max_time,
         throughput=throughput, embedding=not one_hot,
         ladder=(options["hidden_size"],) if "hidden_size" in options else sizing.LADDER)
     options.setdefault("hidden_size", choice.hidden_size)
     options.setdefault("dropout", choice.dropout)
-    options["_sizing"] = dataclasses.asdict(choice) | {"epochs": choice.epochs, "auto": auto}
-    return options
+    return options, dataclasses.asdict(choice) | {"epochs": choice.epochs, "auto": auto}
 
 
-def _build(out, model_options, config, encoded, stored, resume, init_from, world: World) -> Trainer:
-    model_options = dict(model_options)
-    chosen = model_options.pop("_sizing", None)
-    model_config = ModelConfig(vocab_size=encoded.vocab.size, **model_options)
-    train_ids, val_ids = split_ids(encoded.ids, config.val_fraction)
-    trainer = Trainer(model_config, config, encoded.vocab, train_ids, val_ids, out, encoded.info(), world)
-    if chosen is not None:
-        trainer.sizing = chosen
-        trainer.corpus_info["sizing"] = chosen
-    if resume:
-        trainer.restore(stored)
-    elif init_from is not None:
-        trainer.model.load_state_dict(stored["model"])
-        trainer.corpus_info["init_from"] = str(init_from)
-    return trainer
+class Run:
+    """One training run: takes the run folder's lock, plans, builds the trainer; the lock
+    is released when the `with` block ends, however it ends.
+
+    `explicit` names the options the user actually set (all given ones when None): on
+    resume only those are compared with the checkpoint, the rest are taken from it.
+    """
+
+    def __init__(
+        self,
+        corpus: str | os.PathLike | None,
+        *,
+        out: str | os.PathLike | None = None,
+        model_options: dict | None = None,
+        train_options: dict | None = None,
+        resume: bool = False,
+        init_from: str | os.PathLike | None = None,
+        overwrite: bool = False,
+        explicit: Collection[str] | None = None,
+        corpus_options: CorpusOptions = CorpusOptions(),
+        root: str | os.PathLike = DEFAULT_ROOT,
+        stdin: io.BufferedIOBase | None = None,
+    ):
+        from .data import check_source
+
+        model_options = {k: v for k, v in (model_options or {}).items() if v is not None}
+        train_options = {k: v for k, v in (train_options or {}).items() if v is not None}
+        unknown = (set(model_options) - set(MODEL_OPTIONS)) | (set(train_options) - set(TRAIN_OPTIONS))
+        if unknown:
+            raise ConfigError(f"Unknown training option{'s' if len(unknown) > 1 else ''}: {', '.join(sorted(unknown))}.")
+        if resume and init_from is not None:
+            raise ConfigError("Use either --resume or --init-from, not both.")
+        corpus = None if corpus is None else str(corpus)
+        if corpus is None and not (resume and out is not None):
+            raise ConfigError("Name a corpus to train on (a file, a folder, or - for stdin).")
+        if corpus is not None and corpus != "-":
+            check_source(corpus)  # a missing corpus is reported before any folder is created
+        run_dir = RunDir(out if out is not None else Path(root) / corpus_name(corpus))
+        explicit = set(model_options) | set(train_options) if explicit is None else set(explicit)
+        self.request = Request(corpus, run_dir, model_options, train_options, resume,
+                               None if init_from is None else str(init_from), overwrite, frozenset(explicit), corpus_options)
+        self.stdin = stdin
+        self.plan: Plan | None = None
+        self.trainer = None
+        self._lock = None
+        from .distributed import world_from_env
+
+        self.world = world_from_env()
+
+    @property
+    def run_dir(self) -> RunDir:
+        return self.request.run_dir
+
+    def __enter__(self) -> "Run":
+        from .runlock import RunLock
+
+        try:
+            if self.world.active:
+                self._enter_distributed()
+            else:
+                self._lock = RunLock(self.run_dir.path).acquire()
+                self.run_dir.remove_stale_temp_files()
+                self.plan = make_plan(self.request, self.stdin)
+                self.trainer = self._build()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        if self.world.active:
+            from .distributed import shutdown
+
+            shutdown()
+        return False
+
+    def _enter_distributed(self) -> None:
+        """Process 0 checks the run and encodes the corpus into the shared cache first; the
+        others then read the cache (and process 0's vocabulary and model size)."""
+        import torch.distributed as dist
+
+        from . import distributed as dist_utils
+        from .devices import resolve_device
+        from .runlock import RunLock
+        from .vocab import vocab_from_dict
+
+        if self.request.corpus == "-":
+            raise ConfigError("Distributed training cannot read the corpus from stdin; pass a file or folder.")
+        dist_utils.init(self.world, resolve_device(self.request.train_options.get("device", "auto")))
+        error = None
+        if self.world.main:
+            try:
+                self._lock = RunLock(self.run_dir.path).acquire()
+                self.run_dir.remove_stale_temp_files()
+                self.plan = make_plan(self.request)
+            except BaseException as exc:  # shared below so that no process waits for ever
+                error = exc
+        plan = self.plan
+        shared = [None if error is None else str(error),
+                  None if plan is None else plan.corpus.vocab.to_dict(),
+                  None if plan is None else ({k: v for k, v in plan.model_config.to_dict().items() if k != "vocab_size"}, plan.sizing)]
+        dist.broadcast_object_list(shared, src=0)
+        if error is not None:
+            raise error
+        if shared[0] is not None:
+            raise ConfigError(f"Process 0 could not start: {shared[0]}")
+        if not self.world.main:
+            self.plan = make_plan(self.request, main=False, vocab=vocab_from_dict(shared[1]), sized=shared[2])
+        self.trainer = self._build()
+
+    def _build(self):
+        """The trainer of the plan; only once it is built (every option checked against the
+        corpus and the device) does --overwrite remove the previous run."""
+        from .data import split_ids
+        from .trainer import Trainer
+
+        plan = self.plan
+        train_ids, val_ids = split_ids(plan.corpus.ids, plan.train_config.val_fraction)
+        corpus = plan.corpus.info()
+        if plan.init_from is not None:
+            corpus["init_from"] = self.request.init_from
+        trainer = Trainer(plan.model_config, plan.train_config, plan.corpus.vocab, train_ids, val_ids,
+                          plan.run_dir, corpus, self.world, plan.sizing)
+        if plan.resume_from is not None:
+            trainer.restore(plan.resume_from)
+        elif plan.init_from is not None:
+            trainer.model.load_state_dict(plan.init_from.weights)
+        if plan.clear_first:
+            plan.run_dir.clear_run()
+        return trainer
+
+    def events(self) -> Iterator:
+        """The trainer's events (`charrnn.trainer.Started`, `Progress`, `Evaluated`, `Saved`, `Finished`)."""
+        if self.trainer is None:
+            raise RuntimeError("Run.events() is used inside `with Run(...) as run:`")
+        yield from self.trainer.run()
+
+    def request_stop(self, reason: str) -> None:
+        if self.trainer is not None:
+            self.trainer.request_stop(reason)
+
+
+class StopOnSignal:
+    """First SIGINT/SIGTERM/SIGHUP: finish the step, save, and report the signal. A signal
+    before training has started raises `Interrupted` (nothing to save yet). A second signal
+    exits at once (checkpoints are written atomically, so nothing on disk is half-written)."""
+
+    SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGHUP")) if s is not None)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.run: Run | None = None
+        self._previous = {}
+
+    def __enter__(self) -> "StopOnSignal":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            os._exit(128 + signum)
+        self.signum = signum
+        name = signal.Signals(signum).name
+        if self.run is None or self.run.trainer is None:
+            raise Interrupted(signum, f"Interrupted by {name} while setting up; no run was started or changed.")
+        self.run.request_stop(f"interrupted by {name}")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished `train()` call produced."""
+
+    out_dir: Path
+    best_path: Path
+    best_val_loss: float  # nats per character
+    final_val_loss: float
+    steps: int
+    epochs: float
+    elapsed: float  # seconds
+    chars_per_sec: float
+    reason: str
+    saved: tuple[str, ...] = ()  # kinds of checkpoint this call wrote
+    source: str | None = None  # the corpus, as a resume command names it
+    signal: int | None = None  # the signal that stopped the run (it was saved first)
+
+    @property
+    def best_val_bits_per_char(self) -> float:
+        return self.best_val_loss / math.log(2)
+
+    def load(self, device: str = "cpu"):
+        from .api import load
+
+        return load(self.best_path, device=device)
+
+
+def train(
+    corpus: str | os.PathLike | None,
+    *,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    init_from: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    tokenizer: str = "char",
+    vocab_size: int = 2000,
+    sp_model_type: str = "unigram",
+    encoding: str = "utf-8",
+    errors: str = "strict",
+    newline: str = "keep",
+    root: str | os.PathLike | None = None,
+    on_event: Callable[[object], None] | None = None,
+    handle_signals: bool = False,
+    explicit: Collection[str] | None = None,
+    stdin: io.BufferedIOBase | None = None,
+    **options,
+) -> TrainResult:
+    """Train a model exactly as `charrnn train` does (the command is this call), without
+    printing anything.
+
+    `options` are the model and training settings by their PyTorch-style names
+    (`hidden_size`, `num_layers`, `cell`, `dropout`, `batch_size`, `seq_len`, `lr`,
+    `max_steps`, `max_epochs`, `max_time` — seconds or a string like "2m" —, `seed`,
+    `device`, ...). `on_event` receives every progress event (`charrnn.trainer.Started`,
+    `Progress`, `Evaluated`, `Saved`, `Finished`). With `handle_signals`, SIGINT, SIGTERM
+    and SIGHUP stop the run after the current step and save it (`TrainResult.signal` says
+    which); a signal during set-up raises `charrnn.errors.Interrupted`.
+
+        run = train("corpus.txt", hidden_size=256, max_time="2m", out="checkpoints/x")
+        print(run.best_val_bits_per_char)
+        model = run.load()
+    """
+    from .durations import parse_duration
+
+    unknown = set(options) - set(MODEL_OPTIONS) - set(TRAIN_OPTIONS)
+    if unknown:
+        raise TypeError(f"train() got unknown option(s): {', '.join(sorted(unknown))}")
+    if isinstance(options.get("max_time"), str):
+        try:
+            options["max_time"] = parse_duration(options["max_time"])
+        except ValueError as exc:
+            raise ConfigError(f"max_time: {exc}.") from None
+    root = root if root is not None else os.environ.get("CHARRNN_CHECKPOINTS", DEFAULT_ROOT)
+    corpus_options = CorpusOptions(tokenizer, vocab_size, sp_model_type, encoding, errors, newline)
+    stopper = StopOnSignal() if handle_signals else None
+    done = None
+    with stopper or contextlib.nullcontext():
+        with Run(corpus, out=out, model_options={k: v for k, v in options.items() if k in MODEL_OPTIONS},
+                 train_options={k: v for k, v in options.items() if k not in MODEL_OPTIONS},
+                 resume=resume, init_from=init_from, overwrite=overwrite, explicit=explicit,
+                 corpus_options=corpus_options, root=root, stdin=stdin) as run:
+            if stopper is not None:
+                stopper.run = run
+            for event in run.events():
+                if on_event is not None:
+                    on_event(event)
+                done = event
+            source = run.trainer.corpus.get("source")
+    run_dir = run.run_dir
+    best = run_dir.best if run_dir.best.exists() else run_dir.latest
+    return TrainResult(run_dir.path, best, done.best_val_loss, done.final_val_loss, done.step, done.epoch,
+                       done.elapsed, done.chars_per_sec, done.reason, done.saved, source,
+                       None if stopper is None else stopper.signum)

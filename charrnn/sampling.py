@@ -1,20 +1,22 @@
 """Streaming generation: warm up on the prime once, then one step per token.
 
-The prime goes through `model.forward` in a single call; each generated token then costs
+The prime goes through `model.forward` once, a window at a time with the state carried
+(`warm_up`), so its memory stays flat however long it is; each generated token then costs
 one `model.step` with the carried state, so the cost per character is flat however long
 the prime or the output. Several samples are generated together as one batch.
 """
 
 from __future__ import annotations
 
+import codecs
 import time
 from dataclasses import dataclass
 from typing import Iterator
 
+import numpy as np
 import torch
 
-from .model import CharRNN
-from .vocab import StreamDecoder
+from .model import CharRNN, State
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,43 @@ def choose(logits: torch.Tensor, cfg: SampleConfig, generator: torch.Generator) 
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+PRIME_WINDOW = 256  # prime tokens per forward call during warm-up
+
+
+@torch.no_grad()
+def warm_up(model: CharRNN, ids: torch.Tensor, window: int = PRIME_WINDOW) -> tuple[torch.Tensor, State]:
+    """Run the prime ids (B, P) through the model, `window` positions per forward call with
+    the state carried, and return the logits after its last position (B, V) and the state.
+
+    One call over the whole prime would hold activations and logits for every position at
+    once (about 18 GB for a 1 MB prime through a 2 x 512 LSTM); windows keep that to
+    `window` positions and give the same result, since the state is all that links them.
+    """
+    if ids.size(1) == 0:
+        raise ValueError("warm_up needs at least one prime id.")
+    state = None
+    for start in range(0, ids.size(1), window):
+        logits, state = model(ids[:, start : start + window], state)  # (B, T, V)
+    return logits[:, -1], state  # (B, V)
+
+
+class StreamDecoder:
+    """Turns one new id per stream into text, holding back partial UTF-8 sequences (a
+    subword vocabulary can spell a character as several byte pieces)."""
+
+    def __init__(self, vocab, streams: int):
+        self._bytes = vocab.piece_bytes()
+        self._decoders = [codecs.getincrementaldecoder("utf-8")("replace") for _ in range(streams)]
+
+    def push(self, ids: list[int]) -> list[str]:
+        """One new id for each stream -> the text each stream gained."""
+        return [d.decode(self._bytes[i]) for d, i in zip(self._decoders, ids)]
+
+    def push_one(self, stream: int, ids: list[int]) -> str:
+        """Several new ids of one stream -> the text it gained."""
+        return self._decoders[stream].decode(b"".join(self._bytes[i] for i in ids))
+
+
 class Sampler:
     """Generates text from a model and its vocabulary."""
 
@@ -99,14 +138,15 @@ class Sampler:
             generator.manual_seed(cfg.seed)
         else:
             generator.seed()
-        prime_ids = [int(i) for i in self.vocab.encode(prime)] if prime else self.default_prime_ids()
-        if not prime_ids:
-            prime_ids = self.default_prime_ids()
+        ids = torch.as_tensor(np.asarray(self.vocab.encode(prime) if prime else [], dtype=np.int64))  # (P,)
+        if ids.numel() == 0:
+            ids = torch.tensor(self.default_prime_ids(), dtype=torch.long)
         banned = list(self.vocab.banned_ids)
         decoder = StreamDecoder(self.vocab, n)
-        ids = torch.tensor(prime_ids, dtype=torch.long, device=self.device).unsqueeze(0).expand(n, -1)
-        logits, state = self.model(ids)  # (N, P, V)
-        logits = logits[:, -1]  # (N, V)
+        # The N samples share the prime: warm up one copy and give each sample the result.
+        logits, state = warm_up(self.model, ids.to(self.device).unsqueeze(0))  # (1, V)
+        logits = logits.expand(n, -1).clone()  # (N, V), writable: banned ids are masked in place
+        state = tuple(s.expand(-1, n, -1).contiguous() for s in state)  # (L, N, H)
         deadline = None if cfg.max_time is None else time.monotonic() + cfg.max_time
         one_char_tokens = bool((self.vocab.char_lengths() == 1).all())
         if not cfg.stop and one_char_tokens:
@@ -114,8 +154,12 @@ class Sampler:
             return
 
         count = [0] * n  # characters produced per sample
-        tail = [""] * n  # the last characters produced, enough to see a stop sequence
         keep = max((len(s) for s in cfg.stop), default=1)
+        # The last characters of the text so far, enough to see a stop sequence. It starts
+        # with the end of the user's prime, since a stop sequence may begin there ("\n\n"
+        # after a prime ending in "\n"); the default newline prime is no text the user
+        # sees, so it does not count.
+        tail = [prime[max(0, len(prime) - (keep - 1)) :]] * n
         pending = [""] * n  # text not yet yielded
         done = [False] * n
         steps = 0

@@ -1,4 +1,4 @@
-"""Subword vocabularies with sentencepiece, behind the same interface as `CharVocab`.
+"""Subword vocabularies with sentencepiece, behind the `charrnn.vocabulary.Vocabulary` interface.
 
 Design choices that keep the text exact and every loss comparable with a character model:
 - identity normalisation, no dummy prefix, whitespace kept as is, so decode(encode(x)) == x;
@@ -11,24 +11,88 @@ The trained model's serialized bytes live in the checkpoint, so a run stays one 
 from __future__ import annotations
 
 import io
-from typing import Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from .errors import ConfigError
-from .vocab import id_dtype
+from .vocabulary import id_dtype, register
 
 NEWLINE_MARK = "\ue00a"  # private use: stands for "\n" inside sentencepiece
 _ENCODE_CHARS = 1 << 20
 _MAX_TRAIN_CHARS = 20_000_000  # sentencepiece is trained on at most this much text
+_COVERAGE_CHARS = 1_000_000  # the head of the text that decides the character coverage
 
 
-def _lines(text: str) -> Iterable[str]:
-    for line in text.split("\n"):
-        yield line + NEWLINE_MARK
+def _as_text(block: str | bytes) -> str:
+    return block.decode("ascii") if isinstance(block, bytes) else block  # bytes blocks are ASCII
 
 
+def training_stride(chars: int) -> int:
+    """Train on every n-th line: all lines up to `_MAX_TRAIN_CHARS` characters of text, an
+    evenly spread sample of lines beyond."""
+    return max(1, int(chars / _MAX_TRAIN_CHARS)) if chars > _MAX_TRAIN_CHARS else 1
+
+
+def sample_lines(blocks: Iterable[str | bytes], stride: int) -> list[str]:
+    """Every `stride`-th line of the text arriving in `blocks`, each ending in NEWLINE_MARK
+    (sentencepiece reads lines, and would drop the newlines): the lines of
+    `text.split("\n")` of the joined text, lines split across blocks included."""
+    kept: list[str] = []
+    index, partial = 0, []  # lines seen; the start of a line that continues in the next block
+    for block in blocks:
+        parts = _as_text(block).split("\n")
+        if len(parts) == 1:
+            partial.append(parts[0])
+            continue
+        lines = ["".join(partial) + parts[0], *parts[1:-1]]
+        kept += [line + NEWLINE_MARK for line in lines[(-index) % stride :: stride]]
+        index += len(lines)
+        partial = [parts[-1]]
+    if index % stride == 0:
+        kept.append("".join(partial) + NEWLINE_MARK)
+    return kept
+
+
+class SentencePieceBuilder:
+    """Gathers what sentencepiece training needs from a corpus read in blocks (a
+    `VocabularyBuilder`): the text itself while it stays within `_MAX_TRAIN_CHARS`, else
+    only its length, and the sample of lines is read by a second pass once the stride is
+    known. Either way the lines are those `SentencePieceVocab.train` takes from the whole
+    text, so a streamed corpus gets the same vocabulary as one read into memory."""
+
+    def __init__(self, vocab_size: int = 2000, model_type: str = "unigram"):
+        self.vocab_size = vocab_size
+        self.model_type = model_type
+        self.chars = 0
+        self.kept: list[str] | None = []  # None once the text outgrew _MAX_TRAIN_CHARS
+        self.head: list[str] = []  # the first _COVERAGE_CHARS characters
+        self._head_chars = 0
+
+    def add(self, block: str | bytes) -> None:
+        if isinstance(block, str) and NEWLINE_MARK in block:
+            raise ConfigError("The corpus contains the character U+E00A, which the sentencepiece tokenizer reserves for newlines.")
+        self.chars += len(block)
+        if self._head_chars < _COVERAGE_CHARS:
+            head = _as_text(block[: _COVERAGE_CHARS - self._head_chars])
+            self.head.append(head)
+            self._head_chars += len(head)
+        if self.kept is not None:
+            if self.chars <= _MAX_TRAIN_CHARS:
+                self.kept.append(_as_text(block))
+            else:
+                self.kept = None
+
+    def build(self, again: Callable[[], Iterable[str | bytes]]) -> "SentencePieceVocab":
+        blocks = self.kept if self.kept is not None else again()
+        lines = sample_lines(blocks, training_stride(self.chars))
+        return SentencePieceVocab.train_lines(lines, "".join(self.head), self.vocab_size, self.model_type)
+
+
+@register
 class SentencePieceVocab:
+    """Subword pieces trained with sentencepiece; the serialized model is the whole state."""
+
     kind = "sentencepiece"
 
     def __init__(self, model: bytes):
@@ -41,14 +105,17 @@ class SentencePieceVocab:
     @classmethod
     def train(cls, text: str, vocab_size: int = 2000, model_type: str = "unigram") -> "SentencePieceVocab":
         """Train sentencepiece on `text` (on an evenly spread sample of lines if it is large)."""
+        builder = SentencePieceBuilder(vocab_size, model_type)
+        builder.add(text)
+        return builder.build(lambda: [text])
+
+    @classmethod
+    def train_lines(cls, lines: list[str], head: str, vocab_size: int = 2000,
+                    model_type: str = "unigram") -> "SentencePieceVocab":
+        """Train sentencepiece on `lines` (each ending in NEWLINE_MARK); `head`, the start of
+        the text, tells a large alphabet (CJK) that needs a character coverage below 1."""
         import sentencepiece as spm
 
-        if NEWLINE_MARK in text:
-            raise ConfigError("The corpus contains the character U+E00A, which the sentencepiece tokenizer reserves for newlines.")
-        lines = list(_lines(text))
-        if len(text) > _MAX_TRAIN_CHARS:
-            step = len(text) / _MAX_TRAIN_CHARS
-            lines = lines[:: max(1, int(step))]
         writer = io.BytesIO()
         try:
             spm.SentencePieceTrainer.train(
@@ -62,7 +129,7 @@ class SentencePieceVocab:
                 remove_extra_whitespaces=False,
                 allow_whitespace_only_pieces=True,
                 user_defined_symbols=[NEWLINE_MARK],
-                character_coverage=0.9995 if len(set(text[:1_000_000])) > 1000 else 1.0,
+                character_coverage=0.9995 if len(set(head[:_COVERAGE_CHARS])) > 1000 else 1.0,
                 max_sentence_length=1 << 16,
                 hard_vocab_limit=False,
                 minloglevel=2,
@@ -88,16 +155,26 @@ class SentencePieceVocab:
 
     def encode(self, text: str) -> np.ndarray:
         """Ids of `text`, encoded line-aligned in chunks (pieces never span a newline)."""
-        marked = text.replace("\n", NEWLINE_MARK)
-        parts, start = [], 0
-        while start < len(marked):
-            end = min(len(marked), start + _ENCODE_CHARS)
-            if end < len(marked):
-                cut = marked.rfind(NEWLINE_MARK, start, end)
-                end = cut + 1 if cut >= start else end
-            parts.append(np.asarray(self.sp.encode(marked[start:end]), dtype=self.dtype))
-            start = end
+        parts = list(self.encode_blocks([text]))
         return np.concatenate(parts) if parts else np.zeros(0, dtype=self.dtype)
+
+    def encode_blocks(self, blocks: Iterable[str | bytes]) -> Iterator[np.ndarray]:
+        """Ids of text arriving in blocks, in chunks of at most `_ENCODE_CHARS` that end
+        after their last newline whenever more text follows (the text after it is carried
+        into the next chunk). The chunks depend only on the joined text, not on where the
+        blocks end, so the ids equal `encode` of the whole text by construction."""
+        buf, start = "", 0  # marked text not yet encoded is buf[start:]
+        for block in blocks:
+            buf = buf[start:] + _as_text(block).replace("\n", NEWLINE_MARK)
+            start = 0
+            while len(buf) - start > _ENCODE_CHARS:  # more text follows this chunk
+                end = start + _ENCODE_CHARS
+                cut = buf.rfind(NEWLINE_MARK, start, end)
+                end = cut + 1 if cut >= start else end
+                yield np.asarray(self.sp.encode(buf[start:end]), dtype=self.dtype)
+                start = end
+        if len(buf) > start:
+            yield np.asarray(self.sp.encode(buf[start:]), dtype=self.dtype)
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.sp.decode([int(i) for i in ids]).replace(NEWLINE_MARK, "\n")

@@ -122,4 +122,6 @@ class TrainView:
                 f"{format_duration(event.elapsed)}, {event.chars_per_sec:,.0f} chars/s. "
                 f"Best val {_loss(event.best_val_loss)}, final val {_loss(event.final_val_loss)}."
             )
-            self.log(f"Checkpoints: {event.out_dir}/best.pt and latest.pt. Sample with: charrnn sample -c {event.out_dir}")
+            written = [f"{event.out_dir}/{kind}.pt" for kind in ("best", "latest") if kind in event.saved]
+            if written:
+                self.log(f"Checkpoints: {' and '.join(written)}. Sample with: charrnn sample -c {event.out_dir}")

@@ -1,4 +1,4 @@
-"""Text <-> integer ids.
+"""Character vocabularies: text <-> integer ids (the interface is `charrnn.vocabulary`).
 
 A character vocabulary is the sorted set of distinct code points of the corpus, so the
 same text always gives the same ids. Encoding goes through numpy (UTF-32 code points and
@@ -9,24 +9,17 @@ of ints.
 
 from __future__ import annotations
 
-import codecs
-from typing import Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from .errors import VocabularyError
+from .vocabulary import escape_char, id_dtype, register, unknown_message, vocab_from_dict
+
+__all__ = ["CharCounter", "CharVocab", "escape_char", "id_dtype", "unknown_message", "vocab_from_dict"]
 
 # Code points are processed in blocks so a large text never needs 4 bytes/char at once.
 _BLOCK_CHARS = 1 << 22
-
-
-def id_dtype(vocab_size: int) -> np.dtype:
-    """Smallest unsigned integer dtype that holds every id of a vocabulary this size."""
-    if vocab_size <= 1 << 8:
-        return np.dtype(np.uint8)
-    if vocab_size <= 1 << 16:
-        return np.dtype(np.uint16)
-    return np.dtype(np.int32)
 
 
 def _code_points(text: str | bytes) -> np.ndarray:
@@ -36,16 +29,7 @@ def _code_points(text: str | bytes) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
 
 
-def escape_char(ch: str) -> str:
-    """A character as a user can read it in an error message: 'a', '\\n', '\\u00e9'."""
-    if ch.isascii() and ch.isprintable():
-        return repr(ch)
-    code = ord(ch)
-    if ch in "\n\r\t":
-        return repr(ch)
-    return f"'\\u{code:04x}'" if code <= 0xFFFF else f"'\\U{code:08x}'"
-
-
+@register
 class CharVocab:
     """Character-level vocabulary: id i is the i-th smallest code point seen in the corpus."""
 
@@ -112,8 +96,9 @@ class CharVocab:
         ordered = bad_points[np.sort(first)]
         return tuple(chr(int(c)) for c in ordered), int(bad.sum())
 
-    def encode(self, text: str) -> np.ndarray:
-        """Ids of `text` as a compact array; unknown characters raise `VocabularyError`."""
+    def encode(self, text: str | bytes) -> np.ndarray:
+        """Ids of `text` (or of ASCII `bytes`) as a compact array; unknown characters raise
+        `VocabularyError`."""
         out = np.empty(len(text), dtype=self.dtype)
         for i in range(0, len(text), _BLOCK_CHARS):
             index = self._index(_code_points(text[i : i + _BLOCK_CHARS]))
@@ -122,6 +107,11 @@ class CharVocab:
                 raise VocabularyError(unknown_message(unknown, count), unknown, count)
             out[i : i + len(index)] = self._lut_ids[index]
         return out
+
+    def encode_blocks(self, blocks: Iterable[str | bytes]) -> Iterator[np.ndarray]:
+        """Ids of text arriving in blocks: characters encode one by one, so block by block."""
+        for block in blocks:
+            yield self.encode(block)
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of a sequence of ids."""
@@ -156,13 +146,14 @@ class CharVocab:
 
 
 class CharCounter:
-    """Counts code points over text blocks: the streaming pass that builds a vocabulary."""
+    """Counts code points over text blocks: the streaming pass that builds a vocabulary
+    (a `VocabularyBuilder`)."""
 
     def __init__(self):
         self.counts = np.zeros(256, dtype=np.int64)
         self.chars = 0
 
-    def add(self, block: str) -> None:
+    def add(self, block: str | bytes) -> None:
         for i in range(0, len(block), _BLOCK_CHARS):
             points = _code_points(block[i : i + _BLOCK_CHARS])
             if not points.size:
@@ -176,41 +167,6 @@ class CharCounter:
     def vocab(self) -> "CharVocab":
         return CharVocab(chr(int(c)) for c in np.flatnonzero(self.counts))
 
-
-class StreamDecoder:
-    """Turns one new id per stream into text, holding back partial UTF-8 sequences (a
-    subword vocabulary can spell a character as several byte pieces)."""
-
-    def __init__(self, vocab, streams: int):
-        self._bytes = vocab.piece_bytes()
-        self._decoders = [codecs.getincrementaldecoder("utf-8")("replace") for _ in range(streams)]
-
-    def push(self, ids: list[int]) -> list[str]:
-        """One new id for each stream -> the text each stream gained."""
-        return [d.decode(self._bytes[i]) for d, i in zip(self._decoders, ids)]
-
-    def push_one(self, stream: int, ids: list[int]) -> str:
-        """Several new ids of one stream -> the text it gained."""
-        return self._decoders[stream].decode(b"".join(self._bytes[i] for i in ids))
-
-
-def unknown_message(unknown: tuple[str, ...], count: int, limit: int = 10) -> str:
-    listed = ", ".join(escape_char(c) for c in unknown[:limit])
-    more = f" and {len(unknown) - limit} more" if len(unknown) > limit else ""
-    return (
-        f"The text has {count} occurrence{'s' if count != 1 else ''} of "
-        f"{len(unknown)} character{'s' if len(unknown) != 1 else ''} outside the model's "
-        f"vocabulary: {listed}{more}."
-    )
-
-
-def vocab_from_dict(data: dict):
-    """Rebuild whichever vocabulary kind a checkpoint stored."""
-    kind = data.get("kind")
-    if kind == "char":
-        return CharVocab.from_dict(data)
-    if kind == "sentencepiece":
-        from .subword import SentencePieceVocab
-
-        return SentencePieceVocab.from_dict(data)
-    raise VocabularyError(f"Unknown vocabulary kind {kind!r} in checkpoint.")
+    def build(self, again: Callable[[], Iterable[str | bytes]]) -> "CharVocab":
+        """The vocabulary of the blocks seen; counting needs no second pass (`again` unused)."""
+        return self.vocab()

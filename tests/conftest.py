@@ -24,3 +24,25 @@ def shakespeare_head(tmp_path) -> Path:
     text = (REPO / "corpora" / "tinyshakespeare.txt").read_text(encoding="utf-8")[:60_000]
     path.write_text(text, encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint with random weights and made-up progress, written through the schema:
+    for the commands that read checkpoints (sample, eval, info, export), no training needed."""
+    from charrnn import checkpoint
+    from charrnn.config import ModelConfig, TrainConfig
+    from charrnn.model import CharRNN
+    from charrnn.vocab import CharVocab
+
+    torch.manual_seed(0)
+    vocab = CharVocab.from_text("abcdefg \n")
+    config = ModelConfig(vocab_size=vocab.size, hidden_size=12, num_layers=2, embedding_size=6, dropout=0.0, cell="gru")
+    net = CharRNN(config)
+    progress = checkpoint.RunState(step=7, epoch=0.5, elapsed=3.0, best_val_loss=2.0, val_loss=2.1,
+                                   history_train=[[1, 2.2], [7, 2.05]], history_val=[[7, 2.0]])
+    ckpt = checkpoint.Checkpoint(config, {k: v.detach().clone() for k, v in net.state_dict().items()}, vocab.to_dict(),
+                                 TrainConfig(max_steps=7), {"name": "letters", "source": "letters.txt", "chars": 9},
+                                 progress, device="cpu", num_parameters=net.num_parameters())
+    path = tmp_path_factory.mktemp("random") / "random.pt"
+    return checkpoint.save(ckpt, path)

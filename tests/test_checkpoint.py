@@ -88,3 +88,71 @@ def test_corrupt_foreign_and_future_files(tmp_path):
     (tmp_path / "text.pt").write_text("hello")
     with pytest.raises(CheckpointError):
         checkpoint.load(tmp_path / "text.pt")
+
+
+def _payload(tmp_path):
+    save_model(tmp_path / "m.pt")
+    return torch.load(tmp_path / "m.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("tamper, message", [
+    (lambda d: d["model_config"].update(hidden_size=-5), "hidden_size must be an integer"),
+    (lambda d: d["model_config"].update(dropout=5.0), "dropout must be a number"),
+    (lambda d: d["model_config"].update(cell="transformer"), "Unknown cell"),
+    (lambda d: d.update(model_config=[1, 2]), "model_config section"),
+    (lambda d: d["vocab"].update(chars="abc"), "vocabulary has 3 entries but the model expects 9"),
+    (lambda d: d["vocab"].update(kind="bogus"), "vocabulary kind"),
+    (lambda d: d.update(epoch=None), "epoch is not"),
+    (lambda d: d.update(step="ten"), "step is not a count"),
+    (lambda d: d["model"]["head.bias"].fill_(float("nan")), "not all finite"),
+    (lambda d: d.update(history={"train": [[1, "x"]]}), "history"),
+], ids=["hidden", "dropout", "cell", "config-list", "short-vocab", "vocab-kind", "epoch-none", "step-str", "nan",
+        "history"])
+def test_tampered_checkpoints_get_one_sentence(tmp_path, tamper, message):
+    data = _payload(tmp_path)
+    tamper(data)
+    torch.save(data, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=message) as info:
+        load(tmp_path / "bad.pt")
+    assert "\n" not in str(info.value) and str(info.value).startswith("Checkpoint ")
+
+
+def test_weights_that_do_not_fit_the_config_are_refused(tmp_path):
+    data = _payload(tmp_path)
+    data["model_config"]["hidden_size"] = 13
+    torch.save(data, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load(tmp_path / "bad.pt")
+
+
+def test_version_1_files_are_migrated(tmp_path):
+    data = _payload(tmp_path)
+    data.update(version=1, optimizer={"state": {}, "param_groups": []}, rng={"torch": torch.get_rng_state()},
+                state=[torch.zeros(2, 3, 12, dtype=torch.bfloat16)] * 2, train_config={"max_steps": 5})
+    torch.save(data, tmp_path / "v1.pt")
+    ckpt = checkpoint.load(tmp_path / "v1.pt")
+    assert ckpt.version == 2 and ckpt.resumable
+    assert isinstance(ckpt.resume.rng, list) and len(ckpt.resume.rng) == 1
+    assert all(s.dtype == torch.float32 for s in ckpt.resume.state)
+
+
+def test_the_bundled_model_loads_through_the_schema():
+    ckpt = checkpoint.load(checkpoint.BUNDLED)
+    assert ckpt.model_config.vocab_size == len(ckpt.vocab["chars"]) and not ckpt.resumable
+    assert ckpt.summary()["best_val_loss"] == ckpt.progress.best_val_loss
+
+
+def test_run_dir_knows_its_own_files_and_clears_only_those(tmp_path):
+    run = checkpoint.RunDir(tmp_path)
+    own = ["best.pt", "latest.pt", "metrics.jsonl", "step-00000100.pt", "corpus.ids", "corpus.json"]
+    mine = ["notes.md.tmp", "step-by-step.pt", "best.pt.bak", "model.pt", "step-1.pt"]
+    for name in own + mine:
+        (tmp_path / name).write_text("x")
+    assert [p.name for p in run.foreign()] == sorted(mine)
+    assert all(run.is_own(n) for n in own) and not any(run.is_own(n) for n in mine)
+    run.clear_run()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(mine + ["corpus.ids", "corpus.json"])
+    (tmp_path / f".latest.pt.{os.getpid()}.tmp").write_text("x")
+    (tmp_path / ".hidden.tmp").write_text("x")
+    run.remove_stale_temp_files()
+    assert (tmp_path / ".hidden.tmp").exists() and not (tmp_path / f".latest.pt.{os.getpid()}.tmp").exists()

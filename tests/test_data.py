@@ -1,25 +1,28 @@
+import hashlib
 import io
 
 import numpy as np
 import pytest
 import torch
 
-from charrnn.data import as_streams, eval_windows, read_corpus, split_ids, windows
+from charrnn.data import as_streams, eval_windows, num_windows, read_corpus, split_ids, split_text
+from charrnn.config import CorpusOptions
 from charrnn.errors import CorpusError
 
 
 def test_windows_continue_exactly_where_the_previous_ended():
     ids = np.arange(3 * 41, dtype=np.int32)
     streams = as_streams(ids, 3)  # (3, 41)
-    seen = list(windows(streams, seq_len=8))
-    assert len(seen) == (41 - 1) // 8
-    for (k0, x0, y0), (k1, x1, y1) in zip(seen, seen[1:]):
-        assert k1 == k0 + 1
+    seen = list(eval_windows(streams, seq_len=8))
+    full = seen[: num_windows(streams, 8)]  # the windows training reads, each T long
+    assert len(full) == (41 - 1) // 8
+    for (x0, y0), (x1, y1) in zip(seen, seen[1:]):
         # every stream's next window starts at the id following the previous window's end
         assert torch.equal(x1[:, 0], x0[:, -1] + 1)
         assert torch.equal(x1[:, 0], y0[:, -1])
-    for _, x, y in seen:
+    for x, y in full:
         assert x.shape == y.shape == (3, 8)
+    for x, y in seen:
         assert torch.equal(y[:, :-1], x[:, 1:])
         assert torch.equal(y, x + 1)  # ids are consecutive integers: y is x shifted by one
     # streams are contiguous slices of the id sequence
@@ -36,6 +39,15 @@ def test_split_is_contiguous_tail():
     ids = np.arange(1000)
     train, val = split_ids(ids, 0.1)
     assert len(val) == 100 and val[0] == 900 and train[-1] == 899
+
+
+@pytest.mark.parametrize("n", [0, 1, 9, 10, 11, 999, 1003])
+def test_text_split_rounds_as_the_id_split(n):
+    text = "".join(chr(97 + i % 26) for i in range(n))
+    head, tail = split_text(text, 0.1)
+    train, val = split_ids(np.arange(n), 0.1)
+    assert head + tail == text and (len(head), len(tail)) == (len(train), len(val))
+    assert split_text(text) == (head, tail)  # the default is the training default
 
 
 def test_folder_is_read_in_sorted_order(tmp_path):
@@ -102,7 +114,7 @@ def test_streaming_encode_equals_in_memory(tmp_path, monkeypatch):
     enc = encode_corpus(tmp_path)
     assert enc.vocab.decode(enc.ids) == whole
     assert enc.chars == len(whole) and enc.files == 2
-    lf = encode_corpus(tmp_path, newline="lf")
+    lf = encode_corpus(tmp_path, options=CorpusOptions(newline="lf"))
     assert lf.vocab.decode(lf.ids) == whole.replace("\r\n", "\n")
 
 
@@ -146,9 +158,186 @@ def test_ascii_fast_path_mixes_with_decoded_blocks(tmp_path, monkeypatch, newlin
     monkeypatch.setattr(data, "_READ_BYTES", 16)
     text = ("plain ascii line\r\n" * 3 + "naïve café\r\n") * 5
     (tmp_path / "m.txt").write_text(text, newline="")
-    enc = encode_corpus(tmp_path / "m.txt", newline=newline)
+    enc = encode_corpus(tmp_path / "m.txt", options=CorpusOptions(newline=newline))
     expected = normalise_newlines(text, newline)
     assert enc.vocab.decode(enc.ids) == expected
     import hashlib
 
     assert enc.sha256 == hashlib.sha256(expected.encode()).hexdigest()
+
+
+def test_lf_normalisation_ignores_block_boundaries(tmp_path, monkeypatch):
+    """A CRLF split across two reads is one newline, and a file ending in a lone CR gains no
+    extra newline when folder files are joined: the ids are those of `read_corpus`."""
+    import charrnn.data as data
+    from charrnn.data import encode_corpus
+
+    monkeypatch.setattr(data, "_READ_BYTES", 3)  # b"ab\r" | b"\ncd" ...: the CRLF is on a boundary
+    (tmp_path / "a.txt").write_bytes(b"ab\r\ncd\r")
+    (tmp_path / "b.txt").write_bytes(b"x\r\ny")
+    expected = read_corpus(tmp_path, newline="lf").text
+    assert expected == "ab\ncd\nx\ny\n"
+    enc = encode_corpus(tmp_path, options=CorpusOptions(newline="lf"))
+    assert enc.vocab.decode(enc.ids) == expected
+    assert enc.chars == len(expected)
+
+
+def test_bom_is_only_stripped_at_the_start(tmp_path, monkeypatch):
+    """An ASCII first block settles that a file has no BOM: a U+FEFF later is text."""
+    import charrnn.data as data
+    from charrnn.data import encode_corpus
+
+    monkeypatch.setattr(data, "_READ_BYTES", 3)
+    path = tmp_path / "f.txt"
+    path.write_bytes(b"abc" + "\ufeffdef\n".encode())
+    assert read_corpus(path).text == "abc\ufeffdef\n"
+    enc = encode_corpus(path)
+    assert enc.vocab.decode(enc.ids) == "abc\ufeffdef\n"
+
+
+def test_reader_and_encoder_agree_on_every_block_size(tmp_path, monkeypatch):
+    import charrnn.data as data
+    from charrnn.data import encode_corpus
+
+    (tmp_path / "a.txt").write_bytes(b"\xef\xbb\xbfone\r\ntwo\r" + "é\r\n🙂".encode())
+    (tmp_path / "b.txt").write_bytes(b"\r\nthree\r\r\n")
+    (tmp_path / "c.txt").write_bytes(b"")
+    for newline in ("keep", "lf"):
+        monkeypatch.setattr(data, "_READ_BYTES", 1 << 24)
+        whole = read_corpus(tmp_path, newline=newline).text
+        for size in range(1, 12):
+            monkeypatch.setattr(data, "_READ_BYTES", size)
+            assert read_corpus(tmp_path, newline=newline).text == whole, (newline, size)
+            enc = encode_corpus(tmp_path, options=CorpusOptions(newline=newline))
+            assert enc.vocab.decode(enc.ids) == whole, (newline, size)
+
+
+def test_errors_give_file_byte_offsets_whatever_the_reads(tmp_path, monkeypatch):
+    import charrnn.data as data
+
+    path = tmp_path / "bad.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + "é".encode() * 5 + b"x\xff")  # the bad byte is at offset 14
+    for size in (1, 2, 3, 4, 7, 1 << 24):
+        monkeypatch.setattr(data, "_READ_BYTES", size)
+        with pytest.raises(CorpusError, match=r"is not valid UTF-8 text \(byte offset 14\)"):
+            read_corpus(path)
+    path.write_bytes(b"a" * 5000 + b"\x00")
+    monkeypatch.setattr(data, "_READ_BYTES", 1000)  # the NUL is found across reads of the head
+    with pytest.raises(CorpusError, match="NUL byte at byte offset 5000"):
+        read_corpus(path)
+
+
+def test_unknown_and_non_text_encodings_are_one_sentence(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("hello\n")
+    for name in ("klingon", "rot13", "base64"):
+        with pytest.raises(CorpusError, match=f"^Unknown text encoding '{name}'.$"):
+            read_corpus(path, encoding=name)
+
+
+SP = dict(tokenizer="sentencepiece", vocab_size=400)
+MIXED = "Hello, world!\nПривет, мир!\n漢字かな交じり文\n🙂 emoji\tand tabs\r\ncafé e\u0301\n" * 30
+
+
+def _old_sentencepiece_path(text: str, vocab_size: int):
+    """What training did before sentencepiece corpora streamed: the text in memory."""
+    from charrnn.subword import SentencePieceVocab
+
+    vocab = SentencePieceVocab.train(text, vocab_size)
+    return vocab, vocab.encode(text), hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def test_sentencepiece_corpus_streams_through_the_cache(tmp_path, monkeypatch):
+    import charrnn.data as data
+    import charrnn.subword as subword
+    from charrnn.data import encode_corpus
+
+    monkeypatch.setattr(data, "_READ_BYTES", 100)
+    monkeypatch.setattr(subword, "_ENCODE_CHARS", 64)  # chunks cut inside blocks and across them
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text(MIXED, encoding="utf-8", newline="")
+    (corpus / "b.txt").write_text("no newline at the end ✓", encoding="utf-8")
+    text = read_corpus(corpus).text
+    vocab, ids, digest = _old_sentencepiece_path(text, 400)
+
+    run = tmp_path / "run"
+    enc = encode_corpus(corpus, cache_dir=run, options=CorpusOptions(**SP))
+    assert isinstance(enc.ids, np.memmap) and not enc.ids.flags.owndata
+    assert enc.vocab.model == vocab.model
+    assert np.array_equal(enc.ids, ids) and enc.ids.dtype == ids.dtype
+    assert (enc.sha256, enc.chars, enc.files) == (digest, len(text), 2)
+    assert sorted(p.name for p in run.iterdir()) == ["corpus.ids", "corpus.json"]
+
+    built = (run / "corpus.ids").stat().st_ino
+    again = encode_corpus(corpus, cache_dir=run, options=CorpusOptions(**SP))
+    resumed = encode_corpus(corpus, cache_dir=run, vocab=enc.vocab, options=CorpusOptions(**SP))
+    assert (run / "corpus.ids").stat().st_ino == built  # both reused the cache
+    assert again.vocab.model == vocab.model and np.array_equal(again.ids, ids) and again.sha256 == digest
+    assert resumed.vocab is enc.vocab and np.array_equal(resumed.ids, ids)
+
+    other = encode_corpus(corpus, cache_dir=run, options=CorpusOptions(**SP, sp_model_type="bpe"))
+    assert (run / "corpus.ids").stat().st_ino != built  # a tokenizer option rebuilds it
+    assert other.vocab.model != vocab.model
+    chars = encode_corpus(corpus, cache_dir=run)
+    assert chars.vocab.kind == "char" and chars.vocab.decode(chars.ids) == text
+
+
+def test_sentencepiece_on_stdin_equals_the_file(tmp_path):
+    from charrnn.data import encode_corpus
+
+    path = tmp_path / "m.txt"
+    path.write_text(MIXED, encoding="utf-8", newline="")
+    from_file = encode_corpus(path, options=CorpusOptions(**SP))
+    from_stdin = encode_corpus("-", options=CorpusOptions(**SP), stdin=io.BytesIO(MIXED.encode()))
+    assert from_stdin.vocab.model == from_file.vocab.model
+    assert np.array_equal(from_stdin.ids, from_file.ids) and from_stdin.sha256 == from_file.sha256
+    assert (from_stdin.name, from_stdin.source, from_stdin.files) == ("stdin", "-", 1)
+
+
+def test_large_sentencepiece_corpus_trains_on_a_spread_sample(tmp_path, monkeypatch):
+    """Past the training cap the lines are sampled in a second pass, as the in-memory
+    training samples them: the same vocabulary, without keeping the text."""
+    import charrnn.data as data
+    import charrnn.subword as subword
+    from charrnn.data import encode_corpus
+
+    monkeypatch.setattr(data, "_READ_BYTES", 256)
+    monkeypatch.setattr(subword, "_MAX_TRAIN_CHARS", 700)  # MIXED is ~2400 characters: stride 3
+    path = tmp_path / "m.txt"
+    path.write_text(MIXED, encoding="utf-8", newline="")
+    vocab, ids, _ = _old_sentencepiece_path(MIXED, 400)
+    enc = encode_corpus(path, cache_dir=tmp_path / "run", options=CorpusOptions(**SP))
+    assert enc.vocab.model == vocab.model and np.array_equal(enc.ids, ids)
+
+
+def test_a_full_disk_is_one_sentence_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import errno
+
+    import charrnn.data as data
+    from charrnn.data import encode_corpus
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("abcabc\n" * 100)
+    run = tmp_path / "run"
+
+    class Full(io.FileIO):
+        def write(self, b):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(data, "open", lambda path, mode: Full(path, mode), raising=False)
+    for options in (CorpusOptions(), CorpusOptions(**SP)):
+        with pytest.raises(CorpusError, match=rf"^Cannot write the corpus cache in {run}: No space left on device\.$"):
+            encode_corpus(corpus, cache_dir=run, options=options)
+        assert list(run.iterdir()) == []
+
+
+def test_changed_reading_options_rebuild_the_cache(tmp_path):
+    from charrnn.data import encode_corpus
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_bytes(b"ab\r\ncd\r\n" * 10)
+    keep = encode_corpus(corpus, cache_dir=tmp_path / "run")
+    lf = encode_corpus(corpus, cache_dir=tmp_path / "run", options=CorpusOptions(newline="lf"))
+    assert keep.chars == 80 and lf.chars == 60 and keep.sha256 != lf.sha256
+    assert lf.vocab.decode(lf.ids) == "ab\ncd\n" * 10

@@ -10,6 +10,8 @@ from click.testing import CliRunner
 from charrnn import checkpoint
 from charrnn.cli import main
 
+pytestmark = pytest.mark.slow
+
 ARGS = ["--hidden-size", "32", "--embedding-size", "8", "--num-layers", "2", "--batch-size", "8",
         "--seq-len", "16", "--dropout", "0", "--max-steps", "30", "--eval-every", "10", "--log-every", "5",
         "--threads", "1", "-q"]
@@ -31,11 +33,11 @@ def test_two_gloo_processes_match_a_single_process(tmp_path, shakespeare_head):
     assert files == ["best.pt", "latest.pt"]  # one checkpoint set, written by rank 0
     one = checkpoint.load(tmp_path / "one" / "latest.pt")
     two = checkpoint.load(tmp_path / "two" / "latest.pt")
-    assert two["step"] == one["step"] == 30
-    for name, w in one["model"].items():
-        torch.testing.assert_close(two["model"][name], w, rtol=1e-4, atol=1e-5)
-    assert two["val_loss"] == pytest.approx(one["val_loss"], abs=1e-4)
-    assert two["state"][0].shape == one["state"][0].shape  # all 8 streams' state, same format
+    assert two.progress.step == one.progress.step == 30
+    for name, w in one.weights.items():
+        torch.testing.assert_close(two.weights[name], w, rtol=1e-4, atol=1e-5)
+    assert two.progress.val_loss == pytest.approx(one.progress.val_loss, abs=1e-4)
+    assert two.resume.state[0].shape == one.resume.state[0].shape  # all 8 streams' state, same format
 
     sample = CliRunner().invoke(main, ["sample", "-c", str(tmp_path / "two"), "--length", "40", "--seed", "1"])
     assert sample.exit_code == 0 and len(sample.stdout) == 40
@@ -43,7 +45,7 @@ def test_two_gloo_processes_match_a_single_process(tmp_path, shakespeare_head):
     # the distributed checkpoint resumes in a single process
     resumed = CliRunner().invoke(main, ["train", "--resume", str(tmp_path / "two"), "--max-steps", "35"])
     assert resumed.exit_code == 0, resumed.stderr
-    assert checkpoint.load(tmp_path / "two" / "latest.pt")["step"] == 35
+    assert checkpoint.load(tmp_path / "two" / "latest.pt").progress.step == 35
 
 
 def test_batch_must_divide_among_processes(tmp_path, shakespeare_head):
@@ -61,7 +63,7 @@ def test_processes_share_the_size_chosen_by_process_zero(tmp_path, shakespeare_h
     result = torchrun("train", str(shakespeare_head), "--out", str(tmp_path / "sized"), *args)
     assert result.returncode == 0, result.stderr[-3000:]
     data = checkpoint.load(tmp_path / "sized" / "latest.pt")
-    sizing = data["corpus"]["sizing"]
+    sizing = data.corpus["sizing"]
     assert sizing["auto"] == ["hidden_size", "dropout"]
-    assert data["model_config"]["hidden_size"] == sizing["hidden_size"]
-    assert data["model_config"]["dropout"] == sizing["dropout"]
+    assert data.model_config.hidden_size == sizing["hidden_size"]
+    assert data.model_config.dropout == sizing["dropout"]

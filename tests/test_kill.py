@@ -6,7 +6,11 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from charrnn import checkpoint
+
+pytestmark = pytest.mark.slow
 
 ARGS = ["--hidden-size", "96", "--embedding-size", "16", "--batch-size", "4", "--seq-len", "16",
         "--threads", "1", "--eval-every", "1", "--max-steps", "100000"]
@@ -39,9 +43,9 @@ def test_kill_9_twenty_times_then_resume(tmp_path, shakespeare_head):
         kills += 1
         for path in out.glob("*.pt"):
             data = checkpoint.load(path)  # raises if truncated or corrupt
-            assert data["model"] and data["step"] >= 0
+            assert data.weights and data.progress.step >= 0
         if (out / "latest.pt").exists():
-            steps_seen.append(checkpoint.load(out / "latest.pt")["step"])
+            steps_seen.append(checkpoint.load(out / "latest.pt").progress.step)
     assert len(steps_seen) >= 15 and steps_seen == sorted(steps_seen) and steps_seen[-1] > steps_seen[0]
     final = subprocess.run(
         [sys.executable, "-m", "charrnn", "train", str(shakespeare_head), "--out", str(out), "-q", "--resume",
@@ -49,5 +53,5 @@ def test_kill_9_twenty_times_then_resume(tmp_path, shakespeare_head):
         capture_output=True, text=True, timeout=120,
     )
     assert final.returncode == 0, final.stderr
-    assert checkpoint.load(out / "latest.pt")["step"] == steps_seen[-1] + 5
+    assert checkpoint.load(out / "latest.pt").progress.step == steps_seen[-1] + 5
     assert not list(out.glob(".*.tmp"))  # a resume clears temp files left by killed saves

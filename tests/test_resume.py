@@ -15,7 +15,7 @@ from charrnn import checkpoint
 from charrnn.cli import main
 from charrnn.errors import ConfigError
 from charrnn.runlock import RunLock
-from charrnn.runs import prepare_training
+from charrnn.runs import Run
 from charrnn.trainer import Finished, Progress, TrainingError
 
 MODEL = {"hidden_size": 32, "num_layers": 2, "embedding_size": 8, "dropout": 0.2}
@@ -30,25 +30,30 @@ def corpus(shakespeare_head):
     return str(shakespeare_head)
 
 
-def train(corpus, out, **kw):
+def make_run(corpus, out, **kw) -> Run:
     opts = dict(TRAIN)
     opts.update(kw.pop("train", {}))
-    trainer = prepare_training(corpus, out_dir=out, model_options=dict(MODEL), train_options=opts, **kw)
-    return trainer
+    return Run(corpus, out=out, model_options=dict(MODEL), train_options=opts, **kw)
+
+
+def train(corpus, out, **kw) -> list:
+    """Train to the end; the events."""
+    with make_run(corpus, out, **kw) as run:
+        return list(run.events())
 
 
 def weights(path):
-    return checkpoint.load(path)["model"]
+    return checkpoint.load(path).weights
 
 
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, corpus):
-    events_a = list(train(corpus, tmp_path / "a").run())
-    trainer = train(corpus, tmp_path / "b")
-    for event in trainer.run():
-        if isinstance(event, Progress) and event.step == 15:
-            trainer.request_stop("interrupted by test")
-    assert checkpoint.load(tmp_path / "b" / "latest.pt")["step"] == 15
-    events_b = list(train(corpus, tmp_path / "b", resume=True, explicit=()).run())
+    events_a = train(corpus, tmp_path / "a")
+    with make_run(corpus, tmp_path / "b") as run:
+        for event in run.events():
+            if isinstance(event, Progress) and event.step == 15:
+                run.request_stop("interrupted by test")
+    assert checkpoint.load(tmp_path / "b" / "latest.pt").progress.step == 15
+    events_b = train(corpus, tmp_path / "b", resume=True, explicit=())
     a, b = weights(tmp_path / "a" / "latest.pt"), weights(tmp_path / "b" / "latest.pt")
     assert a.keys() == b.keys()
     for k in a:
@@ -58,45 +63,58 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, corpus):
 
 
 def test_extended_budget_continues(tmp_path, corpus):
-    list(train(corpus, tmp_path / "r").run())
-    done = list(train(corpus, tmp_path / "r", resume=True, train={"max_steps": 60}, explicit={"max_steps"}).run())[-1]
+    train(corpus, tmp_path / "r")
+    done = train(corpus, tmp_path / "r", resume=True, train={"max_steps": 60}, explicit={"max_steps"})[-1]
     assert done.step == 60
-    history = checkpoint.load(tmp_path / "r" / "latest.pt")["history"]["val"]
+    history = checkpoint.load(tmp_path / "r" / "latest.pt").progress.history_val
     assert [s for s, _ in history] == [10, 20, 30, 40, 50, 60]
 
 
 def test_resume_refuses_other_corpus_and_other_sizes(tmp_path, corpus):
-    list(train(corpus, tmp_path / "r", train={"max_steps": 5}).run())
+    train(corpus, tmp_path / "r", train={"max_steps": 5})
     other = tmp_path / "other.txt"
     other.write_text(open(corpus).read()[::-1])
     with pytest.raises(ConfigError, match="differs from the text"):
         train(str(other), tmp_path / "r", resume=True, explicit=())
     with pytest.raises(ConfigError, match=r"--hidden-size 64 \(the run has 32\)"):
-        prepare_training(corpus, out_dir=tmp_path / "r", model_options={**MODEL, "hidden_size": 64},
-                         train_options=TRAIN, resume=True, explicit={"hidden_size"})
+        with Run(corpus, out=tmp_path / "r", model_options={**MODEL, "hidden_size": 64},
+                 train_options=TRAIN, resume=True, explicit={"hidden_size"}):
+            pass
     with pytest.raises(ConfigError, match="--batch-size 8"):
-        prepare_training(corpus, out_dir=tmp_path / "r", model_options=MODEL,
-                         train_options={**TRAIN, "batch_size": 8}, resume=True, explicit={"batch_size"})
+        with Run(corpus, out=tmp_path / "r", model_options=MODEL,
+                 train_options={**TRAIN, "batch_size": 8}, resume=True, explicit={"batch_size"}):
+            pass
 
 
 def test_existing_run_is_not_overwritten_without_asking(tmp_path, corpus):
-    list(train(corpus, tmp_path / "r", train={"max_steps": 5}).run())
+    train(corpus, tmp_path / "r", train={"max_steps": 5})
     before = (tmp_path / "r" / "best.pt").read_bytes()
     with pytest.raises(ConfigError, match="already holds a training run"):
         train(corpus, tmp_path / "r")
     assert (tmp_path / "r" / "best.pt").read_bytes() == before
-    list(train(corpus, tmp_path / "r", overwrite=True, train={"max_steps": 5, "seed": 8}).run())
+    train(corpus, tmp_path / "r", overwrite=True, train={"max_steps": 5, "seed": 8})
     assert (tmp_path / "r" / "best.pt").read_bytes() != before
 
 
+def test_overwrite_removes_nothing_until_every_check_has_passed(tmp_path, corpus):
+    train(corpus, tmp_path / "r", train={"max_steps": 5})
+    before = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir() if p.is_file()}
+    bad = [{"train": {"device": "cuda"}} if not torch.cuda.is_available() else {"train": {"batch_size": 100_000}},
+           {"train": {"batch_size": 100_000}}]
+    for options in bad:
+        with pytest.raises(ConfigError):
+            train(corpus, tmp_path / "r", overwrite=True, **options)
+        assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir() if p.is_file() and p.name in before} == before
+
+
 def test_init_from_starts_a_new_run_from_weights(tmp_path, corpus):
-    list(train(corpus, tmp_path / "base", train={"max_steps": 20}).run())
+    train(corpus, tmp_path / "base", train={"max_steps": 20})
     base = checkpoint.load(tmp_path / "base" / "latest.pt")
-    trainer = train(corpus, tmp_path / "tuned", init_from=str(tmp_path / "base"), train={"max_steps": 1})
-    for k, v in trainer.model.state_dict().items():
-        assert torch.equal(v, base["model"][k])
-    assert trainer.step == 0
-    list(trainer.run())
+    with make_run(corpus, tmp_path / "tuned", init_from=str(tmp_path / "base"), train={"max_steps": 1}) as run:
+        for k, v in run.trainer.model.state_dict().items():
+            assert torch.equal(v, base.weights[k])
+        assert run.trainer.step == 0
+        list(run.events())
     bad = tmp_path / "bad.txt"
     bad.write_text("Ωmega " * 1000)
     with pytest.raises(Exception, match="outside the model's vocabulary"):
@@ -108,13 +126,13 @@ def test_second_trainer_on_same_folder_is_refused(tmp_path, corpus):
         with pytest.raises(ConfigError, match=f"pid {os.getpid()}"):
             train(corpus, tmp_path / "r")
     # the lock is gone once its owner is done
-    list(train(corpus, tmp_path / "r", train={"max_steps": 2}).run())
+    train(corpus, tmp_path / "r", train={"max_steps": 2})
 
 
 def test_non_finite_steps_are_skipped_then_training_stops(tmp_path, corpus, monkeypatch):
     from charrnn.model import CharRNN
 
-    trainer = train(corpus, tmp_path / "r", train={"max_steps": 60, "max_bad_steps": 4, "log_every": 2})
+    run = make_run(corpus, tmp_path / "r", train={"max_steps": 60, "max_bad_steps": 4, "log_every": 2})
     original = CharRNN.forward
     calls = {"n": 0}
 
@@ -128,42 +146,42 @@ def test_non_finite_steps_are_skipped_then_training_stops(tmp_path, corpus, monk
 
     monkeypatch.setattr(CharRNN, "forward", poisoned)
     events = []
-    with pytest.raises(TrainingError, match="not finite"):
-        for event in trainer.run():
+    with pytest.raises(TrainingError, match="not finite"), run:
+        for event in run.events():
             events.append(event)
             if isinstance(event, Progress) and event.step == 4:
                 assert event.skipped == 1
                 assert math.isfinite(event.train_loss)
     latest = checkpoint.load(tmp_path / "r" / "latest.pt")
-    assert latest["step"] == 20  # last evaluation before the bad streak; nothing non-finite saved
-    assert all(torch.isfinite(v).all() for v in latest["model"].values())
+    assert latest.progress.step == 20  # last evaluation before the bad streak; nothing non-finite saved
+    assert all(torch.isfinite(v).all() for v in latest.weights.values())
 
 
 def test_skipped_step_leaves_weights_and_optimizer_untouched(tmp_path, corpus, monkeypatch):
     from charrnn.model import CharRNN
 
-    trainer = train(corpus, tmp_path / "r", train={"max_steps": 1})
-    original = CharRNN.forward
-    monkeypatch.setattr(CharRNN, "forward", lambda self, ids, state=None: (
-        original(self, ids, state)[0] * float("inf"), original(self, ids, state)[1]))
-    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    list(trainer.run())
-    for k, v in trainer.model.state_dict().items():
-        assert torch.equal(v, before[k])
-    assert int(trainer.skipped) == 1
+    with make_run(corpus, tmp_path / "r", train={"max_steps": 1}) as run:
+        trainer = run.trainer
+        original = CharRNN.forward
+        monkeypatch.setattr(CharRNN, "forward", lambda self, ids, state=None: (
+            original(self, ids, state)[0] * float("inf"), original(self, ids, state)[1]))
+        before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        list(run.events())
+        for k, v in trainer.model.state_dict().items():
+            assert torch.equal(v, before[k])
+        assert int(trainer.skipped) == 1
 
 
 def test_patience_stops_early(tmp_path, corpus):
-    done = list(train(corpus, tmp_path / "r", train={"max_steps": 400, "eval_every": 2, "lr": 0.5,
-                                                      "patience": 2}).run())[-1]
+    done = train(corpus, tmp_path / "r", train={"max_steps": 400, "eval_every": 2, "lr": 0.5, "patience": 2})[-1]
     assert isinstance(done, Finished) and done.reason.startswith("early stopping") and done.step < 400
 
 
 def test_keep_every_keeps_snapshots(tmp_path, corpus):
-    list(train(corpus, tmp_path / "r", train={"max_steps": 20, "keep_every": 8}).run())
+    train(corpus, tmp_path / "r", train={"max_steps": 20, "keep_every": 8})
     names = sorted(p.name for p in (tmp_path / "r").glob("*.pt"))
     assert names == ["best.pt", "latest.pt", "step-00000008.pt", "step-00000016.pt"]
-    assert checkpoint.load(tmp_path / "r" / "step-00000008.pt")["step"] == 8
+    assert checkpoint.load(tmp_path / "r" / "step-00000008.pt").progress.step == 8
 
 
 def test_unwritable_output_folder_is_a_clear_error(tmp_path, corpus):
@@ -182,7 +200,7 @@ def test_cli_refuses_running_twice_and_resumes(tmp_path, corpus):
     assert again.exit_code == 1 and "--resume" in again.stderr
     more = runner.invoke(main, ["train", "--resume", str(out), "--max-steps", "20"])
     assert more.exit_code == 0, more.stderr
-    assert checkpoint.load(out / "latest.pt")["step"] == 20
+    assert checkpoint.load(out / "latest.pt").progress.step == 20
     changed = runner.invoke(main, ["train", "--resume", str(out), "--hidden-size", "64"])
     assert changed.exit_code == 1 and "--hidden-size 64 (the run has 32)" in changed.stderr
 
@@ -201,6 +219,7 @@ def _wait_for(path, proc, timeout=60):
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_sigint_saves_and_resume_matches_uninterrupted(tmp_path, corpus):
     runner = CliRunner()
     ref = runner.invoke(main, ["train", corpus, "--out", str(tmp_path / "ref"), "--max-steps", "300",
@@ -212,7 +231,7 @@ def test_sigint_saves_and_resume_matches_uninterrupted(tmp_path, corpus):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Resume with: charrnn train" in err and "Traceback" not in err
-    stopped = checkpoint.load(tmp_path / "run" / "latest.pt")["step"]
+    stopped = checkpoint.load(tmp_path / "run" / "latest.pt").progress.step
     assert 0 < stopped < 300
     resumed = runner.invoke(main, ["train", corpus, "--out", str(tmp_path / "run"), "--resume"])
     assert resumed.exit_code == 0, resumed.stderr
@@ -221,15 +240,17 @@ def test_sigint_saves_and_resume_matches_uninterrupted(tmp_path, corpus):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_sigterm_exits_143(tmp_path, corpus):
     proc = _start(corpus, tmp_path / "run", 100000)
     _wait_for(tmp_path / "run" / "latest.pt", proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
-    assert checkpoint.load(tmp_path / "run" / "latest.pt")["step"] > 0
+    assert checkpoint.load(tmp_path / "run" / "latest.pt").progress.step > 0
 
 
+@pytest.mark.slow
 def test_second_sigint_exits_at_once_and_leaves_checkpoints_loadable(tmp_path, corpus):
     proc = _start(corpus, tmp_path / "run", 100000, eval_every=1)
     _wait_for(tmp_path / "run" / "latest.pt", proc)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from charrnn.model import CharRNN, ModelConfig
-from charrnn.sampling import Sampler, SampleConfig, filter_logits
+from charrnn.sampling import PRIME_WINDOW, Sampler, SampleConfig, filter_logits, warm_up
 from charrnn.vocab import CharVocab
 
 VOCAB = CharVocab.from_text("abcdefghij \n")
@@ -96,3 +96,68 @@ def test_quantized_steps_follow_the_float_model(sampler):
     quantized = Sampler(net, VOCAB, quantize=True)
     out = "".join(c.texts[0] for c in quantized.generate("ab", SampleConfig(length=30, seed=1)))
     assert len(out) == 30 and set(out) <= set(VOCAB.chars)
+
+
+def newline_sampler() -> Sampler:
+    """A model whose greedy choice is always a newline, whatever the input."""
+    torch.manual_seed(0)
+    net = CharRNN(ModelConfig(vocab_size=VOCAB.size, hidden_size=16, num_layers=2, embedding_size=8))
+    with torch.no_grad():
+        net.head.weight.zero_()
+        net.head.bias.zero_()
+        net.head.bias[VOCAB.encode("\n")[0]] = 10.0
+    return Sampler(net, VOCAB)
+
+
+def test_stop_sequence_may_begin_at_the_end_of_the_prime():
+    """Prime "ab\n" + first generated "\n" completes the stop "\n\n": generation ends there."""
+    s = newline_sampler()
+    assert text(s, prime="ab\n", temperature=0, stop=("\n\n",)) == "\n"
+    assert text(s, prime="ab\n", temperature=0, stop=("b\n\n\n",)) == "\n\n"
+    # A match lying wholly inside the prime is not new: it must not stop at once.
+    assert text(s, prime="\n\nab", temperature=0, stop=("\n\n",)) == "\n\n"
+    # Batched samples each start from the prime.
+    cfg = SampleConfig(length=50, temperature=0, stop=("\n\n",), num_samples=3)
+    outs = [""] * 3
+    for chunk in s.generate("a\n", cfg):
+        outs = [o + t for o, t in zip(outs, chunk.texts)]
+    assert outs == ["\n"] * 3
+
+
+def test_default_newline_prime_does_not_count_towards_a_stop_sequence():
+    """Without a prime the model starts from a newline the user never sees."""
+    assert text(newline_sampler(), prime="", temperature=0, stop=("\n\n",)) == "\n\n"
+
+
+def test_warm_up_in_windows_equals_one_forward_call(sampler):
+    net = sampler.model
+    ids = torch.randint(0, VOCAB.size, (2, 50))
+    whole, whole_state = net(ids)
+    for window in (1, 7, 50, 256):
+        logits, state = warm_up(net, ids, window=window)
+        torch.testing.assert_close(logits, whole[:, -1], rtol=1e-5, atol=1e-5)
+        for a, b in zip(state, whole_state):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_long_prime_is_read_window_by_window(sampler, monkeypatch):
+    """Memory stays flat: no forward call sees more than PRIME_WINDOW positions or more than
+    one copy of the prime, and the text equals re-running the whole sequence."""
+    net = sampler.model
+    forward = net.forward
+    shapes = []
+
+    def recording(ids, state=None):
+        shapes.append(tuple(ids.shape))
+        return forward(ids, state)
+
+    monkeypatch.setattr(net, "forward", recording)
+    prime = ("abc defg hij\n" * 60)[: 2 * PRIME_WINDOW + 9]
+    out = "".join(c.texts[0] for c in sampler.generate(prime, SampleConfig(length=5, temperature=0, num_samples=2)))
+    assert shapes == [(1, PRIME_WINDOW), (1, PRIME_WINDOW), (1, 9)]
+    monkeypatch.undo()
+    seq = prime
+    for _ in range(5):
+        logits, _ = net(torch.tensor([list(VOCAB.encode(seq))]))
+        seq += VOCAB.chars[int(logits[0, -1].argmax())]
+    assert prime + out == seq

@@ -7,7 +7,7 @@ import torch
 
 from charrnn import sizing, train
 from charrnn.model import CharRNN, ModelConfig
-from charrnn.runs import prepare_training
+from charrnn.runs import Run
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
@@ -77,28 +77,26 @@ def test_real_throughput_measurement_is_positive_and_leaves_the_rng_alone():
 
 
 def test_options_the_user_gives_are_kept_and_the_rest_sized(shakespeare_head, tmp_path):
-    trainer = prepare_training(str(shakespeare_head), out_dir=tmp_path / "a",
-                               train_options={"max_epochs": 0.5, "device": "cpu"})
-    assert trainer.model_config.dropout == 0.0  # half a pass: nothing to regularise
-    assert trainer.sizing["auto"] == ["hidden_size", "dropout"]
-    assert trainer.model_config.hidden_size == trainer.sizing["hidden_size"]
-    trainer.lock.release()
+    with Run(shakespeare_head, out=tmp_path / "a", train_options={"max_epochs": 0.5, "device": "cpu"}) as run:
+        plan = run.plan
+    assert plan.model_config.dropout == 0.0  # half a pass: nothing to regularise
+    assert plan.sizing["auto"] == ["hidden_size", "dropout"]
+    assert plan.model_config.hidden_size == plan.sizing["hidden_size"]
 
-    trainer = prepare_training(str(shakespeare_head), out_dir=tmp_path / "b",
-                               model_options={"hidden_size": 40, "dropout": None},
-                               train_options={"max_epochs": 8, "device": "cpu"})
-    assert trainer.model_config.hidden_size == 40
-    assert trainer.model_config.dropout == pytest.approx(0.2)  # 8 passes
-    assert trainer.sizing["auto"] == ["dropout"]
-    trainer.lock.release()
+    with Run(shakespeare_head, out=tmp_path / "b", model_options={"hidden_size": 40, "dropout": None},
+             train_options={"max_epochs": 8, "device": "cpu"}) as run:
+        plan = run.plan
+    assert plan.model_config.hidden_size == 40
+    assert plan.model_config.dropout == pytest.approx(0.2)  # 8 passes
+    assert plan.sizing["auto"] == ["dropout"]
 
-    trainer = prepare_training(str(shakespeare_head), out_dir=tmp_path / "c",
-                               model_options={"hidden_size": 40, "dropout": 0.05},
-                               train_options={"max_epochs": 8, "device": "cpu"})
-    assert trainer.model_config.dropout == 0.05 and trainer.sizing is None
-    trainer.lock.release()
+    with Run(shakespeare_head, out=tmp_path / "c", model_options={"hidden_size": 40, "dropout": 0.05},
+             train_options={"max_epochs": 8, "device": "cpu"}) as run:
+        assert run.plan.model_config.dropout == 0.05 and run.plan.sizing is None
+        assert run.trainer.corpus.get("sizing") is None
 
 
+@pytest.mark.slow
 def test_defaults_keep_learning(shakespeare_head, tmp_path):
     """Regression guard for the default settings: a short run of everything-default on
     60 KB of Shakespeare must get clearly below a unigram model (about 3.3 nats/char)."""
@@ -111,11 +109,9 @@ def test_defaults_keep_learning(shakespeare_head, tmp_path):
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_learning_rate_defaults_per_cell_and_a_given_one_is_kept(cell, shakespeare_head, tmp_path):
     small = {"cell": cell, "hidden_size": 16, "embedding_size": 8, "dropout": 0.0}
-    trainer = prepare_training(str(shakespeare_head), out_dir=tmp_path / "a", model_options=small,
-                               train_options={"max_steps": 1, "device": "cpu"})
-    assert trainer.config.lr == sizing.LEARNING_RATE[cell]
-    trainer.lock.release()
-    trainer = prepare_training(str(shakespeare_head), out_dir=tmp_path / "b", model_options=small,
-                               train_options={"max_steps": 1, "device": "cpu", "lr": 0.02})
-    assert trainer.config.lr == 0.02
-    trainer.lock.release()
+    with Run(shakespeare_head, out=tmp_path / "a", model_options=small,
+             train_options={"max_steps": 1, "device": "cpu"}) as run:
+        assert run.trainer.config.lr == sizing.LEARNING_RATE[cell]
+    with Run(shakespeare_head, out=tmp_path / "b", model_options=small,
+             train_options={"max_steps": 1, "device": "cpu", "lr": 0.02}) as run:
+        assert run.trainer.config.lr == 0.02

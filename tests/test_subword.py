@@ -84,3 +84,31 @@ def test_sentencepiece_end_to_end_through_cli(tmp_path):
     assert report["nats_per_char"] < report["nats_per_token"]
     info = runner.invoke(main, ["info", str(run)])
     assert "sentencepiece" in info.stdout and "nats/token" in info.stdout
+
+
+@pytest.mark.parametrize("model_type", ["unigram", "bpe"])
+def test_encoding_in_blocks_equals_encoding_the_whole(monkeypatch, model_type):
+    """Chunks are cut after the last newline of a window of the joined text, wherever the
+    blocks end, so streamed ids equal whole-text ids (long lines included)."""
+    import charrnn.subword as subword
+
+    vocab = SentencePieceVocab.train(MIXED, vocab_size=400, model_type=model_type)
+    monkeypatch.setattr(subword, "_ENCODE_CHARS", 37)  # shorter than some lines: cut mid-line too
+    text = MIXED[:1500] + "x" * 100 + "\n"
+    whole = vocab.encode(text)
+    assert vocab.decode(whole) == text
+    for size in (1, 5, 36, 37, 38, 200, len(text)):
+        blocks = [text[i : i + size] for i in range(0, len(text), size)]
+        blocks[0] = blocks[0].encode() if blocks[0].isascii() else blocks[0]  # ASCII blocks may be bytes
+        assert np.array_equal(np.concatenate(list(vocab.encode_blocks(blocks))), whole), size
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3, 7])
+def test_line_sample_ignores_block_boundaries(stride):
+    from charrnn.subword import NEWLINE_MARK, sample_lines
+
+    text = "".join(f"line {i}{' long' * (i % 5)}\n" for i in range(40)) + "last"
+    expected = [line + NEWLINE_MARK for line in text.split("\n")][::stride]
+    for size in (1, 4, 13, len(text)):
+        blocks = [text[i : i + size] for i in range(0, len(text), size)]
+        assert sample_lines(blocks, stride) == expected, size

@@ -51,10 +51,10 @@ def test_evaluations_and_best_checkpoint_track_validation(tmp_path):
     evals = [e for e in events if isinstance(e, Evaluated)]
     assert [e.step for e in evals] == [20, 40, 60]
     best = checkpoint.load(tmp_path / "run" / "best.pt")
-    assert best["best_val_loss"] == pytest.approx(min(e.val_loss for e in evals))
+    assert best.progress.best_val_loss == pytest.approx(min(e.val_loss for e in evals))
     latest = checkpoint.load(tmp_path / "run" / "latest.pt")
-    assert latest["step"] == 60
-    assert [s for s, _ in latest["history"]["val"]] == [20, 40, 60]
+    assert latest.progress.step == 60
+    assert [s for s, _ in latest.progress.history_val] == [20, 40, 60]
 
 
 def test_state_is_carried_between_windows(tmp_path, monkeypatch):
@@ -86,7 +86,7 @@ def test_epoch_budget_and_too_short_corpus(tmp_path):
     done = list(trainer.run())[-1]
     assert done.step == trainer.windows_per_epoch and done.epoch == pytest.approx(1.0)
     with pytest.raises(ConfigError, match="too short"):
-        Trainer(mc, tc, vocab, ids[:50], ids[50:], tmp_path / "short")
+        Trainer(mc, tc, vocab, ids[:7], ids[50:], tmp_path / "short")
 
 
 def test_a_budget_is_required():
@@ -133,3 +133,45 @@ def test_metrics_jsonl_has_a_row_per_log_step_and_evaluation(tmp_path):
     for key in ("epoch", "train_loss", "lr", "grad_norm", "chars_per_sec", "elapsed"):
         assert isinstance(train_rows[-1][key], float), key
     assert train_rows[0]["val_loss"] is None and eval_rows[0]["val_loss"] > 0
+
+
+def test_every_target_is_trained_once_per_epoch_including_the_last_partial_window(tmp_path, monkeypatch):
+    """(L - 1) is not a multiple of T here: the last window of each pass is shorter, and
+    the windows of one epoch cover each stream's targets exactly once."""
+    from charrnn.model import CharRNN
+
+    vocab = CharVocab.from_text(TEXT)
+    ids = vocab.encode(TEXT)[:4 * 50]  # 4 streams of 50: 49 targets each, T = 16 -> 16 + 16 + 16 + 1
+    mc = ModelConfig(vocab_size=vocab.size, hidden_size=8, num_layers=1, embedding_size=4, dropout=0.0)
+    tc = TrainConfig(batch_size=4, seq_len=16, max_epochs=2, device="cpu", eval_every=1000)
+    lengths = []
+    original = CharRNN.forward
+
+    def spy(self, x, state=None):
+        if self.training:
+            lengths.append(x.size(1))
+        return original(self, x, state)
+
+    monkeypatch.setattr(CharRNN, "forward", spy)
+    trainer = Trainer(mc, tc, vocab, ids, vocab.encode(TEXT)[:200], tmp_path / "p")
+    assert trainer.windows_per_epoch == 4
+    list(trainer.run())
+    assert lengths == [16, 16, 16, 1] * 2
+
+
+def test_carried_state_is_float32_even_when_the_model_returns_bf16(tmp_path, monkeypatch):
+    """Under CUDA bf16 autocast cuDNN hands back (h, c) in 16 bits; the trainer must carry
+    and save them in float32 so that a resume on the CPU or in fp32 works."""
+    original = torch.nn.LSTM.forward
+
+    def bf16_state(self, x, hx=None):
+        out, (h, c) = original(self, x, hx)
+        return out, (h.to(torch.bfloat16), c.to(torch.bfloat16))  # what cuDNN gives under bf16 autocast
+
+    monkeypatch.setattr(torch.nn.LSTM, "forward", bf16_state)
+    trainer, _ = run(tmp_path, steps=20)
+    assert all(s.dtype == torch.float32 for s in trainer.state)
+    saved = checkpoint.load(tmp_path / "run" / "latest.pt")
+    assert all(s.dtype == torch.float32 for s in saved.resume.state)
+    raw = torch.load(tmp_path / "run" / "latest.pt", weights_only=True)
+    assert all(s.dtype == torch.float32 for s in raw["state"])

@@ -60,17 +60,57 @@ def test_dict_round_trip():
 
 
 def test_vocabulary_over_65535_characters_trains(tmp_path):
-    from charrnn.runs import prepare_training
+    from charrnn.runs import Run
 
     chars = [chr(c) for c in range(0x4E00, 0x4E00 + 20_000)] + [chr(c) for c in range(0x20000, 0x20000 + 50_000)]
     text = "".join(chars) * 2
     (tmp_path / "huge.txt").write_text(text, encoding="utf-8")
-    trainer = prepare_training(
-        str(tmp_path / "huge.txt"), out_dir=tmp_path / "run",
+    with Run(
+        str(tmp_path / "huge.txt"), out=tmp_path / "run",
         model_options={"hidden_size": 4, "num_layers": 1, "embedding_size": 4},
         train_options={"batch_size": 2, "seq_len": 8, "max_steps": 2, "device": "cpu", "eval_every": 2},
-    )
-    assert trainer.vocab.size == 70_000 and trainer.vocab.dtype == np.int32
-    assert trainer.vocab.decode(trainer.train_streams[0, :5].tolist()) == text[:5]
-    done = list(trainer.run())[-1]
+    ) as run:
+        trainer = run.trainer
+        assert trainer.vocab.size == 70_000 and trainer.vocab.dtype == np.int32
+        assert trainer.vocab.decode(trainer.train_streams[0, :5].tolist()) == text[:5]
+        done = list(run.events())[-1]
     assert done.step == 2
+
+
+def test_unknown_kind_is_one_sentence():
+    with pytest.raises(VocabularyError, match=r"^Unknown vocabulary kind 'words' in checkpoint [^.]*\.$"):
+        vocab_from_dict({"kind": "words"})
+
+
+def test_every_kind_implements_the_protocol():
+    from charrnn.subword import SentencePieceVocab
+    from charrnn.vocabulary import Vocabulary
+
+    members = {"kind", "size", "dtype", "encode", "encode_blocks", "decode", "unknown_chars", "piece_bytes",
+               "char_lengths", "banned_ids", "to_dict", "from_dict", "preview"}
+    assert members <= set(dir(Vocabulary)) | set(Vocabulary.__annotations__)
+    for cls in (CharVocab, SentencePieceVocab):
+        assert all(hasattr(cls, name) for name in members), cls
+    assert isinstance(CharVocab.from_text("ab"), Vocabulary)
+
+
+def test_vocabulary_modules_do_not_import_each_other():
+    """vocab.py and subword.py meet only in vocabulary.py (no import cycle), and loading a
+    character vocabulary never imports the sentencepiece module."""
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "charrnn"
+    for name, other in (("vocab", "subword"), ("subword", "vocab")):
+        tree = ast.parse((package / f"{name}.py").read_text(encoding="utf-8"))
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert other not in imported and f"charrnn.{other}" not in imported, name
+    # a bare package object skips charrnn/__init__.py (and its torch import): only the
+    # modules named here and what they import get loaded
+    code = (f"import sys, types; pkg = types.ModuleType('charrnn'); pkg.__path__ = [{str(package)!r}]; "
+            "sys.modules['charrnn'] = pkg; import charrnn.vocabulary as v; "
+            "assert v.vocab_from_dict({'kind': 'char', 'chars': 'ab'}).chars == ['a', 'b']; "
+            "assert 'charrnn.subword' not in sys.modules and 'sentencepiece' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
