@@ -67,3 +67,31 @@ def test_processes_share_the_size_chosen_by_process_zero(tmp_path, shakespeare_h
     assert sizing["auto"] == ["hidden_size", "dropout"]
     assert data.model_config.hidden_size == sizing["hidden_size"]
     assert data.model_config.dropout == sizing["dropout"]
+
+
+def test_resumed_two_process_run_with_dropout_equals_the_uninterrupted_one(tmp_path, shakespeare_head):
+    """Every process draws its own dropout masks; a resume must restore each process's RNG
+    state, not only process 0's, to continue exactly."""
+    import signal
+    import time
+
+    args = [{"0": "0.3", "30": "200", "10": "5"}.get(a, a) for a in ARGS]  # dropout 0.3, 200 steps, eval every 5
+    whole = torchrun("train", str(shakespeare_head), "--out", str(tmp_path / "whole"), *args)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc-per-node", "2",
+           "-m", "charrnn", "train", str(shakespeare_head), "--out", str(tmp_path / "split"), *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "split" / "latest.pt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # the agent passes it on to both processes
+    proc.communicate(timeout=120)
+    stopped = checkpoint.load(tmp_path / "split" / "latest.pt")
+    assert 0 < stopped.progress.step < 200 and len(stopped.resume.rng) == 2
+    second = torchrun("train", str(shakespeare_head), "--out", str(tmp_path / "split"), "--resume", "-q")
+    assert second.returncode == 0, second.stderr[-3000:]
+    a = checkpoint.load(tmp_path / "whole" / "latest.pt").weights
+    b = checkpoint.load(tmp_path / "split" / "latest.pt").weights
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6)
