@@ -30,6 +30,17 @@ checkpoints_option = click.option(
     type=click.Path(file_okay=False), help="Folder that holds runs (new runs go to <folder>/<corpus name>).")
 
 
+class FiniteFloat(click.FloatRange):
+    """click's FloatRange, except that NaN and infinities are refused: they are never a
+    number a user meant (FloatRange lets NaN through every bound)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
 class Duration(click.ParamType):
     """90s, 10m, 1h30m, or plain seconds."""
 
@@ -137,22 +148,22 @@ def explicit_options(ctx: click.Context, names) -> set[str]:
 @click.option("--nonlinearity", type=click.Choice(["tanh", "relu"]), default="tanh", show_default=True, help="Activation of the vanilla rnn cell.")
 @click.option("--one-hot", is_flag=True, help="Feed one-hot characters (classic char-rnn) instead of a learned embedding.")
 @click.option("--tie-weights", is_flag=True, help="Share the embedding table with the output layer (needs --embedding-size equal to --hidden-size).")
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), help="Dropout on the embedding, between layers and before the head [default: from the passes over the text the budget allows].")
+@click.option("--dropout", type=FiniteFloat(0, 1, max_open=True), help="Dropout on the embedding, between layers and before the head [default: from the passes over the text the budget allows].")
 @click.option("--tokenizer", type=click.Choice(["char", "sentencepiece"]), default="char", show_default=True, help="Characters, or subword pieces trained with sentencepiece on the corpus.")
 @click.option("--vocab-size", type=click.IntRange(min=260), default=2000, show_default=True, help="Pieces in a sentencepiece vocabulary (at least 260: 256 byte pieces come first).")
 @click.option("--sp-model-type", type=click.Choice(["unigram", "bpe"]), default="unigram", show_default=True, help="sentencepiece algorithm.")
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=32, show_default=True, help="Parallel streams B.")
 @click.option("--seq-len", "-t", type=click.IntRange(min=1), default=128, show_default=True, help="Window length T for truncated backpropagation through time.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate (AdamW) [default: 1e-2 for lstm, 5e-3 for gru, 3e-3 for rnn].")
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.01, show_default=True, help="AdamW weight decay on weight matrices.")
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), help="Peak learning rate (AdamW) [default: 1e-2 for lstm, 5e-3 for gru, 3e-3 for rnn].")
+@click.option("--weight-decay", type=FiniteFloat(min=0), default=0.01, show_default=True, help="AdamW weight decay on weight matrices.")
 @click.option("--warmup-steps", type=click.IntRange(min=0), default=50, show_default=True, help="Linear learning-rate warmup steps before the cosine decay.")
-@click.option("--grad-clip", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Clip the gradient norm to this value (0 turns clipping off).")
+@click.option("--grad-clip", type=FiniteFloat(min=0), default=1.0, show_default=True, help="Clip the gradient norm to this value (0 turns clipping off).")
 @click.option("--max-steps", type=click.IntRange(min=1), help="Stop after this many optimizer steps.")
-@click.option("--max-epochs", type=click.FloatRange(min=0, min_open=True), help="Stop after this many passes over the training text.")
+@click.option("--max-epochs", type=FiniteFloat(min=0, min_open=True), help="Stop after this many passes over the training text.")
 @click.option("--max-time", type=Duration(), help="Stop after this long, e.g. 90s, 10m, 1h [default: 10m when no budget is given].")
 @click.option("--eval-every", type=click.IntRange(min=1), default=100, show_default=True, help="Evaluate on validation text and checkpoint every N steps.")
 @click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True, help="Read back the training loss every N steps.")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True, help="Tail of the text held out for validation.")
+@click.option("--val-fraction", type=FiniteFloat(0, 1, max_open=True), default=0.1, show_default=True, help="Tail of the text held out for validation.")
 @click.option("--patience", type=click.IntRange(min=1), help="Stop after N evaluations without a better validation loss [default: off].")
 @click.option("--keep-every", type=click.IntRange(min=1), help="Also keep a step-NNNNNNNN.pt snapshot every N steps [default: off].")
 @click.option("--seed", type=int, default=1337, show_default=True, help="Random seed (initialisation and dropout).")
@@ -269,9 +280,9 @@ def read_prime(prime: str, prime_file: str | None) -> str:
 
 @main.command(context_settings=CONTEXT)
 @click.option("-c", "--checkpoint", "ckpt", help="Checkpoint file or run folder [default: newest best.pt under ./checkpoints].")
-@click.option("--temp", "--temperature", "temperature", type=click.FloatRange(min=0), default=0.8, show_default=True, help="Sampling temperature; 0 is greedy (always the most likely character).")
+@click.option("--temp", "--temperature", "temperature", type=FiniteFloat(min=0), default=0.8, show_default=True, help="Sampling temperature; 0 is greedy (always the most likely character).")
 @click.option("--top-k", type=click.IntRange(min=1), help="Sample only among the K most likely characters.")
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Nucleus sampling: only the most likely characters holding probability P.")
+@click.option("--top-p", type=FiniteFloat(0, 1, min_open=True), help="Nucleus sampling: only the most likely characters holding probability P.")
 @click.option("--length", "-n", type=click.IntRange(min=0), default=1000, show_default=True, help="Characters to generate per sample (the prime is not counted).")
 @click.option("--prime", default="", help="Text the model continues; - reads it from stdin.")
 @click.option("--prime-file", type=click.Path(dir_okay=False, allow_dash=True), help="Read the prime from a file (- for stdin).")

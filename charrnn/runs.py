@@ -190,6 +190,9 @@ def size_model(model_options: dict, config: TrainConfig, encoded) -> tuple[dict,
     options = {k: v for k, v in model_options.items() if v is not None}
     if all(name in options for name in AUTO):
         return options, None
+    # Every given value checked before it is used to time candidate models.
+    probe = {"hidden_size": options.get("embedding_size", 64) if options.get("tie_weights") else 1, **options}
+    ModelConfig(vocab_size=encoded.vocab.size, **probe)
     defaults = ModelConfig(vocab_size=1)
     get = lambda name: options.get(name, getattr(defaults, name))  # noqa: E731
     world = world_from_env()

@@ -126,3 +126,19 @@ def test_shell_completion_is_documented_and_works():
     assert "_CHARRNN_COMPLETE=bash_source charrnn" in _documented_names()
     result = CliRunner().invoke(main, [], prog_name="charrnn", env={"_CHARRNN_COMPLETE": "bash_source"})
     assert "complete" in result.output
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"batch_size": 0}, "batch_size must be an integer"),
+    ({"cell": "bogus"}, "Unknown cell"),
+    ({"max_time": "forever"}, "not a duration"),
+    ({"lr": float("nan")}, "lr must be a number"),
+    ({"hidden_size": 10**7}, "hidden_size must be an integer"),
+    ({"seed": 2**70}, "seed must be an integer"),
+    ({"device": "tpu"}, "device must be"),
+])
+def test_bad_values_raise_the_library_error(tmp_path, options, message):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("abc " * 500)
+    with pytest.raises(CharrnnError, match=message):
+        train(corpus, out=tmp_path / "x", max_steps=1, **options)

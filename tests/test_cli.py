@@ -126,6 +126,13 @@ def test_bad_corpus_is_one_line_and_exit_1(tmp_path, setup, message):
         ["sample", "--length", "-3"],
         ["train", "x.txt", "--max-time", "soon"],
         ["train", "x.txt", "--hidden-size", "0"],
+        ["sample", "--temp", "nan"],
+        ["sample", "--top-p", "nan"],
+        ["train", "x.txt", "--lr", "nan"],
+        ["train", "x.txt", "--dropout", "nan"],
+        ["train", "x.txt", "--val-fraction", "nan"],
+        ["train", "x.txt", "--max-epochs", "nan"],
+        ["train", "x.txt", "--weight-decay", "inf"],
     ],
 )
 def test_bad_option_values_exit_2(args):
