@@ -359,38 +359,39 @@ def _load_cache(cache: Path, fingerprint: dict, vocab: Vocabulary | None,
         return None  # unreadable, stale or foreign: rebuilt
 
 
+@contextlib.contextmanager
+def _replacing(cache: Path, name: str) -> Iterator[Path]:
+    """A temporary file to write `cache/name` into, moved into place when the block ends;
+    a failure (a full disk) is one `CorpusError` and leaves no temporary file behind."""
+    tmp = cache / f".{name}.{os.getpid()}.tmp"
+    try:
+        yield tmp
+        os.replace(tmp, cache / name)
+    except OSError as exc:
+        raise CorpusError(f"Cannot write the corpus cache in {cache}: {exc.strerror or exc}.") from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
 def _write_ids(cache: Path, parts: Iterable[np.ndarray]) -> int:
     """Write the ids through the file into a temporary file, then move it into place, and
     return how many there are. Not through a writable memory map: the count is not known
     in advance, and a full disk must raise OSError (here `CorpusError`), not SIGBUS."""
-    tmp = cache / f".{CACHE_IDS}.{os.getpid()}.tmp"
     count = 0
-    try:
+    with _replacing(cache, CACHE_IDS) as tmp:
         cache.mkdir(parents=True, exist_ok=True)
         (cache / CACHE_META).unlink(missing_ok=True)  # never let old metadata describe new ids
         with open(tmp, "wb") as fh:
             for part in parts:
                 fh.write(np.ascontiguousarray(part).data)
                 count += len(part)
-        os.replace(tmp, cache / CACHE_IDS)
-    except OSError as exc:
-        raise CorpusError(f"Cannot write the corpus cache in {cache}: {exc.strerror or exc}.") from None
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
     return count
 
 
 def _write_meta(cache: Path, meta: dict) -> None:
-    tmp = cache / f".{CACHE_META}.{os.getpid()}.tmp"
-    try:
+    with _replacing(cache, CACHE_META) as tmp:
         tmp.write_text(json.dumps(meta), encoding="utf-8")
-        os.replace(tmp, cache / CACHE_META)
-    except OSError as exc:
-        raise CorpusError(f"Cannot write the corpus cache in {cache}: {exc.strerror or exc}.") from None
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
 
 
 def encode_corpus(

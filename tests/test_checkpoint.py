@@ -156,3 +156,9 @@ def test_run_dir_knows_its_own_files_and_clears_only_those(tmp_path):
     (tmp_path / ".hidden.tmp").write_text("x")
     run.remove_stale_temp_files()
     assert (tmp_path / ".hidden.tmp").exists() and not (tmp_path / f".latest.pt.{os.getpid()}.tmp").exists()
+
+
+def test_run_dir_and_the_corpus_cache_agree_on_file_names():
+    from charrnn import data
+
+    assert (checkpoint.RunDir.CORPUS_IDS, checkpoint.RunDir.CORPUS_META) == (data.CACHE_IDS, data.CACHE_META)
