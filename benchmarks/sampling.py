@@ -60,12 +60,13 @@ def bare_rate(net, streams: int, length: int) -> float:
     import torch
 
     g = torch.Generator().manual_seed(0)
+    cells = net.cells()  # bound once, as the sampler does
     with torch.no_grad():
         state = net.init_state(streams)
         token = torch.zeros(streams, dtype=torch.long)
         t0 = time.perf_counter()
         for _ in range(length):
-            logits, state = net.step(token, state)  # (B, V)
+            logits, state = net.step(token, state, cells=cells)  # (B, V)
             probs = torch.softmax(logits, dim=-1)
             token = torch.multinomial(probs, 1, generator=g).squeeze(-1)
         return streams * length / (time.perf_counter() - t0)

@@ -80,30 +80,40 @@ class CharRNN(nn.Module):
         return (getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}"),
                 getattr(rnn, f"bias_ih_l{layer}"), getattr(rnn, f"bias_hh_l{layer}"))
 
+    def cells(self) -> list[Cell]:
+        """One single-step callable per layer, `(x, hx) -> new hx`: the cell's fused kernel
+        (`torch.lstm_cell`, `torch.gru_cell`, `torch.rnn_tanh_cell`, `torch.rnn_relu_cell`)
+        bound to the layer's weights.
+
+        `step` builds these on every call so that it always sees the current weights; a
+        caller making many steps in a row (the sampler) builds them once and passes them in,
+        since looking the weights up through `nn.Module` costs microseconds per layer and
+        step, a percent or two of a batch-1 step.
+        """
+        kernel = _fused_cell(self.config)
+        return [_bind(kernel, self.layer_weights(layer)) for layer in range(self.config.num_layers)]
+
     @torch.no_grad()
     def step(self, ids: torch.Tensor, state: State, cells: Sequence[Cell] | None = None,
              head: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, State]:
         """One token per stream without dropout: ids (B,) -> logits (B, V), new state.
 
         Same weights and equations as `forward`, through PyTorch's fused single-step cell
-        kernels (`torch.lstm_cell`, `torch.gru_cell`, `torch.rnn_tanh_cell`,
-        `torch.rnn_relu_cell`), which at batch 1 cost a fraction of a sequence-kernel call.
+        kernels (`cells()`), which at batch 1 cost a fraction of a sequence-kernel call.
 
         This is the only per-layer step loop. `cells` (one callable per layer,
-        `(x (B, in), hx) -> new hx` with hx `(h, c)` for an LSTM and `h` otherwise) and `head`
-        (`(B, H) -> (B, V)`) swap in other arithmetic over the same structure, e.g. int8
-        weights (`charrnn.quantize`), without a second copy of the loop.
+        `(x (B, in), hx) -> new hx` with hx `(h, c)` for an LSTM and `h` otherwise; default
+        `self.cells()`) and `head` (`(B, H) -> (B, V)`; default `self.head`) swap in other
+        arithmetic over the same structure, e.g. int8 weights (`charrnn.quantize`), without a
+        second copy of the loop.
         """
         lstm = self.config.cell == "lstm"
-        fused = _fused_cell(self.config)
+        cells = self.cells() if cells is None else cells
         x = self._inputs(ids)  # (B, E)
         hs, cs = [], []
-        for layer in range(self.config.num_layers):
+        for layer, cell in enumerate(cells):
             hx = (state[0][layer], state[1][layer]) if lstm else state[0][layer]  # (B, H) each
-            if cells is None:
-                hx = fused(x, hx, *self.layer_weights(layer))
-            else:
-                hx = cells[layer](x, hx)
+            hx = cell(x, hx)
             x = hx[0] if lstm else hx  # (B, H)
             hs.append(x)
             if lstm:
@@ -120,6 +130,10 @@ def _fused_cell(config: ModelConfig) -> Callable:
     if config.cell == "gru":
         return torch.gru_cell
     return torch.rnn_relu_cell if config.nonlinearity == "relu" else torch.rnn_tanh_cell
+
+
+def _bind(kernel: Callable, weights: tuple[torch.Tensor, ...]) -> Cell:
+    return lambda x, hx: kernel(x, hx, *weights)
 
 
 def _as_float32(state: State) -> State:

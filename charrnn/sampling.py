@@ -109,7 +109,8 @@ class Sampler:
         self.model = model.eval()
         self.vocab = vocab
         self.device = torch.device(device)
-        self.step = model.step
+        cells = model.cells()  # bound once: per-step weight look-ups cost a percent or two at batch 1
+        self.step = lambda ids, state: model.step(ids, state, cells=cells)
         if quantize:
             if self.device.type != "cpu":
                 from .errors import ConfigError
