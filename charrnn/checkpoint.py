@@ -287,23 +287,47 @@ def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
 def save(ckpt: Checkpoint | dict, path: str | os.PathLike) -> Path:
-    """Write a checkpoint atomically to `path` (temp file + fsync + rename)."""
+    """Write a checkpoint atomically to `path` (temp file + fsync + rename).
+
+    The file is serialised in memory first, so its size is known: a full disk is reported
+    with the space it needed, and the temporary file is removed; the file at `path`, if
+    any, is untouched until the new one is complete."""
+    import errno
+    import io
+    import shutil
+
     import torch
 
     path = Path(path)
     payload = ckpt.to_payload() if isinstance(ckpt, Checkpoint) else {"format": FORMAT, "version": VERSION, **ckpt}
+    kept = "; the previous checkpoint is untouched" if path.exists() else ""
+    buffer = io.BytesIO()
+    try:
+        torch.save(payload, buffer)
+    except (OSError, RuntimeError) as exc:
+        reason = getattr(exc, "strerror", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        raise CheckpointError(f"Could not write checkpoint {path}: {reason}{kept}.") from None
+    data = buffer.getbuffer()
     tmp = temp_name(path)
     try:
         with open(tmp, "wb") as fh:
-            torch.save(payload, fh)
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as exc:  # torch reports a full disk as a RuntimeError
+    except OSError as exc:
         tmp.unlink(missing_ok=True)
-        reason = getattr(exc, "strerror", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-        raise CheckpointError(f"Could not write checkpoint {path}: {reason}; the previous checkpoint is untouched.") from None
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            free = shutil.disk_usage(path.parent).free
+            reason = f"no space left in {path.parent} (the checkpoint needs {_megabytes(len(data))}, {_megabytes(free)} are free)"
+        else:
+            reason = exc.strerror or str(exc)
+        raise CheckpointError(f"Could not write checkpoint {path}: {reason}{kept}.") from None
     try:
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -325,6 +349,10 @@ def load(path: str | os.PathLike, map_location="cpu") -> Checkpoint:
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
+        import zipfile
+
+        if not zipfile.is_zipfile(path):  # not PyTorch's archive format at all: damaged or foreign bytes
+            raise CheckpointError(f"Checkpoint {path} is truncated or corrupt.") from None
         raise CheckpointError(
             f"Refusing to load {path}: it contains Python objects other than plain data "
             f"and tensors, so it is not a charrnn checkpoint and may be unsafe."
@@ -382,17 +410,37 @@ def find(path: str | os.PathLike | None, root: str | os.PathLike = "checkpoints"
     )
 
 
-def export(src: str | os.PathLike, dst: str | os.PathLike, half: bool = False) -> Path:
+def check_destination(dst: Path, force: bool = False) -> None:
+    """Refuse a destination that would lose something: an existing file (unless `force`),
+    anything that is not a regular file (a device, a folder), a folder that is a file."""
+    if dst.is_symlink() or dst.exists():
+        if not dst.is_symlink() and not dst.is_file():
+            raise CheckpointError(f"{dst} exists and is not a regular file; choose another destination.")
+        if not force:
+            raise CheckpointError(f"{dst} already exists; pass --force to replace it.")
+    parent = dst.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CheckpointError(f"Cannot write {dst}: {parent} is a file, not a folder.")
+
+
+def export(src: str | os.PathLike, dst: str | os.PathLike, half: bool = False, force: bool = False) -> Path:
     """Write a sampling-only copy of a checkpoint: no optimizer, hidden or RNG state (so it
     cannot be resumed), and with `half`, float16 weights (half the size; loading turns
-    them back into float32)."""
+    them back into float32). An existing destination is replaced only with `force`, and
+    then a symbolic link itself is replaced, never the file it points to."""
+    dst = Path(dst)
+    check_destination(dst, force)
     ckpt = load(resolve(src))
     weights = ckpt.weights
     if half:
         weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
     slim = replace(ckpt, weights=weights, resume=None, exported_from=str(src))
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CheckpointError(f"Cannot create the folder of {dst}: {exc.strerror or exc}.") from None
     return save(slim, dst)
 
 

@@ -16,11 +16,12 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .config import CELLS
+from .config import CELLS, MAX_SEED
 from .durations import parse_duration
 from .errors import CharrnnError, Interrupted
 
 DEFAULT_ROOT = "checkpoints"
+MAX_SAMPLES = 100_000  # samples share one batch: their states must fit in memory together
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -69,6 +70,8 @@ def fail_on_library_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise SystemExit(130) from None  # Ctrl-C while sampling or scoring: stop quietly
         except Interrupted as exc:
             click.echo(f"Error: {exc}", err=True)
             raise SystemExit(128 + exc.signum) from None
@@ -79,10 +82,13 @@ def fail_on_library_errors(fn):
 
 
 class StdoutWriter:
-    """Writes generated text to stdout as it arrives; a closed pipe ends the program quietly."""
+    """Writes to stdout as text arrives. A closed pipe (`| head`) ends the program quietly;
+    stdout that is closed or full is one sentence and exit 1."""
 
     def __init__(self):
         self.stream = sys.stdout
+        if self.stream is None:  # started with stdout closed (`>&-`)
+            raise click.ClickException("Standard output is closed; there is nowhere to write the result.")
 
     def write(self, text: str) -> None:
         if not text:
@@ -92,7 +98,9 @@ class StdoutWriter:
             self.stream.flush()
         except BrokenPipeError:
             quiet_exit_on_broken_pipe()
-
+        except OSError as exc:
+            _silence_stdout()
+            raise click.ClickException(f"Cannot write to standard output: {exc.strerror or exc}.") from None
 
     def end_line_on_terminal(self, last: str) -> None:
         """Leave the shell prompt on a line of its own, but only on a terminal: piped
@@ -101,13 +109,22 @@ class StdoutWriter:
             self.write("\n")
 
 
-def quiet_exit_on_broken_pipe():
-    # Point stdout at /dev/null so the interpreter's final flush cannot raise again.
+def echo(text: str) -> None:
+    """One line (or block) of requested output on stdout, with StdoutWriter's rules."""
+    StdoutWriter().write(text + "\n")
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError, AttributeError):
         pass
+
+
+def quiet_exit_on_broken_pipe():
+    _silence_stdout()
     raise SystemExit(0)
 
 
@@ -166,7 +183,7 @@ def explicit_options(ctx: click.Context, names) -> set[str]:
 @click.option("--val-fraction", type=FiniteFloat(0, 1, max_open=True), default=0.1, show_default=True, help="Tail of the text held out for validation.")
 @click.option("--patience", type=click.IntRange(min=1), help="Stop after N evaluations without a better validation loss [default: off].")
 @click.option("--keep-every", type=click.IntRange(min=1), help="Also keep a step-NNNNNNNN.pt snapshot every N steps [default: off].")
-@click.option("--seed", type=int, default=1337, show_default=True, help="Random seed (initialisation and dropout).")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=1337, show_default=True, help="Random seed (initialisation and dropout).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True, envvar="CHARRNN_DEVICE", show_envvar=True, help="Where to train; auto prefers cuda, then mps, then cpu (env CHARRNN_DEVICE).")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True, help="auto uses bf16 autocast on CUDA GPUs that support it, float32 elsewhere.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for PyTorch [default: PyTorch's choice].")
@@ -215,6 +232,8 @@ def train(ctx, corpus, out_dir, resume, init_from, overwrite, threads, encoding,
     if resume is not None and resume != ".":
         if corpus is None and (resume == "-" or Path(resume).is_file()):
             corpus = resume  # `--resume corpus.txt`: the flag took the corpus as its value
+        elif Path(resume).is_file():
+            raise click.UsageError(f"--resume takes a run folder, and {resume} is a file; name the folder that holds its latest.pt.")
         elif out_dir is not None and Path(out_dir) != Path(resume):
             raise click.UsageError("--resume RUN and --out name different folders.")
         else:
@@ -271,11 +290,23 @@ def read_prime(prime: str, prime_file: str | None) -> str:
     if prime_file is not None:
         if prime:
             raise click.UsageError("Use either --prime or --prime-file, not both.")
-        with click.open_file(prime_file, "r", encoding="utf-8") as fh:
-            return fh.read()
+        where = "standard input" if prime_file == "-" else prime_file
+        try:
+            with click.open_file(prime_file, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            raise click.ClickException(f"Cannot read the prime from {where}: {exc.strerror or exc}.") from None
+        return _utf8(data, where)
     if prime == "-":
-        return sys.stdin.read()
+        return _utf8(sys.stdin.buffer.read(), "standard input")
     return prime
+
+
+def _utf8(data: bytes, where: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise click.ClickException(f"The prime in {where} is not valid UTF-8 text (byte offset {exc.start}).") from None
 
 
 @main.command(context_settings=CONTEXT)
@@ -290,10 +321,10 @@ def read_prime(prime: str, prime_file: str | None) -> str:
 @click.option("--unknown", type=click.Choice(["error", "skip"]), default="error", show_default=True, help="Prime characters outside the vocabulary: fail, or drop them with a note.")
 @click.option("--stop", multiple=True, help="Stop right after this text appears (repeatable; \\n and \\t are understood).")
 @click.option("--max-time", type=Duration(), help="Stop generating after this long, e.g. 30s.")
-@click.option("--num-samples", "-N", type=click.IntRange(min=1), default=1, show_default=True, help="Generate N samples together in one batch.")
+@click.option("--num-samples", "-N", type=click.IntRange(1, MAX_SAMPLES), default=1, show_default=True, help=f"Generate N samples together in one batch (at most {MAX_SAMPLES:,}).")
 @click.option("--separator", default="\\n\\n", show_default=True, help="Written between samples (\\n understood).")
 @click.option("--jsonl", is_flag=True, help='One JSON object per sample: {"sample": i, "prime": ..., "text": ...}.')
-@click.option("--seed", type=int, help="Random seed: same checkpoint, seed and options give the same text [default: random].")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), help="Random seed: same checkpoint, seed and options give the same text [default: random].")
 @click.option("--quantize", is_flag=True, help="int8 weights for the per-character steps (CPU): faster single-stream sampling.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu", show_default=True, envvar="CHARRNN_DEVICE", show_envvar=True, help="Where to run the model.")
 @checkpoints_option
@@ -391,12 +422,12 @@ def evaluate(file, ckpt, as_json, seq_len, streams, device, encoding, checkpoint
         "nats_per_token": report.nats_per_token, "tokens": report.tokens, "tokenizer": model.vocab.kind,
     }
     if as_json:
-        click.echo(json.dumps(result))
+        echo(json.dumps(result))
     else:
         excluded = f" ({report.excluded:,} characters outside the vocabulary excluded)" if report.excluded else ""
         if model.vocab.kind != "char":
             excluded += f"; {report.nats_per_token:.4f} nats/token over {report.tokens:,} tokens"
-        click.echo(
+        echo(
             f"{file}: {report.nats_per_char:.4f} nats/char, {report.bits_per_char:.4f} bits/char, "
             f"perplexity {report.perplexity:.3f} over {report.chars:,} characters{excluded}"
         )
@@ -423,7 +454,7 @@ def info(ckpt, as_json, checkpoints_dir):
     model = load_model(ckpt, checkpoints_dir, quiet=as_json)
     summary = model.checkpoint.summary()
     if as_json:
-        click.echo(json.dumps(summary))
+        echo(json.dumps(summary))
         return
     ln2 = math.log(2)
     corpus, best, cpt = summary["corpus"], summary["best_val_loss"], summary["chars_per_token"]
@@ -448,12 +479,12 @@ def info(ckpt, as_json, checkpoints_dir):
         lines.append(f"best val     {best:.4f} nats/char, {best / ln2:.4f} bits/char")
         if model.vocab.kind != "char":
             lines.append(f"             {best * cpt:.4f} nats/token ({cpt:.2f} characters per token)")
-    click.echo("\n".join(lines))
+    echo("\n".join(lines))
     history = summary["history"]
     if history["train"] or history["val"]:
-        click.echo("\nloss (nats/char) by step:")
+        echo("\nloss (nats/char) by step:")
         plot = line_plot({"train": [tuple(p) for p in history["train"]], "validation": [tuple(p) for p in history["val"]]})
-        click.echo("\n".join(plot))
+        echo("\n".join(plot))
 
 
 # -- plot -------------------------------------------------------------------------------------
@@ -487,12 +518,13 @@ def plot(run, output, terminal, checkpoints_dir):
         found = find(None, checkpoints_dir)
         target = found.path if found.bundled else found.path.parent
     curves = loss_curves(target)
+    if curves.skipped:
+        click.echo(f"Note: skipped {curves.skipped} damaged line{'s' if curves.skipped != 1 else ''} of the metrics file.", err=True)
     if output:
         path = save_png(curves, output, title=f"charrnn: {target.name if target.is_dir() else target.parent.name}")
         click.echo(f"Wrote {path}", err=True)
     if terminal or not output:
-        click.echo("bits per character by step:")
-        click.echo("\n".join(line_plot(curves)))
+        echo("bits per character by step:\n" + "\n".join(line_plot(curves.as_dict())))
 
 
 # -- export -----------------------------------------------------------------------------------
@@ -500,8 +532,9 @@ def plot(run, output, terminal, checkpoints_dir):
 @click.argument("ckpt", metavar="CHECKPOINT")
 @click.argument("output", type=click.Path(dir_okay=False))
 @click.option("--half", is_flag=True, help="Store the weights as float16 (half the size).")
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @fail_on_library_errors
-def export(ckpt, output, half):
+def export(ckpt, output, half, force):
     """Write a small sampling-only copy of CHECKPOINT (a file or run folder) to OUTPUT.
 
     The copy keeps the model, vocabulary, corpus and training summary, and drops the
@@ -515,7 +548,7 @@ def export(ckpt, output, half):
     """
     from .checkpoint import export as export_checkpoint
 
-    path = export_checkpoint(ckpt, output, half=half)
+    path = export_checkpoint(ckpt, output, half=half, force=force)
     click.echo(f"Wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", err=True)
 
 

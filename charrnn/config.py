@@ -138,7 +138,7 @@ class TrainConfig:
         _check(self, "val_fraction", float, 0, 1, hi_open=True)
         for name in ("max_epochs", "max_time"):
             _check(self, name, float, 0, lo_open=True, optional=True)
-        _check(self, "seed", int, -(2**63), MAX_SEED)
+        _check(self, "seed", int, 0, MAX_SEED)
         if not (isinstance(self.device, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device)):
             raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, not {self.device!r}.")
         _choice(self, "precision", ("auto", "fp32", "bf16"))

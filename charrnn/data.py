@@ -19,6 +19,8 @@ from __future__ import annotations
 import base64
 import codecs
 import contextlib
+import errno
+import shutil
 import hashlib
 import io
 import itertools
@@ -68,10 +70,16 @@ class _Source:
     name: str
     files: tuple[Path, ...]  # () for standard input
     folder: bool
+    pipe: bool = False  # a named pipe (FIFO): read once, as a stream, like standard input
 
     @property
     def stdin(self) -> bool:
         return self.spec == "-"
+
+    @property
+    def stream(self) -> bool:
+        """Whether the source can be read only once (standard input or a named pipe)."""
+        return self.stdin or self.pipe
 
     @property
     def count(self) -> int:
@@ -81,15 +89,31 @@ class _Source:
         return "from stdin" if self.stdin else self.spec
 
 
+RUN_MARKERS = (".lock", "corpus.json")  # files every charrnn run folder holds (see checkpoint.RunDir)
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Whether `folder` is a charrnn run folder: its checkpoints, metrics and id cache are
+    never part of a corpus, even when the run lives inside the folder it trains on."""
+    return any((folder / name).exists() for name in RUN_MARKERS)
+
+
 def text_files(folder: Path) -> list[Path]:
-    """Regular, non-hidden files under `folder` that look like text, in sorted path order."""
+    """Regular, non-hidden files under `folder` that look like text, in sorted path order.
+
+    Named pipes, devices and sockets are skipped (reading one could wait for ever), and so
+    are charrnn's own run folders."""
     found = []
     for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not is_run_folder(Path(root) / d))
+        if is_run_folder(Path(root)):
+            continue
         for name in sorted(files):
             if name.startswith("."):
                 continue
             path = Path(root) / name
+            if not path.is_file():  # follows links; False for a FIFO, a device or a socket
+                continue
             try:
                 with path.open("rb") as fh:
                     head = fh.read(_SNIFF_BYTES)
@@ -111,6 +135,8 @@ def _source_files(source: str) -> tuple[list[Path], str]:
     path = Path(source)
     if not path.exists():
         raise CorpusError(f"Corpus {source} does not exist.")
+    if not path.is_dir() and not path.is_file() and not path.is_fifo():
+        raise CorpusError(f"Corpus {source} is a device or socket, not a text file or folder.")
     if path.is_dir():
         files = text_files(path)
         if not files:
@@ -131,7 +157,7 @@ def _resolve(source: str | os.PathLike) -> _Source:
     if spec == "-":
         return _Source(spec, "stdin", (), False)
     files, name = _source_files(spec)
-    return _Source(spec, name, tuple(files), Path(spec).is_dir())
+    return _Source(spec, name, tuple(files), Path(spec).is_dir(), Path(spec).is_fifo())
 
 
 # -- the one reader ---------------------------------------------------------------------------
@@ -167,11 +193,12 @@ def _decoded(reads: Iterable[bytes], where: str, codec: codecs.CodecInfo, errors
     final CR back until the next read shows whether an LF follows it."""
     decoder = codec.incrementaldecoder(errors)
     ascii_fast = codec.name in _ASCII_CODECS
+    wide = codec.name.startswith(("utf-16", "utf-32"))  # NUL bytes are part of their text
     offset = 0  # bytes read so far
     held = ""  # with newline="lf": a CR that ended the previous block
     for data in itertools.chain(reads, [b""]):
         final = not data
-        if offset < _SNIFF_BYTES and errors == "strict":
+        if offset < _SNIFF_BYTES and errors == "strict" and not wide:
             nul = data.find(b"\x00", 0, _SNIFF_BYTES - offset)
             if nul >= 0:
                 what = "binary data" if where == "Standard input" else "a binary file"
@@ -354,7 +381,10 @@ def _load_cache(cache: Path, fingerprint: dict, vocab: Vocabulary | None,
         path = cache / CACHE_IDS
         if dtype != vocab.dtype or count <= 0 or path.stat().st_size != count * dtype.itemsize:
             return None
-        return np.memmap(path, dtype=dtype, mode="c", shape=(count,)), vocab, meta
+        ids = np.memmap(path, dtype=dtype, mode="c", shape=(count,))
+        if int(ids.max()) >= vocab.size:  # damaged or edited: an id the vocabulary lacks
+            return None
+        return ids, vocab, meta
     except (OSError, ValueError, KeyError, TypeError, AttributeError, CharrnnError):
         return None  # unreadable, stale or foreign: rebuilt
 
@@ -368,10 +398,29 @@ def _replacing(cache: Path, name: str) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, cache / name)
     except OSError as exc:
-        raise CorpusError(f"Cannot write the corpus cache in {cache}: {exc.strerror or exc}.") from None
+        reason = exc.strerror or str(exc)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                reason += f" ({shutil.disk_usage(cache).free / 1e6:,.1f} MB are free)"
+        raise CorpusError(f"Cannot write the corpus cache in {cache}: {reason}.") from None
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+
+
+def _check_space(cache: Path, needed: int) -> None:
+    """Refuse before writing when the cache cannot fit (with room to spare for checkpoints)."""
+    folder = cache
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if free < needed:
+        raise CorpusError(f"Cannot write the corpus cache in {cache}: it needs {needed / 1e6:,.1f} MB and "
+                          f"{free / 1e6:,.1f} MB are free.")
 
 
 def _write_ids(cache: Path, parts: Iterable[np.ndarray]) -> int:
@@ -419,10 +468,11 @@ def encode_corpus(
     def read() -> Blocks:
         return _blocks(src, options.encoding, options.errors, options.newline, stdin)
 
-    if src.stdin:
-        held = list(read())  # standard input can be read only once
+    if src.stream:
+        held = list(read())  # standard input or a pipe can be read only once
         read = lambda: iter(held)  # noqa: E731
         cache_dir = None
+    sizes = _sizes(src)
     cache = fingerprint = None
     if cache_dir is not None:
         cache = Path(cache_dir)
@@ -431,7 +481,24 @@ def encode_corpus(
         if cached is not None:
             ids, vocab, meta = cached
             return EncodedCorpus(ids, vocab, src.name, src.spec, meta["chars"], src.count, meta["sha256"])
-    return _encode(src, read, vocab, builder, options, cache, fingerprint)
+    encoded = _encode(src, read, vocab, builder, options, cache, fingerprint)
+    if _sizes(src) != sizes:
+        changed = next(p for p, a, b in zip(src.files, sizes, _sizes(src)) if a != b)
+        raise CorpusError(f"{changed} changed while it was being read; train on a copy that nothing is writing to.")
+    return encoded
+
+
+def _sizes(src: _Source) -> list[int]:
+    """Sizes of the source's files (to notice a file that grows while it is read)."""
+    if src.stream:
+        return []
+    out = []
+    for path in src.files:
+        try:
+            out.append(path.stat().st_size)
+        except OSError:
+            out.append(-1)
+    return out
 
 
 def _encode(src: _Source, read: Callable[[], Blocks], vocab: Vocabulary | None, builder: VocabularyBuilder | None,
@@ -453,6 +520,8 @@ def _encode(src: _Source, read: Callable[[], Blocks], vocab: Vocabulary | None, 
         parts = list(vocab.encode_blocks(read()))
         ids = np.concatenate(parts) if parts else np.zeros(0, dtype=vocab.dtype)
         return EncodedCorpus(ids, vocab, src.name, src.spec, chars, src.count, digest.hexdigest())
+    if (vocab.char_lengths() == 1).all():  # one id per character: the size is known before writing
+        _check_space(cache, chars * vocab.dtype.itemsize)
     count = _write_ids(cache, vocab.encode_blocks(read()))
     _write_meta(cache, {**fingerprint, "tokenizer": None if builder is None else _tokenizer_key(options),
                         "vocab_sha256": _vocab_sha256(vocab), "vocab": _vocab_json(vocab),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import checkpoint
@@ -14,14 +15,30 @@ from .metrics import read_rows
 LN2 = math.log(2)
 
 
-def loss_curves(run: str | os.PathLike) -> dict[str, list[tuple[float, float]]]:
+@dataclass(frozen=True)
+class Curves:
+    """Loss curves in bits per character by step, and how many damaged metrics lines
+    were left out."""
+
+    train: list[tuple[float, float]]
+    validation: list[tuple[float, float]]
+    skipped: int = 0
+
+    def as_dict(self) -> dict[str, list[tuple[float, float]]]:
+        return {"train": self.train, "validation": self.validation}
+
+
+def loss_curves(run: str | os.PathLike) -> Curves:
     """Train and validation loss in bits per character by step, from a run folder's
     metrics file, or from a checkpoint's stored history."""
     run = Path(run)
     metrics = RunDir(run).metrics if run.is_dir() else None
-    train, val = [], []
+    train, val, skipped = [], [], 0
     if metrics is not None and metrics.is_file():
-        rows, _ = read_rows(metrics)
+        try:
+            rows, skipped = read_rows(metrics)
+        except OSError as exc:
+            raise CharrnnError(f"Cannot read {metrics}: {exc.strerror or exc}.") from None
         for row in rows:
             step, event = row.get("step"), row.get("event")
             loss = row.get("train_loss" if event == "train" else "val_loss")
@@ -37,11 +54,15 @@ def loss_curves(run: str | os.PathLike) -> dict[str, list[tuple[float, float]]]:
         val = [(s, v / LN2) for s, v in progress.history_val]
     if not train and not val:
         raise CharrnnError(f"{run} has no recorded losses to plot.")
-    return {"train": train, "validation": val}
+    return Curves(train, val, skipped)
 
 
-def save_png(curves: dict[str, list[tuple[float, float]]], path: str | os.PathLike, title: str = "") -> Path:
-    """Draw the curves with matplotlib (headless) into `path`."""
+def save_png(curves: Curves, path: str | os.PathLike, title: str = "") -> Path:
+    """Draw the curves with matplotlib (headless) into `path`; its extension names the
+    format (png, svg, pdf, ...)."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        raise CharrnnError(f"{path} exists and is not a regular file; choose another file for the picture.")
     try:
         import matplotlib
 
@@ -52,6 +73,11 @@ def save_png(curves: dict[str, list[tuple[float, float]]], path: str | os.PathLi
             "Writing a picture needs matplotlib: pip install 'charrnn-cli[plot]', or use --terminal."
         ) from None
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    formats = fig.canvas.get_supported_filetypes()
+    if path.suffix.lower().lstrip(".") not in formats:
+        plt.close(fig)
+        raise CharrnnError(f"Cannot write a picture as {path.name}: use one of the extensions {', '.join('.' + f for f in sorted(formats))}.")
+    curves = curves.as_dict()
     for name, style in (("train", dict(lw=1, alpha=0.7)), ("validation", dict(lw=2, marker="o", ms=3))):
         pts = curves.get(name) or []
         if pts:
@@ -62,7 +88,6 @@ def save_png(curves: dict[str, list[tuple[float, float]]], path: str | os.PathLi
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
     try:
         fig.savefig(path)
     except OSError as exc:

@@ -172,8 +172,42 @@ def make_plan(req: Request, stdin: io.BufferedIOBase | None = None, *, main: boo
     elif stored is None:
         model_options, sizing = size_model(model_options, config, encoded)
     model_config = ModelConfig(vocab_size=encoded.vocab.size, **model_options)
+    _check_memory(model_config, config)
     return Plan(req.run_dir, model_config, config, encoded, stored if req.resume else None,
                 stored if req.init_from is not None else None, sizing, main and req.overwrite and not req.resume)
+
+
+def _available_memory(device_name: str) -> int | None:
+    """Bytes the run can use: free GPU memory for CUDA, else MemAvailable (Linux)."""
+    if device_name.startswith("cuda") or device_name == "auto":
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.mem_get_info()[0]
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _check_memory(model: ModelConfig, config: TrainConfig) -> None:
+    """Refuse, before anything is allocated, a model whose weights, gradients and AdamW
+    moments (4 float32 copies) alone would not fit in memory."""
+    from .sizing import count_parameters
+
+    params = count_parameters(model.cell, model.hidden_size, model.num_layers, model.input_size, model.vocab_size,
+                              embedding=not model.one_hot, tied=model.tie_weights)
+    needed = 16 * params
+    available = _available_memory(config.device)
+    if available is not None and needed > available:
+        raise ConfigError(
+            f"A {model.num_layers} x {model.hidden_size} {model.cell.upper()} has {params:,} parameters and needs at "
+            f"least {needed / 1e9:,.1f} GB to train, but {available / 1e9:,.1f} GB are available; lower --hidden-size."
+        )
 
 
 def size_model(model_options: dict, config: TrainConfig, encoded) -> tuple[dict, dict | None]:
@@ -192,7 +226,7 @@ def size_model(model_options: dict, config: TrainConfig, encoded) -> tuple[dict,
         return options, None
     # Every given value checked before it is used to time candidate models.
     probe = {"hidden_size": options.get("embedding_size", 64) if options.get("tie_weights") else 1, **options}
-    ModelConfig(vocab_size=encoded.vocab.size, **probe)
+    _check_memory(ModelConfig(vocab_size=encoded.vocab.size, **probe), config)  # before timing a given size
     defaults = ModelConfig(vocab_size=1)
     get = lambda name: options.get(name, getattr(defaults, name))  # noqa: E731
     world = world_from_env()
@@ -291,6 +325,8 @@ class Run:
         from .runlock import RunLock
 
         try:
+            if self.world.main:
+                self._refuse_foreign_folder()
             if self.world.active:
                 self._enter_distributed()
             else:
@@ -302,6 +338,22 @@ class Run:
             self.__exit__(None, None, None)
             raise
         return self
+
+    def _refuse_foreign_folder(self) -> None:
+        """A new run goes only into a folder that is empty or holds charrnn's own files,
+        unless --overwrite says to use it anyway (and then only charrnn's files go)."""
+        if self.request.resume or self.request.overwrite or self.run_dir.has_run():
+            return  # (a folder with a run gets "already holds a training run" from the plan)
+        path = self.run_dir.path
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"Cannot use {path} as a run folder: it is a file.")
+        foreign = self.run_dir.foreign()
+        if foreign:
+            listed = ", ".join(p.name for p in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise ConfigError(
+                f"{path} holds files charrnn did not write ({listed}); choose another folder with --out, "
+                f"or pass --overwrite to use it anyway (charrnn replaces only its own files)."
+            )
 
     def __exit__(self, *exc) -> bool:
         if self._lock is not None:

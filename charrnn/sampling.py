@@ -57,9 +57,15 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None, t
     return logits
 
 
+GREEDY_BELOW = 1e-6
+
+
 def choose(logits: torch.Tensor, cfg: SampleConfig, generator: torch.Generator) -> torch.Tensor:
-    """Next token per stream: argmax at temperature 0, else a draw from the filtered distribution."""
-    if cfg.temperature == 0:
+    """Next token per stream: argmax at temperature 0, else a draw from the filtered distribution.
+
+    Temperatures below `GREEDY_BELOW` are greedy too: dividing logits by them overflows to
+    infinities (and NaN probabilities), and the distribution is a point mass anyway."""
+    if cfg.temperature < GREEDY_BELOW:
         return logits.argmax(dim=-1)
     probs = torch.softmax(filter_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p), dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

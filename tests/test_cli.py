@@ -285,3 +285,19 @@ def test_export_and_eval_of_a_random_weight_checkpoint(random_checkpoint, tmp_pa
     b = json.loads(invoke("eval", tmp_path / "t.txt", "-c", out, "--json").stdout)
     assert a["nats_per_char"] == pytest.approx(b["nats_per_char"], abs=1e-6)
     assert abs(a["nats_per_char"] - math.log(9)) < 0.5  # untrained: near uniform over 9 characters
+
+
+def test_train_option_defaults_are_the_configuration_defaults():
+    """The CLI passes only the options a user set; what it shows as defaults in --help must
+    therefore be exactly what the configuration dataclasses use."""
+    from charrnn.config import CorpusOptions, ModelConfig, TrainConfig
+
+    model, train, corpus = ModelConfig(vocab_size=1), TrainConfig(max_steps=1), CorpusOptions()
+    command = main.commands["train"]
+    checked = 0
+    for param in command.params:
+        for config in ((corpus,) if param.name == "vocab_size" else (model, train, corpus)):
+            if param.name in config.__dataclass_fields__ and isinstance(param.default, (int, float, str)) and not param.is_flag:
+                assert param.default == getattr(config, param.name), param.name
+                checked += 1
+    assert checked >= 12

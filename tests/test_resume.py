@@ -241,12 +241,14 @@ def test_sigint_saves_and_resume_matches_uninterrupted(tmp_path, corpus):
 
 
 @pytest.mark.slow
-def test_sigterm_exits_143(tmp_path, corpus):
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_save_and_exit(tmp_path, corpus, sig, code):
     proc = _start(corpus, tmp_path / "run", 100000)
     _wait_for(tmp_path / "run" / "latest.pt", proc)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err
+    assert proc.returncode == code, err
+    assert "Resume with" in err
     assert checkpoint.load(tmp_path / "run" / "latest.pt").progress.step > 0
 
 

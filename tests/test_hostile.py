@@ -1,0 +1,327 @@
+"""Hostile input, table-driven: every row is a command a user (or an attacker) might run.
+
+Each row gives the command line (built from the row's set-up in a fresh folder), the exit
+code it must end with, and a piece of the one sentence it must print. For every row,
+stderr is short and holds no traceback, and every file that existed before the command
+is byte-for-byte the same afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from charrnn import checkpoint
+from charrnn.cli import main
+
+TEXT = "the cat sat on the mat.\n" * 300
+SMALL = ["--hidden-size", "16", "--num-layers", "1", "--embedding-size", "8", "--batch-size", "4",
+         "--seq-len", "16", "--threads", "1", "-q"]
+
+
+@pytest.fixture
+def world(tmp_path, random_checkpoint, monkeypatch):
+    """A folder with a corpus, a run (random weights, resumable copy of a real run is not
+    needed for refusals), the user's own files, and a few odd files."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.txt").write_text(TEXT, encoding="utf-8")
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(random_checkpoint, run / "best.pt")
+    shutil.copy(random_checkpoint, run / "latest.pt")
+    (run / "notes.md.tmp").write_text("my notes")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "corpus.json").write_text("{}")
+    (tmp_path / "mine" / "step-by-step.pt").write_text("not charrnn's")
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    (tmp_path / "bad-utf8.txt").write_bytes(b"ROMEO:\xff\xfe\n")
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "blank.txt").write_text("  \n\n ")
+    (tmp_path / "binary.bin").write_bytes(b"\x00\x01\x02" * 100)
+    (tmp_path / "existing.pt").write_bytes(b"precious")
+    (tmp_path / "target.txt").write_text("the link's target")
+    (tmp_path / "link.pt").symlink_to(tmp_path / "target.txt")
+    (tmp_path / "metrics-run").mkdir()
+    (tmp_path / "metrics-run" / "metrics.jsonl").write_text('{"event": "train", "step": 1, "train_loss": 2.0}\n{oops\n')
+    return tmp_path
+
+
+def tampered(world: Path, **changes) -> str:
+    data = torch.load(world / "run" / "best.pt", weights_only=True)
+    for key, value in changes.items():
+        section, _, field = key.partition("__")
+        if field:
+            data[section][field] = value
+        else:
+            data[section] = value
+    path = world / f"tampered-{len(list(world.glob('tampered-*')))}.pt"
+    torch.save(data, path)
+    return str(path)
+
+
+def nan_weights(world: Path) -> str:
+    data = torch.load(world / "run" / "best.pt", weights_only=True)
+    data["model"]["head.bias"] = torch.full_like(data["model"]["head.bias"], float("nan"))
+    torch.save(data, world / "nan.pt")
+    return str(world / "nan.pt")
+
+
+# (id, argv builder, exit code, a piece of the message)
+CASES = [
+    # numbers that are not numbers, or that cannot work
+    ("temp-nan", lambda w: ["sample", "--temp", "nan"], 2, "not a finite number"),
+    ("top-p-nan", lambda w: ["sample", "--top-p", "nan"], 2, "not a finite number"),
+    ("lr-nan", lambda w: ["train", "c.txt", "--lr", "nan"], 2, "not a finite number"),
+    ("dropout-nan", lambda w: ["train", "c.txt", "--dropout", "nan"], 2, "not a finite number"),
+    ("val-fraction-nan", lambda w: ["train", "c.txt", "--val-fraction", "nan"], 2, "not a finite number"),
+    ("max-epochs-nan", lambda w: ["train", "c.txt", "--max-epochs", "nan"], 2, "not a finite number"),
+    ("max-epochs-inf", lambda w: ["train", "c.txt", "--max-epochs", "inf"], 2, "not a finite number"),
+    ("seed-huge", lambda w: ["train", "c.txt", "--seed", str(2**70)], 2, "--seed"),
+    ("sample-seed-huge", lambda w: ["sample", "--seed", str(2**70)], 2, "--seed"),
+    ("samples-huge", lambda w: ["sample", "-N", str(10**12)], 2, "--num-samples"),
+    ("hidden-huge", lambda w: ["train", "c.txt", "--out", "h", "--hidden-size", str(10**7), "--max-steps", "1"], 1,
+     "hidden_size must be an integer"),
+    ("hidden-too-big-for-memory", lambda w: ["train", "c.txt", "--out", "h", "--hidden-size", "16384", "--num-layers",
+                                             "8", "--dropout", "0", "--max-steps", "1"], 1, "GB to train"),
+    ("max-time-words", lambda w: ["train", "c.txt", "--max-time", "forever"], 2, "not a duration"),
+    # sources
+    ("corpus-missing", lambda w: ["train", "nope.txt"], 1, "does not exist"),
+    ("corpus-empty", lambda w: ["train", "empty.txt", "--out", "e"], 1, "is empty"),
+    ("corpus-blank", lambda w: ["train", "blank.txt", "--out", "b"], 1, "only whitespace"),
+    ("corpus-binary", lambda w: ["train", "binary.bin", "--out", "b"], 1, "binary"),
+    ("corpus-bad-utf8", lambda w: ["train", "bad-utf8.txt", "--out", "b"], 1, "not valid UTF-8"),
+    ("corpus-device", lambda w: ["train", "/dev/zero", "--out", "z"], 1, "device or socket"),
+    ("encoding-rot13", lambda w: ["train", "c.txt", "--out", "r", "--encoding", "rot13"], 1, "Unknown text encoding"),
+    ("encoding-hex", lambda w: ["train", "c.txt", "--out", "r", "--encoding", "hex"], 1, "Unknown text encoding"),
+    ("encoding-bogus", lambda w: ["train", "c.txt", "--out", "r", "--encoding", "klingon"], 1, "Unknown text encoding"),
+    # runs and folders: nothing lost
+    ("existing-run", lambda w: ["train", "c.txt", "--out", "run", *SMALL], 1, "already holds a training run"),
+    ("foreign-folder", lambda w: ["train", "c.txt", "--out", "mine", *SMALL], 1, "holds files charrnn did not write"),
+    ("out-is-file", lambda w: ["train", "c.txt", "--out", "blocker", *SMALL], 2, "is a file"),
+    ("out-under-file", lambda w: ["train", "c.txt", "--out", "blocker/run", *SMALL], 1, "Cannot use run folder"),
+    ("overwrite-cuda", lambda w: ["train", "c.txt", "--out", "run", "--overwrite", "--device", "cuda", *SMALL]
+     if not torch.cuda.is_available() else ["train", "c.txt", "--out", "run", "--overwrite", "-b", "100000"],
+     1, "cuda" if not torch.cuda.is_available() else "too short"),
+    ("overwrite-big-batch", lambda w: ["train", "c.txt", "--out", "run", "--overwrite", "-b", "100000",
+                                       "--max-steps", "1", "--hidden-size", "8"], 1, "too short"),
+    ("overwrite-tie-mismatch", lambda w: ["train", "c.txt", "--out", "run", "--overwrite", "--tie-weights",
+                                          "--hidden-size", "32", "--embedding-size", "8", "--max-steps", "1"], 1,
+     "--tie-weights"),
+    ("resume-exported", lambda w: ["train", "c.txt", "--out", "run", "--resume"], 1, "weights only"),
+    ("resume-nothing", lambda w: ["train", "c.txt", "--out", "fresh", "--resume"], 1, "Nothing to resume"),
+    ("resume-a-file", lambda w: ["train", "c.txt", "--resume", "existing.pt"], 2, "takes a run folder"),
+    ("init-from-junk", lambda w: ["train", "c.txt", "--out", "i", "--init-from", "existing.pt"], 1,
+     "truncated or corrupt"),
+    # tampered checkpoints, every reading command
+    *[(f"{cmd}-{name}", (lambda cmd, kw: lambda w: [*cmd.split(), tampered(w, **kw)] if cmd in ("info", "plot")
+                         else [*cmd.split(), "-c", tampered(w, **kw)] if cmd != "export"
+                         else ["export", tampered(w, **kw), "out.pt"])(cmd, kw), 1, msg)
+      for cmd in ("sample", "info", "plot", "export", "eval c.txt")
+      for name, kw, msg in [
+          ("hidden-negative", {"model_config__hidden_size": -5}, "hidden_size must be"),
+          ("dropout-5", {"model_config__dropout": 5.0}, "dropout must be"),
+          ("short-vocab", {"vocab__chars": "ab"}, "vocabulary has 2 entries"),
+          ("epoch-none", {"epoch": None}, "epoch is not"),
+          ("config-list", {"model_config": [1, 2, 3]}, "model_config section"),
+      ]],
+    ("sample-nan-weights", lambda w: ["sample", "-c", nan_weights(w)], 1, "not all finite"),
+    ("info-junk", lambda w: ["info", "existing.pt"], 1, "truncated or corrupt"),
+    ("sample-missing", lambda w: ["sample", "-c", "nowhere.pt"], 1, "does not exist"),
+    # export destinations
+    ("export-exists", lambda w: ["export", "run", "existing.pt"], 1, "already exists"),
+    ("export-symlink", lambda w: ["export", "run", "link.pt"], 1, "already exists"),
+    ("export-device", lambda w: ["export", "run", "/dev/null", "--force"], 1, "not a regular file"),
+    ("export-under-file", lambda w: ["export", "run", "blocker/x.pt"], 1, "is a file, not a folder"),
+    # prime and output
+    ("prime-file-missing", lambda w: ["sample", "-c", "run", "--prime-file", "nope.txt"], 1, "Cannot read the prime"),
+    ("prime-file-bad-utf8", lambda w: ["sample", "-c", "run", "--prime-file", "bad-utf8.txt"], 1, "not valid UTF-8"),
+    ("prime-unknown-chars", lambda w: ["sample", "-c", "run", "--prime", "Ωmega"], 1, "outside the model's vocabulary"),
+    ("plot-bad-extension", lambda w: ["plot", "run", "-o", "loss.xyz"], 1, "use one of the extensions"),
+    ("plot-device", lambda w: ["plot", "run", "-o", "/dev/full"], 1, "not a regular file"),
+    ("plot-nothing", lambda w: ["plot", "nowhere"], 1, "does not exist"),
+]
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            path = Path(dirpath) / name
+            if path.is_symlink() or not stat.S_ISREG(path.lstat().st_mode):
+                out[str(path)] = f"link:{os.readlink(path)}" if path.is_symlink() else "special"
+            else:
+                out[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.mark.parametrize("build, code, message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_hostile_case(world, build, code, message):
+    argv = build(world)
+    before = snapshot(world)
+    result = CliRunner().invoke(main, argv, catch_exceptions=False)
+    after = snapshot(world)
+    assert result.exit_code == code, (result.exit_code, result.stderr)
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) <= 4, result.stderr
+    assert message in result.stderr, result.stderr
+    changed = [p for p, digest in before.items() if after.get(p) != digest]
+    assert not changed, f"files changed or removed: {changed}"
+
+
+def test_the_table_is_wide():
+    assert len(CASES) >= 60
+
+
+def _charrnn(*args, **kw):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "charrnn", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+@pytest.mark.slow
+def test_a_named_pipe_is_read_as_a_stream(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    proc = _charrnn("train", str(fifo), "--out", str(tmp_path / "r"), "--max-steps", "2", *SMALL)
+    with open(fifo, "w", encoding="utf-8") as fh:  # blocks until charrnn opens the pipe
+        fh.write(TEXT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert checkpoint.load(tmp_path / "r" / "latest.pt").progress.step == 2
+
+
+@pytest.mark.slow
+def test_a_pipe_inside_a_corpus_folder_is_skipped_not_waited_on(tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text(TEXT)
+    os.mkfifo(tmp_path / "notes" / "pipe")
+    proc = _charrnn("train", str(tmp_path / "notes"), "--out", str(tmp_path / "r"), "--max-steps", "2", *SMALL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_reading_the_corpus_exits_130_with_a_sentence(tmp_path):
+    import signal
+    import time
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)  # nobody writes: charrnn waits in set-up
+    proc = _charrnn("train", str(fifo), "--out", str(tmp_path / "r"), "--max-steps", "2", *SMALL)
+    time.sleep(4)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "while setting up" in err
+    assert not (tmp_path / "r" / "latest.pt").exists()
+
+
+@pytest.mark.slow
+def test_a_run_inside_its_own_corpus_folder_can_be_resumed(tmp_path):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.txt").write_text(TEXT)
+    first = _charrnn("train", str(notes), "--out", str(notes / "run"), "--max-steps", "2", *SMALL)
+    assert first.wait(timeout=120) == 0, first.communicate()
+    again = _charrnn("train", str(notes), "--out", str(notes / "run"), "--resume", "--max-steps", "4")
+    _, err = again.communicate(timeout=120)
+    assert again.returncode == 0, err
+    assert checkpoint.load(notes / "run" / "latest.pt").progress.step == 4
+
+
+@pytest.mark.parametrize("redirect, message", [(">/dev/full", "Cannot write to standard output"),
+                                               (">&-", "Standard output is closed")])
+@pytest.mark.slow
+def test_stdout_full_or_closed_is_one_sentence(random_checkpoint, redirect, message):
+    import subprocess
+    import sys
+
+    for command in (f"sample -c {random_checkpoint} --length 50", f"info {random_checkpoint}"):
+        proc = subprocess.run(f"{sys.executable} -m charrnn {command} {redirect}", shell=True,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1, (command, proc.stderr)
+        assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MB tmpfs (root only): the disk-full rows run on it."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount
+    subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def _fill(folder: Path, leave: int) -> None:
+    free = shutil.disk_usage(folder).free
+    with open(folder / "filler", "wb") as fh:
+        fh.write(b"\0" * max(0, free - leave))
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_saving_keeps_the_earlier_checkpoints(small_disk, tmp_path):
+    (tmp_path / "c.txt").write_text(TEXT)
+    run = small_disk / "run"
+    runner = CliRunner()
+    first = runner.invoke(main, ["train", str(tmp_path / "c.txt"), "--out", str(run), "--max-steps", "4",
+                                 "--eval-every", "2", *SMALL], catch_exceptions=False)
+    assert first.exit_code == 0, first.stderr
+    before = {p.name: p.read_bytes() for p in run.glob("*.pt")}
+    _fill(small_disk, leave=8192)
+    again = runner.invoke(main, ["train", str(tmp_path / "c.txt"), "--out", str(run), "--resume", "--max-steps", "8"],
+                          catch_exceptions=False)
+    assert again.exit_code == 1, again.stderr
+    assert "no space left in" in again.stderr and "MB are free" in again.stderr and "Traceback" not in again.stderr
+    assert {p.name: p.read_bytes() for p in run.glob("*.pt")} == before
+    assert not list(run.glob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_writing_the_corpus_cache_is_one_sentence(small_disk, tmp_path):
+    big = tmp_path / "big.txt"
+    big.write_text(TEXT * 40)  # about 290 KB of ids
+    _fill(small_disk, leave=65536)
+    result = CliRunner().invoke(main, ["train", str(big), "--out", str(small_disk / "run"), "--max-steps", "1", *SMALL],
+                                catch_exceptions=False)
+    assert result.exit_code == 1, result.stderr
+    assert "Cannot write the corpus cache" in result.stderr and "Traceback" not in result.stderr
+    assert not list((small_disk / "run").glob(".*.tmp"))
+
+
+def test_a_utf16_corpus_trains_with_its_encoding_named(tmp_path):
+    corpus = tmp_path / "u16.txt"
+    corpus.write_text(TEXT, encoding="utf-16")
+    refused = CliRunner().invoke(main, ["train", str(corpus), "--out", str(tmp_path / "a"), "--max-steps", "1", *SMALL])
+    assert refused.exit_code == 1 and "--encoding" in refused.stderr
+    result = CliRunner().invoke(main, ["train", str(corpus), "--out", str(tmp_path / "b"), "--max-steps", "1",
+                                       "--encoding", "utf-16", *SMALL], catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    assert checkpoint.load(tmp_path / "b" / "latest.pt").model_config.vocab_size == len(set(TEXT))
+
+
+def test_a_corrupt_id_cache_is_rebuilt(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(TEXT)
+    args = ["train", str(corpus), "--out", str(tmp_path / "r"), "--max-steps", "1", *SMALL]
+    assert CliRunner().invoke(main, args, catch_exceptions=False).exit_code == 0
+    ids = tmp_path / "r" / "corpus.ids"
+    data = bytearray(ids.read_bytes())
+    data[10] = 250  # an id far outside a 12-character vocabulary
+    ids.write_bytes(bytes(data))
+    again = CliRunner().invoke(main, [*args, "--overwrite"], catch_exceptions=False)
+    assert again.exit_code == 0, again.stderr
+    assert max(ids.read_bytes()) < len(set(TEXT))
