@@ -408,6 +408,8 @@ class Run:
         plan = self.plan
         train_ids, val_ids = split_ids(plan.corpus.ids, plan.train_config.val_fraction)
         corpus = plan.corpus.info()
+        if plan.resume_from is not None:  # what the run was sized to and started from stays on record
+            corpus = {**plan.resume_from.corpus, **corpus}
         if plan.init_from is not None:
             corpus["init_from"] = self.request.init_from
         trainer = Trainer(plan.model_config, plan.train_config, plan.corpus.vocab, train_ids, val_ids,

@@ -70,6 +70,16 @@ def test_extended_budget_continues(tmp_path, corpus):
     assert [s for s, _ in history] == [10, 20, 30, 40, 50, 60]
 
 
+def test_resume_keeps_what_the_run_was_sized_to(tmp_path, corpus):
+    model = {k: v for k, v in MODEL.items() if k != "dropout"}
+    with Run(corpus, out=tmp_path / "r", model_options=model, train_options={**TRAIN, "max_steps": 10}) as run:
+        list(run.events())
+    sizing = checkpoint.load(tmp_path / "r" / "latest.pt").corpus["sizing"]
+    assert sizing["auto"] == ["dropout"]
+    train(corpus, tmp_path / "r", resume=True, train={"max_steps": 20}, explicit={"max_steps"})
+    assert checkpoint.load(tmp_path / "r" / "latest.pt").corpus["sizing"] == sizing
+
+
 def test_resume_refuses_other_corpus_and_other_sizes(tmp_path, corpus):
     train(corpus, tmp_path / "r", train={"max_steps": 5})
     other = tmp_path / "other.txt"
