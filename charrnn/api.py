@@ -18,7 +18,7 @@ from . import checkpoint
 from .data import as_streams
 from .devices import resolve_device
 from .checkpoint import Checkpoint
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError, CorpusError
 from .model import CharRNN
 from .sampling import Chunk, Sampler, SampleConfig
 from .trainer import LN2, evaluate
@@ -67,10 +67,14 @@ class Model:
     ) -> Iterator[Chunk]:
         """Generate `num_samples` continuations of `prime` together, as chunks holding the
         new text of each sample and which samples have finished. `quantize` steps on int8
-        weights (CPU only)."""
+        weights (CPU only). `stop` is one string or several; `max_time` is seconds or a
+        duration such as "30s"."""
+        prime = _text(prime, "prime")
+        if isinstance(max_time, str):
+            max_time = _duration(max_time)
         cfg = SampleConfig(
             length=length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-            num_samples=num_samples, stop=tuple(stop), max_time=max_time,
+            num_samples=num_samples, stop=(stop,) if isinstance(stop, str) else tuple(stop), max_time=max_time,
         )
         yield from Sampler(self.net, self.vocab, self.device, quantize=quantize).generate(prime, cfg)
 
@@ -84,17 +88,41 @@ class Model:
     def loss(self, text: str, seq_len: int = 256, streams: int = 16) -> LossReport:
         """Cross-entropy of `text` under the model with carried state, in nats per character;
         characters outside the vocabulary are counted and left out."""
+        text = _text(text, "text")
+        for name, value in (("seq_len", seq_len), ("streams", streams)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be an integer at least 1, not {value!r}.")
         unknown, excluded = self.vocab.unknown_chars(text)
         if unknown:
             table = {ord(c): None for c in unknown}
             text = text.translate(table)
         ids = self.vocab.encode(text)
         if len(ids) < 2:
-            return LossReport(math.nan, 0, excluded)
+            if excluded:
+                raise CorpusError(f"Only {len(text):,} characters of the text are inside the model's vocabulary "
+                                  f"({excluded:,} are outside it); at least two are needed to score it.")
+            raise CorpusError(f"The text is too short to score ({len(text):,} characters); at least two are needed.")
         streams = max(1, min(streams, len(ids) // (seq_len + 1)))
         lengths = torch.from_numpy(self.vocab.char_lengths())
         result = evaluate(self.net, as_streams(ids, streams), seq_len, self.device, char_lengths=lengths)
         return LossReport(result.per_char, result.chars, excluded, result.per_token, result.tokens)
+
+
+def _text(value, name: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be text (a str), not {type(value).__name__}.")
+    return value
+
+
+def _duration(text: str) -> float:
+    from .durations import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise ConfigError(f"max_time: {exc}.") from None
 
 
 def load(path: str | os.PathLike | None = None, device: str = "cpu", root: str | os.PathLike = "checkpoints") -> Model:

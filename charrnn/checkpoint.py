@@ -343,8 +343,10 @@ def load(path: str | os.PathLike, map_location="cpu") -> Checkpoint:
     """Read and validate a checkpoint file; tensors land on `map_location` (CPU by default)."""
     import torch
 
-    path = Path(path)
+    path = _path(path, "checkpoint")
     if not path.is_file():
+        if path.exists():
+            raise CheckpointError(f"Checkpoint {path} is not a regular file (a folder, device or pipe).")
         raise CheckpointError(f"Checkpoint {path} does not exist.")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
@@ -362,9 +364,19 @@ def load(path: str | os.PathLike, map_location="cpu") -> Checkpoint:
     return from_payload(data, path)
 
 
+def _path(path, what: str, hint: str = "a checkpoint file or run folder") -> Path:
+    """`path` as a Path; an empty string (an unset shell variable) is refused, not taken
+    as the current folder."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise CheckpointError(f"A {what} is named by a path, not by {type(path).__name__}.")
+    if not os.fspath(path):
+        raise CheckpointError(f"The {what} path is empty; name {hint}.")
+    return Path(path)
+
+
 def resolve(path: str | os.PathLike) -> Path:
     """A checkpoint file, or a run folder's best (else latest) checkpoint."""
-    path = Path(path)
+    path = _path(path, "checkpoint")
     if path.is_dir():
         run = RunDir(path)
         for candidate in (run.best, run.latest):
@@ -398,7 +410,7 @@ class Found:
 def find(path: str | os.PathLike | None, root: str | os.PathLike = "checkpoints") -> Found:
     """An explicit checkpoint or run folder, else the newest best.pt under `root`, else the
     bundled Tiny Shakespeare model."""
-    if path:
+    if path is not None:
         return Found(resolve(path))
     found = newest_best(root)
     if found is not None:
@@ -413,6 +425,7 @@ def find(path: str | os.PathLike | None, root: str | os.PathLike = "checkpoints"
 def check_destination(dst: Path, force: bool = False) -> None:
     """Refuse a destination that would lose something: an existing file (unless `force`),
     anything that is not a regular file (a device, a folder), a folder that is a file."""
+    dst = _path(dst, "destination", "a file to write")
     if dst.is_symlink() or dst.exists():
         if not dst.is_symlink() and not dst.is_file():
             raise CheckpointError(f"{dst} exists and is not a regular file; choose another destination.")
@@ -430,9 +443,12 @@ def export(src: str | os.PathLike, dst: str | os.PathLike, half: bool = False, f
     cannot be resumed), and with `half`, float16 weights (half the size; loading turns
     them back into float32). An existing destination is replaced only with `force`, and
     then a symbolic link itself is replaced, never the file it points to."""
-    dst = Path(dst)
+    dst = _path(dst, "destination", "a file to write")
     check_destination(dst, force)
-    ckpt = load(resolve(src))
+    source = resolve(src)
+    if dst.parent.resolve() / dst.name == source.resolve():  # (a link to it is replaced, not followed)
+        raise CheckpointError(f"{dst} is the checkpoint being exported; choose another destination.")
+    ckpt = load(source)
     weights = ckpt.weights
     if half:
         weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}

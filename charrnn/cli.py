@@ -16,12 +16,11 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .config import CELLS, MAX_SEED
+from .config import CELLS, MAX_SAMPLES, MAX_SEED
 from .durations import parse_duration
 from .errors import CharrnnError, Interrupted
 
 DEFAULT_ROOT = "checkpoints"
-MAX_SAMPLES = 100_000  # samples share one batch: their states must fit in memory together
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -290,6 +289,8 @@ def read_prime(prime: str, prime_file: str | None) -> str:
     if prime_file is not None:
         if prime:
             raise click.UsageError("Use either --prime or --prime-file, not both.")
+        if not prime_file:
+            raise click.ClickException("The --prime-file path is empty; name a file, or - for standard input.")
         where = "standard input" if prime_file == "-" else prime_file
         try:
             with click.open_file(prime_file, "rb") as fh:
@@ -413,8 +414,6 @@ def evaluate(file, ckpt, as_json, seq_len, streams, device, encoding, checkpoint
     path = model.path
     text = read_corpus(file, encoding=encoding).text
     report = model.loss(text, seq_len=seq_len, streams=streams)
-    if report.chars == 0:
-        raise click.ClickException(f"{file} has too few characters inside the model's vocabulary to evaluate.")
     result = {
         "file": file, "checkpoint": str(path), "nats_per_char": report.nats_per_char,
         "bits_per_char": report.bits_per_char, "perplexity": report.perplexity,
@@ -510,8 +509,8 @@ def plot(run, output, terminal, checkpoints_dir):
     from .plotting import loss_curves, save_png
     from .termplot import line_plot
 
-    if run:
-        target = Path(run)
+    if run is not None:
+        target = run
     else:
         from .checkpoint import find
 
@@ -520,7 +519,8 @@ def plot(run, output, terminal, checkpoints_dir):
     curves = loss_curves(target)
     if curves.skipped:
         click.echo(f"Note: skipped {curves.skipped} damaged line{'s' if curves.skipped != 1 else ''} of the metrics file.", err=True)
-    if output:
+    if output is not None:
+        target = Path(target)
         path = save_png(curves, output, title=f"charrnn: {target.name if target.is_dir() else target.parent.name}")
         click.echo(f"Wrote {path}", err=True)
     if terminal or not output:

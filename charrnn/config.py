@@ -20,9 +20,10 @@ TOKENIZERS = ("char", "sentencepiece")
 
 MAX_HIDDEN = 16384
 MAX_SEED = 2**64 - 1
+MAX_SAMPLES = 100_000  # samples generated together share one batch: their states must fit in memory
 
 
-def _check(obj, name: str, kind: type, lo=None, hi=None, *, lo_open=False, hi_open=False, optional=False) -> None:
+def check_number(obj, name: str, kind: type, lo=None, hi=None, *, lo_open=False, hi_open=False, optional=False) -> None:
     """One rule for every numeric field: the right type, finite, inside [lo, hi]."""
     value = getattr(obj, name)
     if value is None and optional:
@@ -73,11 +74,11 @@ class ModelConfig:
     def __post_init__(self):
         if self.cell not in CELLS:
             raise ConfigError(f"Unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}.")
-        _check(self, "vocab_size", int, 1, 2**31 - 1)
-        _check(self, "hidden_size", int, 1, MAX_HIDDEN)
-        _check(self, "num_layers", int, 1, 64)
-        _check(self, "embedding_size", int, 1, MAX_HIDDEN)
-        _check(self, "dropout", float, 0, 1, hi_open=True)
+        check_number(self, "vocab_size", int, 1, 2**31 - 1)
+        check_number(self, "hidden_size", int, 1, MAX_HIDDEN)
+        check_number(self, "num_layers", int, 1, 64)
+        check_number(self, "embedding_size", int, 1, MAX_HIDDEN)
+        check_number(self, "dropout", float, 0, 1, hi_open=True)
         _choice(self, "nonlinearity", ("tanh", "relu"))
         for name in ("one_hot", "tie_weights"):
             if not isinstance(getattr(self, name), bool):
@@ -127,18 +128,18 @@ class TrainConfig:
 
     def __post_init__(self):
         for name in ("batch_size", "seq_len", "eval_every", "log_every", "eval_max_tokens", "max_bad_steps"):
-            _check(self, name, int, 1)
-        _check(self, "warmup_steps", int, 0)
+            check_number(self, name, int, 1)
+        check_number(self, "warmup_steps", int, 0)
         for name in ("max_steps", "patience", "keep_every"):
-            _check(self, name, int, 1, optional=True)
-        _check(self, "lr", float, 0, lo_open=True)
+            check_number(self, name, int, 1, optional=True)
+        check_number(self, "lr", float, 0, lo_open=True)
         for name in ("weight_decay", "grad_clip"):
-            _check(self, name, float, 0)
-        _check(self, "min_lr_ratio", float, 0, 1)
-        _check(self, "val_fraction", float, 0, 1, hi_open=True)
+            check_number(self, name, float, 0)
+        check_number(self, "min_lr_ratio", float, 0, 1)
+        check_number(self, "val_fraction", float, 0, 1, hi_open=True)
         for name in ("max_epochs", "max_time"):
-            _check(self, name, float, 0, lo_open=True, optional=True)
-        _check(self, "seed", int, 0, MAX_SEED)
+            check_number(self, name, float, 0, lo_open=True, optional=True)
+        check_number(self, "seed", int, 0, MAX_SEED)
         if not (isinstance(self.device, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device)):
             raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, not {self.device!r}.")
         _choice(self, "precision", ("auto", "fp32", "bf16"))
@@ -162,7 +163,7 @@ class CorpusOptions:
 
     def __post_init__(self):
         _choice(self, "tokenizer", TOKENIZERS)
-        _check(self, "vocab_size", int, 260, 1_000_000)
+        check_number(self, "vocab_size", int, 260, 1_000_000)
         _choice(self, "sp_model_type", ("unigram", "bpe"))
         _choice(self, "errors", ("strict", "replace", "ignore"))
         _choice(self, "newline", ("keep", "lf"))

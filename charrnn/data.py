@@ -132,6 +132,8 @@ def normalise_newlines(text: str, newline: str) -> str:
 
 
 def _source_files(source: str) -> tuple[list[Path], str]:
+    if not source:  # an unset shell variable: never read the current folder in its place
+        raise CorpusError("The corpus path is empty; name a file, a folder, or - for standard input.")
     path = Path(source)
     if not path.exists():
         raise CorpusError(f"Corpus {source} does not exist.")
@@ -164,7 +166,7 @@ def _resolve(source: str | os.PathLike) -> _Source:
 def _codec(encoding: str) -> codecs.CodecInfo:
     try:
         info = codecs.lookup(encoding)
-    except LookupError:
+    except (LookupError, TypeError):  # TypeError: not a string at all (from the API)
         info = None
     if info is None or not getattr(info, "_is_text_encoding", True):  # e.g. rot13, base64
         raise CorpusError(f"Unknown text encoding {encoding!r}.")
@@ -450,6 +452,7 @@ def encode_corpus(
     vocab: Vocabulary | None = None,
     options: CorpusOptions = CorpusOptions(),
     stdin: io.BufferedIOBase | None = None,
+    verify: Callable[[str], None] | None = None,
 ) -> EncodedCorpus:
     """Read and encode a corpus with any vocabulary kind, never holding more than a block
     of its text (beyond what a tokenizer trains on).
@@ -461,6 +464,9 @@ def encode_corpus(
     reused while the files keep their size, mtime and head/tail hashes and the reading and
     tokenizer options (or the given vocabulary) stay the same. Standard input is read
     once into memory and goes through the same passes, without a cache.
+
+    `verify` is called with the text's sha256 after the first pass, before anything is
+    encoded or written (a resumed run refuses another text there, its cache untouched).
     """
     src = _resolve(source)
     builder = _builder(options) if vocab is None else None  # an unknown tokenizer fails before any reading
@@ -480,8 +486,10 @@ def encode_corpus(
         cached = _load_cache(cache, fingerprint, vocab, options)
         if cached is not None:
             ids, vocab, meta = cached
+            if verify is not None:
+                verify(meta["sha256"])
             return EncodedCorpus(ids, vocab, src.name, src.spec, meta["chars"], src.count, meta["sha256"])
-    encoded = _encode(src, read, vocab, builder, options, cache, fingerprint)
+    encoded = _encode(src, read, vocab, builder, options, cache, fingerprint, verify)
     if _sizes(src) != sizes:
         changed = next(p for p, a, b in zip(src.files, sizes, _sizes(src)) if a != b)
         raise CorpusError(f"{changed} changed while it was being read; train on a copy that nothing is writing to.")
@@ -502,7 +510,8 @@ def _sizes(src: _Source) -> list[int]:
 
 
 def _encode(src: _Source, read: Callable[[], Blocks], vocab: Vocabulary | None, builder: VocabularyBuilder | None,
-            options: CorpusOptions, cache: Path | None, fingerprint: dict | None) -> EncodedCorpus:
+            options: CorpusOptions, cache: Path | None, fingerprint: dict | None,
+            verify: Callable[[str], None] | None = None) -> EncodedCorpus:
     """The one `EncodedCorpus` builder. The first pass over `read()` checks, counts and
     hashes the text (and feeds `builder`, which makes the vocabulary when none is given);
     the second writes the ids, into memory or through the cache file."""
@@ -514,6 +523,8 @@ def _encode(src: _Source, read: Callable[[], Blocks], vocab: Vocabulary | None, 
         if builder is not None:
             builder.add(block)
     _check_text(chars, has_text, src)
+    if verify is not None:
+        verify(digest.hexdigest())
     if builder is not None:
         vocab = builder.build(read)
     if cache is None:

@@ -13,6 +13,7 @@ def parse_duration(text: str) -> float:
     s = text.strip().lower().replace(" ", "")
     if not s:
         raise ValueError("empty duration")
+    text = text if len(text) <= 40 else text[:37] + "..."  # as messages show it
     pos, total = 0, 0.0
     while pos < len(s):
         m = _PART.match(s, pos)
@@ -24,6 +25,8 @@ def parse_duration(text: str) -> float:
             raise ValueError(f"{text!r} is not a duration like 90s, 10m or 1h30m")
     if total <= 0:
         raise ValueError(f"{text!r} is not a positive duration")
+    if total == float("inf"):
+        raise ValueError(f"{text!r} is too long to be a duration")
     return total
 
 

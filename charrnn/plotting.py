@@ -31,6 +31,8 @@ class Curves:
 def loss_curves(run: str | os.PathLike) -> Curves:
     """Train and validation loss in bits per character by step, from a run folder's
     metrics file, or from a checkpoint's stored history."""
+    if not os.fspath(run):  # an unset shell variable, not the current folder
+        raise CharrnnError("The run path is empty; name a run folder or a checkpoint file.")
     run = Path(run)
     metrics = RunDir(run).metrics if run.is_dir() else None
     train, val, skipped = [], [], 0
@@ -60,6 +62,8 @@ def loss_curves(run: str | os.PathLike) -> Curves:
 def save_png(curves: Curves, path: str | os.PathLike, title: str = "") -> Path:
     """Draw the curves with matplotlib (headless) into `path`; its extension names the
     format (png, svg, pdf, ...)."""
+    if not os.fspath(path):
+        raise CharrnnError("The picture's path is empty; name a file such as loss.png.")
     path = Path(path)
     if path.exists() and not path.is_file():
         raise CharrnnError(f"{path} exists and is not a regular file; choose another file for the picture.")

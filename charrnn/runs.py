@@ -158,14 +158,17 @@ def make_plan(req: Request, stdin: io.BufferedIOBase | None = None, *, main: boo
             raise ConfigError(f"The run in {req.run_dir.path} was trained on standard input; pipe the same text and pass - as the corpus.")
     model_options, train_options = _merged_options(req, stored)
     config = TrainConfig(**train_options)
-    encoded = encode_corpus(corpus, cache_dir=req.run_dir.path, vocab=vocab, options=req.corpus_options, stdin=stdin)
-    if req.resume:
-        was = stored.corpus.get("sha256")
-        if was is not None and was != encoded.sha256:
+
+    def same_text(sha256: str) -> None:  # checked before the run's corpus cache is touched
+        was = stored.corpus.get("sha256") if req.resume else None
+        if was is not None and was != sha256:
             raise ConfigError(
                 f"The corpus {corpus} differs from the text the run in {req.run_dir.path} was trained on; "
                 f"resume with the same text, or start a new run on it with --init-from {req.run_dir.path}."
             )
+
+    encoded = encode_corpus(corpus, cache_dir=req.run_dir.path, vocab=vocab, options=req.corpus_options, stdin=stdin,
+                            verify=same_text)
     sizing = None
     if sized is not None:
         model_options, sizing = sized
@@ -305,6 +308,8 @@ class Run:
             raise ConfigError("Name a corpus to train on (a file, a folder, or - for stdin).")
         if corpus is not None and corpus != "-":
             check_source(corpus)  # a missing corpus is reported before any folder is created
+        if out is not None and not os.fspath(out):  # an unset shell variable, not the current folder
+            raise ConfigError("The run folder path is empty; name a folder with --out.")
         run_dir = RunDir(out if out is not None else Path(root) / corpus_name(corpus))
         explicit = set(model_options) | set(train_options) if explicit is None else set(explicit)
         self.request = Request(corpus, run_dir, model_options, train_options, resume,

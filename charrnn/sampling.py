@@ -16,6 +16,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from .config import MAX_SAMPLES, MAX_SEED, check_number
+from .errors import ConfigError
 from .model import CharRNN, State
 
 
@@ -38,6 +40,19 @@ class SampleConfig:
     stop: tuple[str, ...] = ()
     max_time: float | None = None  # seconds
     chunk_chars: int = 32  # flush granularity of the yielded text
+
+    def __post_init__(self):
+        """The same rules as the command line's options, for callers of the API."""
+        check_number(self, "length", int, 0)
+        check_number(self, "temperature", float, 0)
+        check_number(self, "top_k", int, 1, optional=True)
+        check_number(self, "top_p", float, 0, 1, lo_open=True, optional=True)
+        check_number(self, "seed", int, 0, MAX_SEED, optional=True)
+        check_number(self, "num_samples", int, 1, MAX_SAMPLES)
+        check_number(self, "max_time", float, 0, lo_open=True, optional=True)
+        check_number(self, "chunk_chars", int, 1)
+        if not isinstance(self.stop, tuple) or not all(isinstance(s, str) and s for s in self.stop):
+            raise ConfigError(f"stop must be a tuple of non-empty strings, not {self.stop!r}.")
 
 
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -119,8 +134,6 @@ class Sampler:
         self.step = lambda ids, state: model.step(ids, state, cells=cells)
         if quantize:
             if self.device.type != "cpu":
-                from .errors import ConfigError
-
                 raise ConfigError("--quantize (int8 weights) works on the CPU only.")
             from .quantize import QuantizedStepper
 

@@ -236,9 +236,11 @@ class Trainer:
         block of rows [rank*B/W, (rank+1)*B/W); on a GPU they live on the device."""
         c = self.config
         if len(train_ids) < c.batch_size * 2:
+            held = f" (--val-fraction {c.val_fraction:g} holds out {len(val_ids):,} more)" if len(val_ids) else ""
             raise ConfigError(
                 f"The training text is too short for --batch-size {c.batch_size}: it needs at least "
-                f"{c.batch_size * 2} tokens but has {len(train_ids)}; lower --batch-size."
+                f"{c.batch_size * 2} tokens but has {len(train_ids):,}{held}; lower --batch-size"
+                + (" or --val-fraction." if held else ".")
             )
         train = as_streams(train_ids, c.batch_size)
         val_ids = val_ids[: c.eval_max_tokens]

@@ -9,6 +9,7 @@ is byte-for-byte the same afterwards.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 import stat
@@ -18,7 +19,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from charrnn import checkpoint
+import charrnn
+from charrnn import CharrnnError, checkpoint
 from charrnn.cli import main
 
 TEXT = "the cat sat on the mat.\n" * 300
@@ -27,7 +29,7 @@ SMALL = ["--hidden-size", "16", "--num-layers", "1", "--embedding-size", "8", "-
 
 
 @pytest.fixture
-def world(tmp_path, random_checkpoint, monkeypatch):
+def world(tmp_path, random_checkpoint, resumable_run, monkeypatch):
     """A folder with a corpus, a run (random weights, resumable copy of a real run is not
     needed for refusals), the user's own files, and a few odd files."""
     monkeypatch.chdir(tmp_path)
@@ -50,7 +52,25 @@ def world(tmp_path, random_checkpoint, monkeypatch):
     (tmp_path / "link.pt").symlink_to(tmp_path / "target.txt")
     (tmp_path / "metrics-run").mkdir()
     (tmp_path / "metrics-run" / "metrics.jsonl").write_text('{"event": "train", "step": 1, "train_loss": 2.0}\n{oops\n')
+    (tmp_path / "other.txt").write_text("a different text entirely! " * 300)
+    (tmp_path / "alien.txt").write_text("xyzxyz")  # nothing inside the random run's vocabulary
+    (tmp_path / "hollow").mkdir()  # a folder without text files or checkpoints
+    (tmp_path / "junkrun").mkdir()
+    (tmp_path / "junkrun" / "latest.pt").write_bytes(b"junk")
+    (tmp_path / "junkrun" / "best.pt").write_bytes(b"junk")
+    shutil.copytree(resumable_run, tmp_path / "real")  # a real, resumable run trained on c.txt
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def resumable_run(tmp_path_factory) -> Path:
+    """A run trained for two steps of a tiny model on TEXT: for the rows that resume."""
+    root = tmp_path_factory.mktemp("resumable")
+    (root / "c.txt").write_text(TEXT, encoding="utf-8")
+    result = CliRunner().invoke(main, ["train", str(root / "c.txt"), "--out", str(root / "run"), "--max-steps", "2",
+                                       "--eval-every", "1", *SMALL], catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    return root / "run"
 
 
 def tampered(world: Path, **changes) -> str:
@@ -146,7 +166,136 @@ CASES = [
     ("plot-bad-extension", lambda w: ["plot", "run", "-o", "loss.xyz"], 1, "use one of the extensions"),
     ("plot-device", lambda w: ["plot", "run", "-o", "/dev/full"], 1, "not a regular file"),
     ("plot-nothing", lambda w: ["plot", "nowhere"], 1, "does not exist"),
+    # eval of what is not a usable text
+    ("eval-missing", lambda w: ["eval", "nope.txt", "-c", "run"], 1, "does not exist"),
+    ("eval-binary", lambda w: ["eval", "binary.bin", "-c", "run"], 1, "looks like a binary file"),
+    ("eval-empty", lambda w: ["eval", "empty.txt", "-c", "run"], 1, "is empty"),
+    ("eval-blank", lambda w: ["eval", "blank.txt", "-c", "run"], 1, "only whitespace"),
+    ("eval-folder-without-text", lambda w: ["eval", "hollow", "-c", "run"], 1, "contains no text files"),
+    ("eval-empty-path", lambda w: ["eval", "", "-c", "run"], 1, "corpus path is empty"),
+    ("eval-outside-vocabulary", lambda w: ["eval", "alien.txt", "-c", "run"], 1, "inside the model's vocabulary"),
+    ("eval-stdin-empty", lambda w: (["eval", "-", "-c", "run"], b""), 1, "from stdin is empty"),
+    ("eval-stdin-binary", lambda w: (["eval", "-", "-c", "run"], b"\x00\x01\x02"), 1, "binary data"),
+    ("eval-device", lambda w: ["eval", "/dev/zero", "-c", "run"], 1, "device or socket"),
+    # checkpoints that are not there or not checkpoints
+    ("ckpt-folder-without-checkpoints", lambda w: ["sample", "-c", "hollow"], 1, "has no best.pt or latest.pt"),
+    ("ckpt-empty-path", lambda w: ["sample", "-c", ""], 1, "checkpoint path is empty"),
+    ("ckpt-device", lambda w: ["sample", "-c", "/dev/null"], 1, "not a regular file"),
+    ("eval-junk-run", lambda w: ["eval", "c.txt", "-c", "junkrun"], 1, "truncated or corrupt"),
+    ("info-junk-run", lambda w: ["info", "junkrun"], 1, "truncated or corrupt"),
+    ("plot-junk-run", lambda w: ["plot", "junkrun"], 1, "truncated or corrupt"),
+    ("export-junk-run", lambda w: ["export", "junkrun", "x.pt"], 1, "truncated or corrupt"),
+    ("info-empty-path", lambda w: ["info", ""], 1, "checkpoint path is empty"),
+    ("plot-empty-path", lambda w: ["plot", ""], 1, "run path is empty"),
+    ("plot-device-checkpoint", lambda w: ["plot", "/dev/null"], 1, "not a regular file"),
+    ("plot-damaged-metrics", lambda w: ["plot", "metrics-run"], 0, "skipped 1 damaged line"),
+    ("plot-empty-output", lambda w: ["plot", "run", "-o", ""], 1, "picture's path is empty"),
+    # sampling options at and past their edges
+    ("prime-file-folder", lambda w: ["sample", "-c", "run", "--prime-file", "hollow"], 2, "is a directory"),
+    ("prime-file-empty-path", lambda w: ["sample", "-c", "run", "--prime-file", ""], 1, "--prime-file path is empty"),
+    ("prime-stdin-bad-utf8", lambda w: (["sample", "-c", "run", "--prime", "-"], b"ROMEO:\xff"), 1, "not valid UTF-8"),
+    ("stop-empty", lambda w: ["sample", "-c", "run", "--stop", "", "--length", "5", "--seed", "1"], 0, ""),
+    ("sample-max-time-0", lambda w: ["sample", "-c", "run", "--max-time", "0"], 2, "not a positive duration"),
+    ("sample-max-time-endless", lambda w: ["sample", "-c", "run", "--max-time", "9" * 400 + "h"], 2,
+     "too long to be a duration"),
+    ("sample-length-0", lambda w: ["sample", "-c", "run", "--length", "0"], 0, ""),
+    ("sample-top-k-huge", lambda w: ["sample", "-c", "run", "--top-k", str(10**9), "--length", "5", "--seed", "1"], 0, ""),
+    # training options that cannot work
+    ("threads-0", lambda w: ["train", "c.txt", "--threads", "0"], 2, "--threads"),
+    ("encoding-empty", lambda w: ["train", "c.txt", "--out", "r", "--encoding", ""], 1, "Unknown text encoding"),
+    ("errors-bogus", lambda w: ["train", "c.txt", "--errors", "bogus"], 2, "'bogus' is not one of"),
+    ("max-time-endless", lambda w: ["train", "c.txt", "--max-time", "9" * 400 + "h"], 2, "too long to be a duration"),
+    ("val-fraction-0.99", lambda w: ["train", "c.txt", "--out", "v", "--val-fraction", "0.99", "--max-steps", "1",
+                                     *SMALL, "-b", "64"], 1, "--val-fraction 0.99 holds out"),
+    ("batch-size-beyond-corpus", lambda w: ["train", "c.txt", "--out", "b", "--max-steps", "1", *SMALL, "-b", "100000"],
+     1, "too short for --batch-size 100000"),
+    ("seq-len-beyond-corpus", lambda w: ["train", "c.txt", "--out", "s", "--max-steps", "1", *SMALL, "-t", "100000"],
+     0, ""),  # windows end with the streams: one window of the whole stream
+    ("train-empty-corpus-path", lambda w: ["train", "", "--out", "e"], 1, "corpus path is empty"),
+    ("train-empty-out", lambda w: ["train", "c.txt", "--out", "", *SMALL], 1, "run folder path is empty"),
+    ("stdin-empty", lambda w: (["train", "-", "--out", "s", *SMALL], b""), 1, "from stdin is empty"),
+    ("stdin-binary", lambda w: (["train", "-", "--out", "s", *SMALL], b"\x00\x01\x02" * 9), 1, "binary data"),
+    ("stdin-blank", lambda w: (["train", "-", "--out", "s", *SMALL], b" \n\t\n"), 1, "only whitespace"),
+    # resume and fine-tune: refused before the run is touched
+    ("resume-empty-path", lambda w: ["train", "c.txt", "--resume", ""], 1, "run folder path is empty"),
+    ("resume-junk-latest", lambda w: ["train", "c.txt", "--out", "junkrun", "--resume"], 1, "truncated or corrupt"),
+    ("resume-other-corpus", lambda w: ["train", "other.txt", "--out", "real", "--resume", "--max-steps", "3"], 1,
+     "differs from the text the run"),
+    ("resume-other-size", lambda w: ["train", "c.txt", "--out", "real", "--resume", "--hidden-size", "32"], 1,
+     "--hidden-size 32 (the run has 16)"),
+    ("resume-other-tokenizer", lambda w: ["train", "c.txt", "--out", "real", "--resume", "--tokenizer",
+                                          "sentencepiece"], 1, "--tokenizer sentencepiece (the run has char)"),
+    ("resume-other-batch", lambda w: ["train", "c.txt", "--out", "real", "--resume", "-b", "8"], 1,
+     "--batch-size 8 (the run has 4)"),
+    ("resume-and-init-from", lambda w: ["train", "c.txt", "--out", "x", "--init-from", "run", "--resume"], 1,
+     "either --resume or --init-from"),
+    ("init-from-tokenizer-mismatch", lambda w: ["train", "c.txt", "--out", "i", "--init-from", "real", "--tokenizer",
+                                                "sentencepiece", "--max-steps", "1"], 1, "Cannot fine-tune from real"),
+    ("init-from-vocabulary-mismatch", lambda w: ["train", "c.txt", "--out", "i", "--init-from", "run",
+                                                 "--max-steps", "1"], 1, "outside the model's vocabulary"),
+    ("init-from-hollow-folder", lambda w: ["train", "c.txt", "--out", "i", "--init-from", "hollow"], 1,
+     "has no best.pt or latest.pt"),
+    # export destinations, again
+    ("export-half-into-missing-folder", lambda w: ["export", "run", "new/sub/x.pt", "--half"], 0, "Wrote new/sub/x.pt"),
+    ("export-onto-its-source", lambda w: ["export", "real/latest.pt", "real/latest.pt", "--force"], 1,
+     "is the checkpoint being exported"),
+    ("export-empty-destination", lambda w: ["export", "run", ""], 1, "destination path is empty"),
 ]
+
+
+def _model(w: Path):
+    return charrnn.load(w / "run")
+
+
+# The Python API: (id, call, a piece of the message); each must raise CharrnnError.
+API_CASES = [
+    ("train-batch-size-0", lambda w: charrnn.train("c.txt", out="a", batch_size=0, max_steps=1), "batch_size must be"),
+    ("train-max-time-words", lambda w: charrnn.train("c.txt", out="a", max_time="forever"), "not a duration"),
+    ("train-max-time-nan", lambda w: charrnn.train("c.txt", out="a", max_time=float("nan")), "max_time must be"),
+    ("train-hidden-float", lambda w: charrnn.train("c.txt", out="a", hidden_size=8.5, max_steps=1),
+     "hidden_size must be an integer"),
+    ("train-encoding-none", lambda w: charrnn.train("c.txt", out="a", encoding=None, max_steps=1), "Unknown text encoding"),
+    ("train-empty-corpus", lambda w: charrnn.train("", out="a", max_steps=1), "corpus path is empty"),
+    ("train-empty-out", lambda w: charrnn.train("c.txt", out="", max_steps=1), "run folder path is empty"),
+    ("train-existing-run", lambda w: charrnn.train("c.txt", out="run", max_steps=1), "already holds a training run"),
+    ("train-resume-other-corpus", lambda w: charrnn.train("other.txt", out="real", resume=True, max_steps=3),
+     "differs from the text"),
+    ("train-stdin-empty", lambda w: charrnn.train("-", out="s", stdin=io.BytesIO(b""), max_steps=1), "is empty"),
+    ("load-junk", lambda w: charrnn.load("existing.pt"), "truncated or corrupt"),
+    ("load-missing", lambda w: charrnn.load("nope.pt"), "does not exist"),
+    ("load-empty-path", lambda w: charrnn.load(""), "checkpoint path is empty"),
+    ("load-not-a-path", lambda w: charrnn.load(5), "named by a path"),
+    ("load-hollow-folder", lambda w: charrnn.load("hollow"), "has no best.pt or latest.pt"),
+    ("load-device-bogus", lambda w: charrnn.load("run", device="tpu"), "Unknown device"),
+    ("loss-empty", lambda w: _model(w).loss(""), "too short to score"),
+    ("loss-outside-vocabulary", lambda w: _model(w).loss("xyz"), "inside the model's vocabulary"),
+    ("loss-seq-len-0", lambda w: _model(w).loss("abc abc", seq_len=0), "seq_len must be"),
+    ("loss-not-text", lambda w: _model(w).loss(b"abc"), "must be text"),
+    ("generate-temperature-negative", lambda w: list(_model(w).generate(temperature=-1)), "temperature must be"),
+    ("generate-temperature-nan", lambda w: list(_model(w).generate(temperature=float("nan"))), "temperature must be"),
+    ("generate-length-negative", lambda w: list(_model(w).generate(length=-1)), "length must be"),
+    ("generate-top-k-0", lambda w: list(_model(w).generate(top_k=0)), "top_k must be"),
+    ("generate-top-p-0", lambda w: list(_model(w).generate(top_p=0)), "top_p must be"),
+    ("generate-seed-huge", lambda w: list(_model(w).generate(seed=2**70)), "seed must be"),
+    ("generate-max-time-0", lambda w: list(_model(w).generate(max_time=0)), "max_time must be"),
+    ("generate-max-time-words", lambda w: list(_model(w).generate(max_time="forever")), "not a duration"),
+    ("generate-stop-empty", lambda w: list(_model(w).generate(stop=("",))), "non-empty strings"),
+    ("generate-prime-outside", lambda w: list(_model(w).generate("ZZZ")), "outside the model's vocabulary"),
+    ("generate-prime-not-text", lambda w: list(_model(w).generate(5)), "prime must be text"),
+    ("stream-num-samples-0", lambda w: list(_model(w).stream(num_samples=0)), "num_samples must be"),
+    ("stream-num-samples-huge", lambda w: list(_model(w).stream(num_samples=10**12)), "at most 100000"),
+]
+
+
+@pytest.mark.parametrize("call, message", [c[1:] for c in API_CASES], ids=[c[0] for c in API_CASES])
+def test_hostile_api_call(world, call, message):
+    before = snapshot(world)
+    with pytest.raises(CharrnnError) as caught:
+        call(world)
+    assert message in str(caught.value) and "\n" not in str(caught.value), str(caught.value)
+    after = snapshot(world)
+    changed = [p for p, digest in before.items() if after.get(p) != digest]
+    assert not changed, f"files changed or removed: {changed}"
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -164,8 +313,9 @@ def snapshot(root: Path) -> dict[str, str]:
 @pytest.mark.parametrize("build, code, message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_hostile_case(world, build, code, message):
     argv = build(world)
+    argv, stdin = argv if isinstance(argv, tuple) else (argv, None)  # (argv, bytes on stdin)
     before = snapshot(world)
-    result = CliRunner().invoke(main, argv, catch_exceptions=False)
+    result = CliRunner().invoke(main, argv, input=stdin, catch_exceptions=False)
     after = snapshot(world)
     assert result.exit_code == code, (result.exit_code, result.stderr)
     assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) <= 4, result.stderr
@@ -175,7 +325,7 @@ def test_hostile_case(world, build, code, message):
 
 
 def test_the_table_is_wide():
-    assert len(CASES) >= 60
+    assert len(CASES) >= 90
 
 
 def _charrnn(*args, **kw):
@@ -263,7 +413,7 @@ def small_disk(tmp_path):
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True).returncode:
         pytest.skip("cannot mount a tmpfs here")
     yield mount
-    subprocess.run(["umount", str(mount)], capture_output=True)
+    subprocess.run(["umount", "--lazy", str(mount)], capture_output=True)  # a memory map may still hold it
 
 
 def _fill(folder: Path, leave: int) -> None:
