@@ -475,3 +475,45 @@ def test_a_corrupt_id_cache_is_rebuilt(tmp_path):
     again = CliRunner().invoke(main, [*args, "--overwrite"], catch_exceptions=False)
     assert again.exit_code == 0, again.stderr
     assert max(ids.read_bytes()) < len(set(TEXT))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["sample", "eval"])
+def test_ctrl_c_while_sampling_or_scoring_exits_130_quietly(random_checkpoint, tmp_path, command):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    if command == "sample":
+        args = ["sample", "-c", str(random_checkpoint), "--length", str(10**9)]
+    else:
+        big = tmp_path / "big.txt"
+        big.write_text("abc defg\n" * 2_000_000)
+        args = ["eval", str(big), "-c", str(random_checkpoint), "--streams", "1", "--seq-len", "8"]
+    proc = subprocess.Popen([sys.executable, "-m", "charrnn", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(4)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err == "", err
+
+
+def test_a_file_that_grows_while_it_is_read_is_reported(tmp_path, monkeypatch):
+    """Simulated: the corpus gains text between the two streaming passes."""
+    from charrnn import data
+    from charrnn.errors import CorpusError
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(TEXT)
+    original = data._check_text
+
+    def grow(*args, **kwargs):
+        original(*args, **kwargs)
+        with open(corpus, "a") as fh:
+            fh.write("the cat sat on the mat.\n")  # characters the vocabulary knows
+
+    monkeypatch.setattr(data, "_check_text", grow)
+    with pytest.raises(CorpusError, match="changed while it was being read"):
+        data.encode_corpus(corpus, cache_dir=tmp_path / "run")
