@@ -408,9 +408,12 @@ class Found:
 
 
 def find(path: str | os.PathLike | None, root: str | os.PathLike = "checkpoints") -> Found:
-    """An explicit checkpoint or run folder, else the newest best.pt under `root`, else the
-    bundled Tiny Shakespeare model."""
+    """An explicit checkpoint or run folder (or the name of a run under `root`), else the
+    newest best.pt under `root`, else the bundled Tiny Shakespeare model."""
     if path is not None:
+        if isinstance(path, str) and path and os.sep not in path and not Path(path).exists() \
+                and (Path(root) / path).is_dir():
+            return Found(resolve(Path(root) / path))  # a run's name: `-c tinyshakespeare` for checkpoints/tinyshakespeare
         return Found(resolve(path))
     found = newest_best(root)
     if found is not None:

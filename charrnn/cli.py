@@ -127,9 +127,10 @@ def quiet_exit_on_broken_pipe():
     raise SystemExit(0)
 
 
-@click.group(context_settings=CONTEXT)
+@click.group(context_settings=CONTEXT, invoke_without_command=True)
 @click.version_option(__version__, "--version", prog_name="charrnn")
-def main():
+@click.pass_context
+def main(ctx):
     """Train character-level RNNs on any text and stream samples from them.
 
     \b
@@ -139,6 +140,9 @@ def main():
       charrnn sample --prime "ROMEO:" | head -5
       cat notes/*.txt | charrnn train - --out checkpoints/notes
     """
+    if ctx.invoked_subcommand is None:  # plain `charrnn`: the overview, not a usage error
+        click.echo(ctx.get_help())
+
 
 
 # -- train ----------------------------------------------------------------------------------
@@ -268,6 +272,8 @@ def load_model(ckpt: str | None, checkpoints_dir: str, device: str = "cpu", quie
     model = load(ckpt, device=device, root=checkpoints_dir)
     if model.bundled and not quiet:
         click.echo(f"Note: no checkpoint under {checkpoints_dir}/; using the bundled Tiny Shakespeare model.", err=True)
+    elif ckpt is None and not quiet:  # chosen for the user: say which
+        click.echo(f"Using {model.path}.", err=True)
     return model
 
 
@@ -311,7 +317,7 @@ def _utf8(data: bytes, where: str) -> str:
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("-c", "--checkpoint", "ckpt", help="Checkpoint file or run folder [default: newest best.pt under ./checkpoints].")
+@click.option("-c", "--checkpoint", "ckpt", help="Checkpoint file, run folder or run name [default: newest best.pt under ./checkpoints].")
 @click.option("--temp", "--temperature", "temperature", type=FiniteFloat(min=0), default=0.8, show_default=True, help="Sampling temperature; 0 is greedy (always the most likely character).")
 @click.option("--top-k", type=click.IntRange(min=1), help="Sample only among the K most likely characters.")
 @click.option("--top-p", type=FiniteFloat(0, 1, min_open=True), help="Nucleus sampling: only the most likely characters holding probability P.")
@@ -326,12 +332,13 @@ def _utf8(data: bytes, where: str) -> str:
 @click.option("--separator", default="\\n\\n", show_default=True, help="Written between samples (\\n understood).")
 @click.option("--jsonl", is_flag=True, help='One JSON object per sample: {"sample": i, "prime": ..., "text": ...}.')
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), help="Random seed: same checkpoint, seed and options give the same text [default: random].")
+@click.option("-q", "--quiet", is_flag=True, help="Do not say on stderr which checkpoint is used.")
 @click.option("--quantize", is_flag=True, help="int8 weights for the per-character steps (CPU): faster single-stream sampling.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu", show_default=True, envvar="CHARRNN_DEVICE", show_envvar=True, help="Where to run the model.")
 @checkpoints_option
 @fail_on_library_errors
 def sample(ckpt, temperature, top_k, top_p, length, prime, prime_file, echo_prime, unknown, stop, max_time,
-           num_samples, separator, jsonl, seed, quantize, device, checkpoints_dir):
+           num_samples, separator, jsonl, seed, quiet, quantize, device, checkpoints_dir):
     """Stream generated text to stdout.
 
     Only the generated text goes to stdout, written as it is produced, so the command
@@ -348,7 +355,7 @@ def sample(ckpt, temperature, top_k, top_p, length, prime, prime_file, echo_prim
     """
     from .vocab import unknown_message
 
-    model = load_model(ckpt, checkpoints_dir, device)
+    model = load_model(ckpt, checkpoints_dir, device, quiet=quiet)
     prime = read_prime(prime, prime_file)
     bad, count = model.vocab.unknown_chars(prime)
     if bad:
@@ -388,15 +395,16 @@ def sample(ckpt, temperature, top_k, top_p, length, prime, prime_file, echo_prim
 # -- eval -------------------------------------------------------------------------------------
 @main.command("eval", context_settings=CONTEXT)
 @click.argument("file")
-@click.option("-c", "--checkpoint", "ckpt", help="Checkpoint file or run folder [default: newest best.pt under ./checkpoints].")
+@click.option("-c", "--checkpoint", "ckpt", help="Checkpoint file, run folder or run name [default: newest best.pt under ./checkpoints].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a sentence.")
 @click.option("--seq-len", type=click.IntRange(min=1), default=256, show_default=True, help="Window length; the state is carried across windows.")
 @click.option("--streams", type=click.IntRange(min=1), default=16, show_default=True, help="Parallel streams the file is cut into.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu", show_default=True, envvar="CHARRNN_DEVICE", show_envvar=True, help="Where to run the model.")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of FILE.")
+@click.option("-q", "--quiet", is_flag=True, help="Do not say on stderr which checkpoint is used.")
 @checkpoints_option
 @fail_on_library_errors
-def evaluate(file, ckpt, as_json, seq_len, streams, device, encoding, checkpoints_dir):
+def evaluate(file, ckpt, as_json, seq_len, streams, device, encoding, quiet, checkpoints_dir):
     """Report a model's loss on FILE (- for stdin): nats and bits per character, perplexity.
 
     The text is cut into a few long streams and read in windows with the state carried
@@ -410,7 +418,7 @@ def evaluate(file, ckpt, as_json, seq_len, streams, device, encoding, checkpoint
     """
     from .data import read_corpus
 
-    model = load_model(ckpt, checkpoints_dir, device)
+    model = load_model(ckpt, checkpoints_dir, device, quiet=quiet)
     path = model.path
     text = read_corpus(file, encoding=encoding).text
     report = model.loss(text, seq_len=seq_len, streams=streams)

@@ -301,3 +301,24 @@ def test_train_option_defaults_are_the_configuration_defaults():
                 assert param.default == getattr(config, param.name), param.name
                 checked += 1
     assert checked >= 12
+
+
+def test_plain_charrnn_prints_help_and_a_run_name_works_with_c(trained, monkeypatch, tmp_path):
+    plain = invoke()
+    assert plain.exit_code == 0 and "Commands:" in plain.stdout
+    monkeypatch.chdir(tmp_path)  # no ./run here: "run" can only be the run's name under the checkpoints folder
+    by_name = invoke("sample", "-c", "run", "--checkpoints-dir", trained, "--length", 10, "--seed", 1)
+    by_path = invoke("sample", "-c", trained / "run", "--length", 10, "--seed", 1)
+    assert by_name.exit_code == 0 and by_name.stdout == by_path.stdout
+
+
+def test_sample_and_eval_say_which_checkpoint_they_chose(trained, monkeypatch):
+    monkeypatch.chdir(trained)
+    chosen = invoke("sample", "--checkpoints-dir", ".", "--length", 5)
+    assert chosen.exit_code == 0 and chosen.stderr.startswith("Using ") and "best.pt" in chosen.stderr
+    assert len(chosen.stdout) == 5
+    quiet = invoke("sample", "--checkpoints-dir", ".", "--length", 5, "-q")
+    assert quiet.stderr == ""
+    (trained / "t.txt").write_text("the cat sat on the mat. " * 20)
+    scored = invoke("eval", "t.txt", "--checkpoints-dir", ".", "-q", "--json")
+    assert scored.exit_code == 0 and scored.stderr == ""
