@@ -441,6 +441,50 @@ def check_destination(dst: Path, force: bool = False) -> None:
         raise CheckpointError(f"Cannot write {dst}: {parent} is a file, not a folder.")
 
 
+@dataclass(frozen=True)
+class Listed:
+    """One model `charrnn list` shows: a run under the checkpoints folder, or the bundled one."""
+
+    name: str
+    path: Path
+    checkpoint: Checkpoint | None  # None when the file cannot be read
+    problem: str | None = None
+    bundled: bool = False
+
+    def row(self) -> dict:
+        """Plain types: what `charrnn list --json` prints for this model."""
+        out = {"name": self.name, "path": str(self.path), "bundled": self.bundled, "error": self.problem}
+        if self.checkpoint is not None:
+            c, p = self.checkpoint, self.checkpoint.progress
+            out.update(cell=c.model_config.cell, num_layers=c.model_config.num_layers,
+                       hidden_size=c.model_config.hidden_size,
+                       best_val_bits_per_char=None if p.best_val_loss is None else p.best_val_loss / math.log(2),
+                       best_val_loss=p.best_val_loss, corpus=c.corpus.get("name"), steps=p.step)
+        out["modified"] = self.path.stat().st_mtime if self.path.exists() else None
+        return out
+
+
+def list_runs(root: str | os.PathLike) -> list[Listed]:
+    """The runs directly under `root` (each by its best, else latest checkpoint), most
+    recently changed first, then the bundled model."""
+    root = Path(root)
+    found = []
+    folders = sorted(root.iterdir()) if root.is_dir() else []
+    for folder in folders:
+        run = RunDir(folder)
+        path = run.best if run.best.is_file() else run.latest if run.latest.is_file() else None
+        if path is None:
+            continue
+        try:
+            found.append(Listed(folder.name, path, load(path)))
+        except CheckpointError as exc:
+            found.append(Listed(folder.name, path, None, str(exc)))
+    found.sort(key=lambda item: item.path.stat().st_mtime, reverse=True)
+    if BUNDLED.is_file():
+        found.append(Listed(BUNDLED.stem, BUNDLED, load(BUNDLED), bundled=True))
+    return found
+
+
 def export(src: str | os.PathLike, dst: str | os.PathLike, half: bool = False, force: bool = False) -> Path:
     """Write a sampling-only copy of a checkpoint: no optimizer, hidden or RNG state (so it
     cannot be resumed), and with `half`, float16 weights (half the size; loading turns

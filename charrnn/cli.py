@@ -25,6 +25,18 @@ DEFAULT_ROOT = "checkpoints"
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
+def complete_checkpoints(ctx: click.Context, param, incomplete: str):
+    """TAB completion for a checkpoint argument: the names of the runs under the checkpoints
+    folder, then files and folders (the shell completes those)."""
+    from click.shell_completion import CompletionItem
+
+    root = Path(ctx.params.get("checkpoints_dir") or os.environ.get("CHARRNN_CHECKPOINTS") or DEFAULT_ROOT)
+    names = []
+    if root.is_dir():
+        names = sorted(p.name for p in root.iterdir() if (p / "best.pt").is_file() or (p / "latest.pt").is_file())
+    return [CompletionItem(n) for n in names if n.startswith(incomplete)] + [CompletionItem(incomplete, type="file")]
+
+
 checkpoints_option = click.option(
     "--checkpoints-dir", default=DEFAULT_ROOT, envvar="CHARRNN_CHECKPOINTS", show_envvar=True, show_default=True,
     type=click.Path(file_okay=False), help="Folder that holds runs (new runs go to <folder>/<corpus name>).")
@@ -155,7 +167,7 @@ def explicit_options(ctx: click.Context, names) -> set[str]:
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("corpus", required=False)
+@click.argument("corpus", required=False, type=click.Path(allow_dash=True))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Run folder for checkpoints [default: checkpoints/<corpus name>].")
 @click.option("--resume", "resume", is_flag=False, flag_value=".", default=None, metavar="[RUN]",
               help="Continue the run in --out (or in RUN) from its latest.pt exactly where it stopped.")
@@ -317,7 +329,7 @@ def _utf8(data: bytes, where: str) -> str:
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("-c", "--checkpoint", "ckpt", help="Checkpoint file, run folder or run name [default: newest best.pt under ./checkpoints].")
+@click.option("-c", "--checkpoint", "ckpt", shell_complete=complete_checkpoints, help="Checkpoint file, run folder or run name [default: newest best.pt under ./checkpoints].")
 @click.option("--temp", "--temperature", "temperature", type=FiniteFloat(min=0), default=0.8, show_default=True, help="Sampling temperature; 0 is greedy (always the most likely character).")
 @click.option("--top-k", type=click.IntRange(min=1), help="Sample only among the K most likely characters.")
 @click.option("--top-p", type=FiniteFloat(0, 1, min_open=True), help="Nucleus sampling: only the most likely characters holding probability P.")
@@ -394,8 +406,8 @@ def sample(ckpt, temperature, top_k, top_p, length, prime, prime_file, echo_prim
 
 # -- eval -------------------------------------------------------------------------------------
 @main.command("eval", context_settings=CONTEXT)
-@click.argument("file")
-@click.option("-c", "--checkpoint", "ckpt", help="Checkpoint file, run folder or run name [default: newest best.pt under ./checkpoints].")
+@click.argument("file", type=click.Path(allow_dash=True))
+@click.option("-c", "--checkpoint", "ckpt", shell_complete=complete_checkpoints, help="Checkpoint file, run folder or run name [default: newest best.pt under ./checkpoints].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a sentence.")
 @click.option("--seq-len", type=click.IntRange(min=1), default=256, show_default=True, help="Window length; the state is carried across windows.")
 @click.option("--streams", type=click.IntRange(min=1), default=16, show_default=True, help="Parallel streams the file is cut into.")
@@ -442,7 +454,7 @@ def evaluate(file, ckpt, as_json, seq_len, streams, device, encoding, quiet, che
 
 # -- info -------------------------------------------------------------------------------------
 @main.command(context_settings=CONTEXT)
-@click.argument("ckpt", required=False, metavar="[CHECKPOINT]")
+@click.argument("ckpt", required=False, metavar="[CHECKPOINT]", shell_complete=complete_checkpoints)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a report.")
 @checkpoints_option
 @fail_on_library_errors
@@ -496,7 +508,7 @@ def info(ckpt, as_json, checkpoints_dir):
 
 # -- plot -------------------------------------------------------------------------------------
 @main.command(context_settings=CONTEXT)
-@click.argument("run", required=False, metavar="[RUN]")
+@click.argument("run", required=False, metavar="[RUN]", shell_complete=complete_checkpoints)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write a PNG picture here (needs matplotlib).")
 @click.option("--terminal", is_flag=True, help="Draw the curves as text on stdout (the default without -o).")
 @checkpoints_option
@@ -535,9 +547,47 @@ def plot(run, output, terminal, checkpoints_dir):
         echo("bits per character by step:\n" + "\n".join(line_plot(curves.as_dict())))
 
 
+# -- list -------------------------------------------------------------------------------------
+@main.command("list", context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per model, one per line.")
+@checkpoints_option
+@fail_on_library_errors
+def list_models(as_json, checkpoints_dir):
+    """List the runs under the checkpoints folder and the bundled model.
+
+    Each run is shown by its best checkpoint: name, model, best validation loss in bits per
+    character, corpus, steps and when it last changed; the newest first.
+
+    \b
+    Examples:
+      charrnn list
+      charrnn list --json | jq -r .name
+    """
+    import datetime
+
+    from .checkpoint import list_runs
+
+    rows = [item.row() for item in list_runs(checkpoints_dir)]
+    if as_json:
+        echo("\n".join(json.dumps(r) for r in rows))
+        return
+    table = [("name", "model", "best val bpc", "corpus", "steps", "changed")]
+    for r in rows:
+        changed = datetime.datetime.fromtimestamp(r["modified"]).strftime("%Y-%m-%d %H:%M") if r["modified"] else ""
+        if r["error"]:
+            table.append((r["name"], "unreadable", "", "", "", changed))
+            continue
+        bpc = "" if r["best_val_bits_per_char"] is None else f"{r['best_val_bits_per_char']:.4f}"
+        name = r["name"] + (" (bundled)" if r["bundled"] else "")
+        table.append((name, f"{r['cell'].upper()} {r['num_layers']} x {r['hidden_size']}", bpc, r["corpus"] or "",
+                      f"{r['steps']:,}", changed))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    echo("\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table))
+
+
 # -- export -----------------------------------------------------------------------------------
 @main.command(context_settings=CONTEXT)
-@click.argument("ckpt", metavar="CHECKPOINT")
+@click.argument("ckpt", metavar="CHECKPOINT", shell_complete=complete_checkpoints)
 @click.argument("output", type=click.Path(dir_okay=False))
 @click.option("--half", is_flag=True, help="Store the weights as float16 (half the size).")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")

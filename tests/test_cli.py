@@ -322,3 +322,33 @@ def test_sample_and_eval_say_which_checkpoint_they_chose(trained, monkeypatch):
     (trained / "t.txt").write_text("the cat sat on the mat. " * 20)
     scored = invoke("eval", "t.txt", "--checkpoints-dir", ".", "-q", "--json")
     assert scored.exit_code == 0 and scored.stderr == ""
+
+
+def test_list_shows_runs_newest_first_then_the_bundled_model(trained, tmp_path):
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(trained / "run", root / "older")
+    shutil.copytree(trained / "run", root / "newer")
+    os.utime(root / "older" / "best.pt", (1, 1))
+    (root / "broken").mkdir()
+    (root / "broken" / "latest.pt").write_bytes(b"junk")
+    (root / "not-a-run").mkdir()
+    rows = [json.loads(line) for line in invoke("list", "--json", "--checkpoints-dir", root).stdout.splitlines()]
+    assert [r["name"] for r in rows] == ["broken", "newer", "older", "tinyshakespeare"]
+    assert rows[0]["error"] and rows[-1]["bundled"] and rows[1]["steps"] == 150 and rows[1]["corpus"] == "cat"
+    table = invoke("list", "--checkpoints-dir", root)
+    assert table.exit_code == 0 and table.stdout.splitlines()[0].split()[:2] == ["name", "model"]
+    assert "LSTM 1 x 48" in table.stdout and "tinyshakespeare (bundled)" in table.stdout
+
+
+def test_completion_offers_run_names_and_files(trained, tmp_path):
+    def complete(words: str) -> list[str]:
+        env = {"_CHARRNN_COMPLETE": "bash_complete", "COMP_WORDS": words, "COMP_CWORD": str(len(words.split(" ")) - 1),
+               "CHARRNN_CHECKPOINTS": str(trained)}
+        result = CliRunner().invoke(main, [], env=env, prog_name="charrnn")
+        return result.stdout.split()
+
+    assert complete("charrnn sample -c r") == ["plain,run", "file,r"]
+    assert complete("charrnn info ") == ["plain,run", "file,"]
+    assert complete("charrnn train c") == ["file,c"]  # the corpus: files and folders
