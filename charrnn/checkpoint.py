@@ -230,13 +230,12 @@ def _from_payload(data: dict, path: Path | None) -> Checkpoint:
 
 
 def _v1_to_v2(data: dict) -> dict:
-    """Version 1 kept only process 0's RNG state (as one dict) and could hold a bf16
-    carried state; version 2 keeps a list with every process's RNG state, state in float32."""
+    """Version 1 kept only process 0's RNG state, as one dict; version 2 keeps a list with
+    every process's RNG state. (A version-1 carried state in bf16 is cast to float32 by the
+    validation every version goes through.)"""
     data = dict(data)
     if isinstance(data.get("rng"), dict):
         data["rng"] = [data["rng"]]
-    if isinstance(data.get("state"), (list, tuple)):
-        data["state"] = [s.float() if hasattr(s, "float") else s for s in data["state"]]
     data["version"] = 2
     return data
 

@@ -216,8 +216,6 @@ def _check_memory(model: ModelConfig, config: TrainConfig) -> None:
 def size_model(model_options: dict, config: TrainConfig, encoded) -> tuple[dict, dict | None]:
     """Fill in the options of `AUTO` that are missing or None with `sizing.choose`, and
     say what was chosen (None when the user gave them all)."""
-    import torch
-
     from . import sizing
     from .data import split_ids
     from .devices import autocast, local_device, use_bf16
@@ -259,7 +257,6 @@ def size_model(model_options: dict, config: TrainConfig, encoded) -> tuple[dict,
             except RuntimeError:  # no bf16 recurrent kernels in this cuDNN: training runs float32 too
                 return world.size * timed_fp32(hidden)
 
-    del torch
     choice = sizing.choose(
         cell=get("cell"), num_layers=get("num_layers"), input_size=vocab_size if one_hot else get("embedding_size"),
         vocab_size=vocab_size, train_tokens=train_tokens, tokens_per_step=config.batch_size * config.seq_len,

@@ -310,8 +310,8 @@ class Trainer:
             vocab=self.vocab.to_dict(),
             train_config=self.config,
             corpus=dict(self.corpus),
-            progress=RunState(**{**asdict(self.progress)}),
-            resume=ResumeState(self.optimizer.state_dict(), tuple(s.detach().float().cpu() for s in state), rngs),
+            progress=RunState(**asdict(self.progress)),
+            resume=ResumeState(self.optimizer.state_dict(), tuple(s.detach().cpu() for s in state), rngs),
             device=device_name(self.device),
             num_parameters=self.model.num_parameters(),
         )
@@ -326,7 +326,7 @@ class Trainer:
         self.synced_elapsed = self.progress.elapsed
         self.skipped.fill_(self.progress.skipped_steps)
         rows = slice(self.world.rank * self.local_batch, (self.world.rank + 1) * self.local_batch)
-        self.state = tuple(s[:, rows].float().to(self.device) for s in ckpt.resume.state)
+        self.state = tuple(s[:, rows].to(self.device) for s in ckpt.resume.state)  # float32 (the schema casts)
         rngs = ckpt.resume.rng
         if len(rngs) == self.world.size:
             set_rng_state(rngs[self.world.rank], self.device)
@@ -407,7 +407,7 @@ class Trainer:
         self.skipped += bad
         self.bad_streak = (self.bad_streak + 1) * bad
         # A non-finite step may have poisoned the carried state: restart it from zero.
-        self.state = tuple(torch.where(bad, torch.zeros_like(s), s.detach().float()) for s in state)
+        self.state = tuple(torch.where(bad, torch.zeros_like(s), s.detach()) for s in state)  # float32: the model's contract
         sums.loss += torch.where(bad, torch.zeros_like(loss), loss.detach())
         sums.norm += torch.where(bad, torch.zeros_like(norm), norm.detach())
         sums.good += ~bad
