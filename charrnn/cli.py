@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -256,12 +257,15 @@ def train(ctx, corpus, out_dir, resume, init_from, overwrite, threads, encoding,
     explicit = explicit_options(ctx, MODEL_OPTIONS + TRAIN_OPTIONS + ("tokenizer",))
     main_process = world_from_env().main
     with TrainView(stderr_console(), quiet=quiet or not main_process) as view:
-        result = train_run(
-            corpus, out=out_dir, resume=resume is not None, init_from=init_from, overwrite=overwrite,
-            tokenizer=tokenizer, vocab_size=vocab_size, sp_model_type=sp_model_type, encoding=encoding,
-            errors=errors, newline=newline, root=checkpoints_dir, on_event=view.handle, handle_signals=True,
-            explicit=explicit, **{k: v for k, v in options.items() if k in explicit},
-        )
+        try:
+            result = train_run(
+                corpus, out=out_dir, resume=resume is not None, init_from=init_from, overwrite=overwrite,
+                tokenizer=tokenizer, vocab_size=vocab_size, sp_model_type=sp_model_type, encoding=encoding,
+                errors=errors, newline=newline, root=checkpoints_dir, on_event=view.handle, handle_signals=True,
+                explicit=explicit, **{k: v for k, v in options.items() if k in explicit},
+            )
+        except KeyboardInterrupt:  # Ctrl-C before train() had installed its own handler
+            raise Interrupted(signal.SIGINT, "Interrupted by SIGINT while setting up; no run was started or changed.") from None
     if not main_process:
         ctx.exit(128 + result.signal if result.signal else 0)
     if result.signal is not None and result.reason.startswith("interrupted"):

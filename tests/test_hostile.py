@@ -366,9 +366,17 @@ def test_ctrl_c_while_reading_the_corpus_exits_130_with_a_sentence(tmp_path):
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)  # nobody writes: charrnn waits in set-up
     proc = _charrnn("train", str(fifo), "--out", str(tmp_path / "r"), "--max-steps", "2", *SMALL)
-    time.sleep(4)
-    proc.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + 60
+    while True:  # a non-blocking open for writing succeeds once charrnn has opened the pipe to read it
+        try:
+            writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)  # charrnn now waits for text in its set-up
     _, err = proc.communicate(timeout=60)
+    os.close(writer)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "while setting up" in err
     assert not (tmp_path / "r" / "latest.pt").exists()
