@@ -29,6 +29,7 @@ from . import checkpoint
 from .checkpoint import Checkpoint, RunDir
 from .config import CorpusOptions, ModelConfig, TrainConfig, field_names
 from .errors import ConfigError, Interrupted
+from .events import Status
 
 DEFAULT_MAX_TIME = 600.0  # seconds, when a new run is given no budget at all
 DEFAULT_ROOT = "checkpoints"
@@ -136,11 +137,15 @@ def _merged_options(req: Request, stored: Checkpoint | None) -> tuple[dict, dict
     return model_options, {k: v for k, v in train_options.items() if k in TRAIN_OPTIONS and v is not None}
 
 
+def _ignore(event) -> None:
+    pass
+
+
 def make_plan(req: Request, stdin: io.BufferedIOBase | None = None, *, main: bool = True, vocab=None,
-              sized: tuple[dict, dict | None] | None = None) -> Plan:
+              sized: tuple[dict, dict | None] | None = None, report: Callable[[object], None] = _ignore) -> Plan:
     """Every check and the corpus encoding. `main` is False on processes other than 0,
     which leave checks of the run folder to process 0 and take its vocabulary and its model
-    size (`sized`)."""
+    size (`sized`). `report` receives `Status` and `Note` events as the stages begin."""
     from .data import encode_corpus
 
     stored = _stored_checkpoint(req)
@@ -167,13 +172,14 @@ def make_plan(req: Request, stdin: io.BufferedIOBase | None = None, *, main: boo
                 f"resume with the same text, or start a new run on it with --init-from {req.run_dir.path}."
             )
 
+    report(Status(f"Reading {'standard input' if corpus == '-' else corpus}"))
     encoded = encode_corpus(corpus, cache_dir=req.run_dir.path, vocab=vocab, options=req.corpus_options, stdin=stdin,
                             verify=same_text)
     sizing = None
     if sized is not None:
         model_options, sizing = sized
     elif stored is None:
-        model_options, sizing = size_model(model_options, config, encoded)
+        model_options, sizing = size_model(model_options, config, encoded, report)
     model_config = ModelConfig(vocab_size=encoded.vocab.size, **model_options)
     _check_memory(model_config, config)
     return Plan(req.run_dir, model_config, config, encoded, stored if req.resume else None,
@@ -213,7 +219,8 @@ def _check_memory(model: ModelConfig, config: TrainConfig) -> None:
         )
 
 
-def size_model(model_options: dict, config: TrainConfig, encoded) -> tuple[dict, dict | None]:
+def size_model(model_options: dict, config: TrainConfig, encoded,
+               report: Callable[[object], None] = _ignore) -> tuple[dict, dict | None]:
     """Fill in the options of `AUTO` that are missing or None with `sizing.choose`, and
     say what was chosen (None when the user gave them all)."""
     from . import sizing
@@ -241,6 +248,7 @@ def size_model(model_options: dict, config: TrainConfig, encoded) -> tuple[dict,
 
     throughput = None
     if config.max_time is not None:
+        report(Status("Sizing the model: timing candidate widths on this machine"))
         device = local_device(config.device, world.local_rank if world.active else None)
         bf16 = use_bf16(device, config.precision)
 
@@ -290,6 +298,7 @@ class Run:
         corpus_options: CorpusOptions = CorpusOptions(),
         root: str | os.PathLike = DEFAULT_ROOT,
         stdin: io.BufferedIOBase | None = None,
+        on_event: Callable[[object], None] | None = None,
     ):
         from .data import check_source
 
@@ -312,6 +321,7 @@ class Run:
         self.request = Request(corpus, run_dir, model_options, train_options, resume,
                                None if init_from is None else str(init_from), overwrite, frozenset(explicit), corpus_options)
         self.stdin = stdin
+        self.report = on_event or _ignore  # set-up Status and Note events
         self.plan: Plan | None = None
         self.trainer = None
         self._lock = None
@@ -334,7 +344,7 @@ class Run:
             else:
                 self._lock = RunLock(self.run_dir.path).acquire()
                 self.run_dir.remove_stale_temp_files()
-                self.plan = make_plan(self.request, self.stdin)
+                self.plan = make_plan(self.request, self.stdin, report=self.report)
                 self.trainer = self._build()
         except BaseException:
             self.__exit__(None, None, None)
@@ -385,7 +395,7 @@ class Run:
             try:
                 self._lock = RunLock(self.run_dir.path).acquire()
                 self.run_dir.remove_stale_temp_files()
-                self.plan = make_plan(self.request)
+                self.plan = make_plan(self.request, report=self.report)
             except BaseException as exc:  # shared below so that no process waits for ever
                 error = exc
         plan = self.plan
@@ -408,6 +418,8 @@ class Run:
         from .trainer import Trainer
 
         plan = self.plan
+        self.report(Status(f"Building a {plan.model_config.num_layers} x {plan.model_config.hidden_size} "
+                           f"{plan.model_config.cell.upper()}"))
         train_ids, val_ids = split_ids(plan.corpus.ids, plan.train_config.val_fraction)
         corpus = plan.corpus.info()
         if plan.resume_from is not None:  # what the run was sized to and started from stays on record
@@ -521,8 +533,9 @@ def train(
     `options` are the model and training settings by their PyTorch-style names
     (`hidden_size`, `num_layers`, `cell`, `dropout`, `batch_size`, `seq_len`, `lr`,
     `max_steps`, `max_epochs`, `max_time` — seconds or a string like "2m" —, `seed`,
-    `device`, ...). `on_event` receives every progress event (`charrnn.trainer.Started`,
-    `Progress`, `Evaluated`, `Saved`, `Finished`). With `handle_signals`, SIGINT, SIGTERM
+    `device`, ...). `on_event` receives every event of `charrnn.events`: `Status` and `Note`
+    while the run is set up, then the trainer's `Started`, `Progress`, `Evaluated`, `Saved`
+    and `Finished`. With `handle_signals`, SIGINT, SIGTERM
     and SIGHUP stop the run after the current step and save it (`TrainResult.signal` says
     which); a signal during set-up raises `charrnn.errors.Interrupted`.
 
@@ -548,7 +561,7 @@ def train(
         with Run(corpus, out=out, model_options={k: v for k, v in options.items() if k in MODEL_OPTIONS},
                  train_options={k: v for k, v in options.items() if k not in MODEL_OPTIONS},
                  resume=resume, init_from=init_from, overwrite=overwrite, explicit=explicit,
-                 corpus_options=corpus_options, root=root, stdin=stdin) as run:
+                 corpus_options=corpus_options, root=root, stdin=stdin, on_event=on_event) as run:
             if stopper is not None:
                 stopper.run = run
             for event in run.events():

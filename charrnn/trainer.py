@@ -27,65 +27,10 @@ from .data import as_streams, eval_windows
 from .devices import autocast, bf16_works, device_name, local_device, rng_state, set_rng_state, use_bf16
 from .distributed import World
 from .errors import CharrnnError, ConfigError
+from .events import LN2, Evaluated, Finished, Progress, Saved, Started  # noqa: F401  (re-exported)
 from .metrics import MetricsLog
 from .model import CharRNN, State
 from .schedule import budget_fraction, lr_at
-
-LN2 = math.log(2)
-
-
-# -- events ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Started:
-    device: str
-    num_parameters: int
-    train_tokens: int
-    val_tokens: int
-    vocab_size: int
-    windows_per_epoch: int
-    out_dir: str
-    sizing: dict | None = None  # what charrnn.sizing chose for a new run, when it chose
-
-
-@dataclass(frozen=True)
-class Progress:
-    step: int
-    epoch: float
-    train_loss: float  # nats per character, mean over the finite steps since the previous Progress
-    lr: float
-    chars_per_sec: float
-    elapsed: float
-    fraction: float  # of the budget used, 0..1
-    skipped: int = 0  # updates skipped so far because the loss or gradients were not finite
-    train_loss_token: float = math.nan  # nats per token (differs from per character for subwords)
-    grad_norm: float = math.nan  # mean gradient norm (before clipping) since the previous Progress
-
-
-@dataclass(frozen=True)
-class Evaluated:
-    step: int
-    val_loss: float  # nats per character
-    best_val_loss: float
-    improved: bool
-
-
-@dataclass(frozen=True)
-class Saved:
-    path: str
-    kind: str  # "latest", "best" or "snapshot"
-
-
-@dataclass(frozen=True)
-class Finished:
-    step: int
-    epoch: float
-    best_val_loss: float
-    final_val_loss: float
-    elapsed: float
-    chars_per_sec: float
-    out_dir: str
-    reason: str
-    saved: tuple[str, ...] = ()  # kinds of checkpoint this run wrote ("best", "latest")
 
 
 class TrainingError(CharrnnError):

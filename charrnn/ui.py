@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
 from .durations import format_duration
-from .trainer import LN2, Evaluated, Finished, Progress as Step, Saved, Started
+from .events import LN2, Evaluated, Finished, Note, Progress as Step, Saved, Started, Status
 
 
 def _loss(nats: float) -> str:
@@ -76,7 +76,11 @@ class TrainView:
             self.console.print(message, highlight=False, markup=False)
 
     def handle(self, event) -> None:
-        if isinstance(event, Started):
+        if isinstance(event, Note):
+            self.log(f"Note: {event.text}")
+        elif isinstance(event, Status):
+            pass
+        elif isinstance(event, Started):
             self.log(
                 f"Training on {event.device}: {event.num_parameters:,} parameters, vocabulary "
                 f"{event.vocab_size}, {event.train_tokens:,} training and {event.val_tokens:,} "
