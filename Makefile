@@ -21,6 +21,12 @@ $(BIN)/charrnn: setup.cfg pyproject.toml
 	@touch $@
 
 install: $(BIN)/charrnn
+	@# The playground's browser test needs Chromium: on CI, as root, install it quietly (else the test skips).
+	@if [ -n "$$CI" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && ! command -v chromium >/dev/null 2>&1; then \
+	  echo "Installing chromium and chromium-driver for tests/test_playground.py"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } >/dev/null 2>&1 \
+	    || echo "Could not install chromium; the browser test will be skipped"; \
+	fi
 
 demo: install
 	$(BIN)/charrnn train corpora/tinyshakespeare.txt --max-time $(TIME) --overwrite

@@ -151,6 +151,9 @@ class Checkpoint:
             "hidden_size": mc.hidden_size,
             "embedding_size": None if mc.one_hot else mc.embedding_size,
             "dropout": mc.dropout,
+            "nonlinearity": mc.nonlinearity if mc.cell == "rnn" else None,
+            "one_hot": mc.one_hot,
+            "tie_weights": mc.tie_weights,
             "num_parameters": self.num_parameters,
             "vocab_kind": self.vocab.get("kind"),
             "vocab_size": mc.vocab_size,
@@ -296,9 +299,7 @@ def save(ckpt: Checkpoint | dict, path: str | os.PathLike) -> Path:
     The file is serialised in memory first, so its size is known: a full disk is reported
     with the space it needed, and the temporary file is removed; the file at `path`, if
     any, is untouched until the new one is complete."""
-    import errno
     import io
-    import shutil
 
     import torch
 
@@ -311,7 +312,17 @@ def save(ckpt: Checkpoint | dict, path: str | os.PathLike) -> Path:
     except (OSError, RuntimeError) as exc:
         reason = getattr(exc, "strerror", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
         raise CheckpointError(f"Could not write checkpoint {path}: {reason}{kept}.") from None
-    data = buffer.getbuffer()
+    return write_atomic(path, buffer.getbuffer())
+
+
+def write_atomic(path: Path, data, what: str = "checkpoint") -> Path:
+    """Write `data` (bytes) to `path` through a temporary file that is fsynced and then
+    renamed over it: a crash or a full disk leaves any earlier file at `path` whole, and
+    a full disk is reported with the space the file needed."""
+    import errno
+    import shutil
+
+    kept = f"; the previous {what} is untouched" if path.exists() else ""
     tmp = temp_name(path)
     try:
         with open(tmp, "wb") as fh:
@@ -323,10 +334,10 @@ def save(ckpt: Checkpoint | dict, path: str | os.PathLike) -> Path:
         tmp.unlink(missing_ok=True)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             free = shutil.disk_usage(path.parent).free
-            reason = f"no space left in {path.parent} (the checkpoint needs {_megabytes(len(data))}, {_megabytes(free)} are free)"
+            reason = f"no space left in {path.parent} (the {what} needs {_megabytes(len(data))}, {_megabytes(free)} are free)"
         else:
             reason = exc.strerror or str(exc)
-        raise CheckpointError(f"Could not write checkpoint {path}: {reason}{kept}.") from None
+        raise CheckpointError(f"Could not write {what} {path}: {reason}{kept}.") from None
     try:
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -339,14 +350,22 @@ def save(ckpt: Checkpoint | dict, path: str | os.PathLike) -> Path:
 
 
 def load(path: str | os.PathLike, map_location="cpu") -> Checkpoint:
-    """Read and validate a checkpoint file; tensors land on `map_location` (CPU by default)."""
+    """Read and validate a checkpoint file, a `.pt` or a safetensors export (told apart by
+    their first bytes); tensors land on `map_location` (CPU by default)."""
     import torch
+
+    from . import formats
 
     path = _path(path, "checkpoint")
     if not path.is_file():
         if path.exists():
             raise CheckpointError(f"Checkpoint {path} is not a regular file (a folder, device or pipe).")
         raise CheckpointError(f"Checkpoint {path} does not exist.")
+    if formats.is_safetensors(path):
+        return from_payload(formats.read_safetensors(path, map_location), path)
+    if path.suffix.lower() == formats.FORMATS["onnx"]:
+        raise CheckpointError(f"{path} is an ONNX export, which runs in onnxruntime; charrnn reads .pt and "
+                              f".safetensors checkpoints.")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
@@ -406,10 +425,18 @@ class Found:
     bundled: bool = False
 
 
+BUNDLED_NAME = "bundled"  # `-c bundled`, `--init-from bundled`: the model shipped with charrnn
+
+
 def find(path: str | os.PathLike | None, root: str | os.PathLike = "checkpoints") -> Found:
-    """An explicit checkpoint or run folder (or the name of a run under `root`), else the
-    newest best.pt under `root`, else the bundled Tiny Shakespeare model."""
+    """An explicit checkpoint or run folder (or the name of a run under `root`, or
+    "bundled"), else the newest best.pt under `root`, else the bundled Tiny Shakespeare
+    model. A file or folder of the user's always wins over a name."""
     if path is not None:
+        if path == BUNDLED_NAME and not Path(path).exists() and not (Path(root) / path).is_dir():
+            if not BUNDLED.is_file():
+                raise CheckpointError(f"The bundled model is not installed ({BUNDLED} is missing).")
+            return Found(BUNDLED, bundled=True)
         if isinstance(path, str) and path and os.sep not in path and not Path(path).exists() \
                 and (Path(root) / path).is_dir():
             return Found(resolve(Path(root) / path))  # a run's name: `-c tinyshakespeare` for checkpoints/tinyshakespeare
@@ -484,13 +511,26 @@ def list_runs(root: str | os.PathLike) -> list[Listed]:
     return found
 
 
-def export(src: str | os.PathLike, dst: str | os.PathLike, half: bool = False, force: bool = False) -> Path:
+def export(src: str | os.PathLike, dst: str | os.PathLike, half: bool = False, force: bool = False,
+           format: str | None = None) -> Path:
     """Write a sampling-only copy of a checkpoint: no optimizer, hidden or RNG state (so it
     cannot be resumed), and with `half`, float16 weights (half the size; loading turns
     them back into float32). An existing destination is replaced only with `force`, and
-    then a symbolic link itself is replaced, never the file it points to."""
+    then a symbolic link itself is replaced, never the file it points to.
+
+    `format` ("pt", "safetensors" or "onnx"; default: from the extension of `dst`) is
+    described in `charrnn.formats`: a safetensors file loads like a `.pt` export, an ONNX
+    file holds the single-step graph for onnxruntime (float32 only)."""
+    from . import formats
+    from .errors import ConfigError
+
     dst = _path(dst, "destination", "a file to write")
     check_destination(dst, force)
+    format = formats.choose_format(dst, format)
+    if format == "onnx":
+        if half:
+            raise ConfigError("--half applies to .pt and .safetensors exports; an ONNX export keeps float32 weights.")
+        formats.require_onnx()
     source = resolve(src)
     if dst.parent.resolve() / dst.name == source.resolve():  # (a link to it is replaced, not followed)
         raise CheckpointError(f"{dst} is the checkpoint being exported; choose another destination.")
@@ -503,6 +543,10 @@ def export(src: str | os.PathLike, dst: str | os.PathLike, half: bool = False, f
         dst.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CheckpointError(f"Cannot create the folder of {dst}: {exc.strerror or exc}.") from None
+    if format == "safetensors":
+        return write_atomic(dst, formats.safetensors_bytes(slim.to_payload()), "export")
+    if format == "onnx":
+        return write_atomic(dst, formats.onnx_bytes(slim, str(src)), "export")
     return save(slim, dst)
 
 
@@ -519,6 +563,7 @@ class RunDir:
     METRICS = "metrics.jsonl"
     CORPUS_IDS = "corpus.ids"  # the memory-mapped id cache (charrnn.data)
     CORPUS_META = "corpus.json"
+    SAMPLES = "samples.txt"  # --sample-every: what the model wrote as it learned
     LOCK = ".lock"
     _SNAPSHOT = re.compile(r"step-\d{8}\.pt")
     _TEMP = re.compile(r"\.(best\.pt|latest\.pt|step-\d{8}\.pt|corpus\.ids|corpus\.json)\.\d+\.tmp")
@@ -538,6 +583,7 @@ class RunDir:
     corpus_ids = property(lambda self: self.path / self.CORPUS_IDS)
     corpus_meta = property(lambda self: self.path / self.CORPUS_META)
     lock = property(lambda self: self.path / self.LOCK)
+    samples = property(lambda self: self.path / self.SAMPLES)
 
     def snapshot(self, step: int) -> Path:
         return self.path / f"step-{step:08d}.pt"
@@ -551,7 +597,7 @@ class RunDir:
     @classmethod
     def is_own(cls, name: str) -> bool:
         """Whether charrnn writes files of this name into a run folder."""
-        return (name in (cls.BEST, cls.LATEST, cls.METRICS, cls.CORPUS_IDS, cls.CORPUS_META, cls.LOCK)
+        return (name in (cls.BEST, cls.LATEST, cls.METRICS, cls.CORPUS_IDS, cls.CORPUS_META, cls.SAMPLES, cls.LOCK)
                 or bool(cls._SNAPSHOT.fullmatch(name)) or bool(cls._TEMP.fullmatch(name)))
 
     def has_run(self) -> bool:
@@ -564,9 +610,9 @@ class RunDir:
         return sorted(p for p in self.path.iterdir() if not self.is_own(p.name))
 
     def clear_run(self) -> None:
-        """Remove a previous run's checkpoints, snapshots and metrics (not the corpus cache,
-        which is checked against the corpus before it is reused, nor anything else)."""
-        for p in [self.best, self.latest, self.metrics, *self.path.glob("step-*.pt")]:
+        """Remove a previous run's checkpoints, snapshots, metrics and samples (not the corpus
+        cache, which is checked against the corpus before it is reused, nor anything else)."""
+        for p in [self.best, self.latest, self.metrics, self.samples, *self.path.glob("step-*.pt")]:
             if self.is_own(p.name):
                 p.unlink(missing_ok=True)
 

@@ -14,12 +14,14 @@ import signal
 import sys
 from pathlib import Path
 
-import click
+import click as classic_click
+import rich_click as click
 
 from . import __version__
 from .config import CELLS, MAX_SAMPLES, MAX_SEED
 from .durations import parse_duration
 from .errors import CharrnnError, Interrupted
+from .formats import FORMATS as EXPORT_FORMATS
 
 DEFAULT_ROOT = "checkpoints"
 
@@ -28,13 +30,17 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 def complete_checkpoints(ctx: click.Context, param, incomplete: str):
     """TAB completion for a checkpoint argument: the names of the runs under the checkpoints
-    folder, then files and folders (the shell completes those)."""
+    folder and "bundled" (the shipped model), then files and folders (the shell completes
+    those)."""
     from click.shell_completion import CompletionItem
+
+    from .checkpoint import BUNDLED_NAME
 
     root = Path(ctx.params.get("checkpoints_dir") or os.environ.get("CHARRNN_CHECKPOINTS") or DEFAULT_ROOT)
     names = []
     if root.is_dir():
         names = sorted(p.name for p in root.iterdir() if (p / "best.pt").is_file() or (p / "latest.pt").is_file())
+    names.append(BUNDLED_NAME)
     return [CompletionItem(n) for n in names if n.startswith(incomplete)] + [CompletionItem(incomplete, type="file")]
 
 
@@ -69,9 +75,15 @@ class Duration(click.ParamType):
 
 
 def stderr_console():
+    """rich's console on stderr. When stderr is a pipe that closes (`2>&1 | head`), it
+    goes quiet instead of ending the program: a training run must not die of it."""
     from rich.console import Console
 
-    return Console(stderr=True, soft_wrap=True)
+    class StderrConsole(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+
+    return StderrConsole(stderr=True, soft_wrap=True)
 
 
 def fail_on_library_errors(fn):
@@ -140,11 +152,39 @@ def quiet_exit_on_broken_pipe():
     raise SystemExit(0)
 
 
-@click.group(context_settings=CONTEXT, invoke_without_command=True)
+click.rich_click.TEXT_MARKUP = "ansi"  # help texts are plain: "[default: ...]" is not markup
+click.rich_click.TEXT_PARAGRAPH_LINEBREAKS = "\n\n"
+click.rich_click.MAX_WIDTH = 100
+click.rich_click.PADDING_HELPTEXT_FIRST_LINE = (0, 0, 1, 0)  # a blank line after the summary
+
+
+def plain_usage(command, ctx) -> str:
+    """click's one-line usage, for error messages (rich-click pads it into a panel)."""
+    formatter = classic_click.HelpFormatter(width=ctx.terminal_width, max_width=ctx.max_content_width)
+    classic_click.Command.format_usage(command, ctx, formatter)
+    return formatter.getvalue().rstrip("\n")
+
+
+class CharrnnCommand(click.RichCommand):
+    get_usage = plain_usage
+
+
+class CharrnnGroup(click.RichGroup):
+    """rich-click draws the help (option panels grouped by purpose); errors keep click's
+    plain `Error: ...` line, one sentence that logs and pipelines can read."""
+
+    command_class = CharrnnCommand
+    main = classic_click.Group.main
+    get_usage = plain_usage
+
+
+@click.group(cls=CharrnnGroup, context_settings=CONTEXT, invoke_without_command=True)
 @click.version_option(__version__, "--version", prog_name="charrnn")
 @click.pass_context
 def main(ctx):
     """Train character-level RNNs on any text and stream samples from them.
+
+    Every command has -h with its options and examples; `charrnn COMMAND -h`.
 
     \b
     Examples:
@@ -168,11 +208,23 @@ def explicit_options(ctx: click.Context, names) -> set[str]:
 
 
 @main.command(context_settings=CONTEXT)
+@click.option_panel("Data", options=["corpus", "--encoding", "--errors", "--newline", "--tokenizer", "--vocab-size",
+                                     "--sp-model-type", "--val-fraction"])
+@click.option_panel("Run folder", options=["--out", "--resume", "--init-from", "--overwrite", "--checkpoints-dir",
+                                           "--eval-every", "--keep-every"])
+@click.option_panel("Model", options=["--cell", "--hidden-size", "--num-layers", "--embedding-size", "--nonlinearity",
+                                      "--one-hot", "--tie-weights", "--dropout"])
+@click.option_panel("Optimisation", options=["--batch-size", "--seq-len", "--lr", "--weight-decay", "--warmup-steps",
+                                             "--grad-clip", "--seed"])
+@click.option_panel("Budget", options=["--max-time", "--max-steps", "--max-epochs", "--patience"])
+@click.option_panel("Device and precision", options=["--device", "--precision", "--threads"])
+@click.option_panel("Output", options=["--log-every", "--sample-every", "--sample-length", "--sample-temp", "--quiet",
+                                       "--help"])
 @click.argument("corpus", required=False, type=click.Path(allow_dash=True))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Run folder for checkpoints [default: checkpoints/<corpus name>].")
 @click.option("--resume", "resume", is_flag=False, flag_value=".", default=None, metavar="[RUN]",
               help="Continue the run in --out (or in RUN) from its latest.pt exactly where it stopped.")
-@click.option("--init-from", type=click.Path(exists=True), help="Start a new run from a checkpoint's weights (fine-tuning; same vocabulary).")
+@click.option("--init-from", metavar="CKPT", shell_complete=complete_checkpoints, help="Start a new run from a checkpoint's weights: a file, a run folder, a run's name, or bundled (the shipped model); characters the model lacks are added to its vocabulary.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run in the output folder instead of refusing.")
 @click.option("--cell", type=click.Choice(CELLS), default="lstm", show_default=True, help="Recurrent cell.")
 @click.option("--hidden-size", type=click.IntRange(min=1), help="Units per recurrent layer [default: sized to the corpus and budget].")
@@ -196,11 +248,14 @@ def explicit_options(ctx: click.Context, names) -> set[str]:
 @click.option("--max-time", type=Duration(), help="Stop after this long, e.g. 90s, 10m, 1h [default: 10m when no budget is given].")
 @click.option("--eval-every", type=click.IntRange(min=1), default=100, show_default=True, help="Evaluate on validation text and checkpoint every N steps.")
 @click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True, help="Read back the training loss every N steps.")
+@click.option("--sample-every", type=click.IntRange(min=1), metavar="N", help="Show a short sample at every Nth evaluation and append it to <run>/samples.txt [default: off].")
+@click.option("--sample-length", type=click.IntRange(1, 100_000), default=200, show_default=True, help="Characters in each --sample-every sample.")
+@click.option("--sample-temp", type=FiniteFloat(min=0), default=0.8, show_default=True, help="Temperature of the --sample-every samples.")
 @click.option("--val-fraction", type=FiniteFloat(0, 1, max_open=True), default=0.1, show_default=True, help="Tail of the text held out for validation.")
 @click.option("--patience", type=click.IntRange(min=1), help="Stop after N evaluations without a better validation loss [default: off].")
 @click.option("--keep-every", type=click.IntRange(min=1), help="Also keep a step-NNNNNNNN.pt snapshot every N steps [default: off].")
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=1337, show_default=True, help="Random seed (initialisation and dropout).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True, envvar="CHARRNN_DEVICE", show_envvar=True, help="Where to train; auto prefers cuda, then mps, then cpu (env CHARRNN_DEVICE).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True, envvar="CHARRNN_DEVICE", show_envvar=True, help="Where to train; auto prefers cuda, then mps, then cpu.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True, help="auto uses bf16 autocast on CUDA GPUs that support it, float32 elsewhere.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for PyTorch [default: PyTorch's choice].")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the corpus.")
@@ -232,8 +287,9 @@ def train(ctx, corpus, out_dir, resume, init_from, overwrite, threads, encoding,
       charrnn train corpora/tinyshakespeare.txt --max-time 30m --hidden-size 768
       charrnn train corpora/tinyshakespeare.txt --resume --max-time 20m
       charrnn train --resume checkpoints/tinyshakespeare
-      charrnn train my_notes/ --out checkpoints/notes --max-epochs 20
+      charrnn train my_notes/ --out checkpoints/notes --max-epochs 20 --sample-every 5
       charrnn train more.txt --init-from checkpoints/tinyshakespeare --out checkpoints/more
+      charrnn train french.txt --init-from bundled --out checkpoints/fr --max-time 5m
       cat *.txt | charrnn train - --out checkpoints/stdin --max-steps 2000
       torchrun --nproc-per-node 8 -m charrnn train big.txt --batch-size 512
     """
@@ -241,10 +297,6 @@ def train(ctx, corpus, out_dir, resume, init_from, overwrite, threads, encoding,
     from .runs import MODEL_OPTIONS, TRAIN_OPTIONS, train as train_run
     from .ui import TrainView
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
     if resume is not None and resume != ".":
         if corpus is None and (resume == "-" or Path(resume).is_file()):
             corpus = resume  # `--resume corpus.txt`: the flag took the corpus as its value
@@ -256,8 +308,12 @@ def train(ctx, corpus, out_dir, resume, init_from, overwrite, threads, encoding,
             out_dir = resume
     explicit = explicit_options(ctx, MODEL_OPTIONS + TRAIN_OPTIONS + ("tokenizer",))
     main_process = world_from_env().main
-    with TrainView(stderr_console(), quiet=quiet or not main_process) as view:
+    with TrainView(stderr_console(), quiet=quiet or not main_process) as view:  # its status line shows at once
         try:
+            if threads:
+                import torch
+
+                torch.set_num_threads(threads)
             result = train_run(
                 corpus, out=out_dir, resume=resume is not None, init_from=init_from, overwrite=overwrite,
                 tokenizer=tokenizer, vocab_size=vocab_size, sp_model_type=sp_model_type, encoding=encoding,
@@ -286,9 +342,11 @@ def load_model(ckpt: str | None, checkpoints_dir: str, device: str = "cpu", quie
     from .api import load
 
     model = load(ckpt, device=device, root=checkpoints_dir)
-    if model.bundled and not quiet:
+    if ckpt is not None or quiet:
+        pass  # the user named it
+    elif model.bundled:
         click.echo(f"Note: no checkpoint under {checkpoints_dir}/; using the bundled Tiny Shakespeare model.", err=True)
-    elif ckpt is None and not quiet:  # chosen for the user: say which
+    else:  # chosen for the user: say which
         click.echo(f"Using {model.path}.", err=True)
     return model
 
@@ -333,7 +391,7 @@ def _utf8(data: bytes, where: str) -> str:
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("-c", "--checkpoint", "ckpt", shell_complete=complete_checkpoints, help="Checkpoint file, run folder or run name [default: newest best.pt under ./checkpoints].")
+@click.option("-c", "--checkpoint", "ckpt", shell_complete=complete_checkpoints, help="Checkpoint file, run folder, run name, or bundled [default: newest best.pt under ./checkpoints].")
 @click.option("--temp", "--temperature", "temperature", type=FiniteFloat(min=0), default=0.8, show_default=True, help="Sampling temperature; 0 is greedy (always the most likely character).")
 @click.option("--top-k", type=click.IntRange(min=1), help="Sample only among the K most likely characters.")
 @click.option("--top-p", type=FiniteFloat(0, 1, min_open=True), help="Nucleus sampling: only the most likely characters holding probability P.")
@@ -411,7 +469,7 @@ def sample(ckpt, temperature, top_k, top_p, length, prime, prime_file, echo_prim
 # -- eval -------------------------------------------------------------------------------------
 @main.command("eval", context_settings=CONTEXT)
 @click.argument("file", type=click.Path(allow_dash=True))
-@click.option("-c", "--checkpoint", "ckpt", shell_complete=complete_checkpoints, help="Checkpoint file, run folder or run name [default: newest best.pt under ./checkpoints].")
+@click.option("-c", "--checkpoint", "ckpt", shell_complete=complete_checkpoints, help="Checkpoint file, run folder, run name, or bundled [default: newest best.pt under ./checkpoints].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a sentence.")
 @click.option("--seq-len", type=click.IntRange(min=1), default=256, show_default=True, help="Window length; the state is carried across windows.")
 @click.option("--streams", type=click.IntRange(min=1), default=16, show_default=True, help="Parallel streams the file is cut into.")
@@ -484,13 +542,21 @@ def info(ckpt, as_json, checkpoints_dir):
     mc = model.checkpoint.model_config
     lines = [
         f"checkpoint   {model.path} (format {summary['format']} v{summary['version']})",
-        f"model        {mc.cell.upper()} {mc.num_layers} x {mc.hidden_size}, "
+        f"model        {mc.cell.upper()}{f' ({mc.nonlinearity})' if mc.cell == 'rnn' else ''} "
+        f"{mc.num_layers} x {mc.hidden_size}, "
         + ("one-hot input" if mc.one_hot else f"embedding {mc.embedding_size}")
+        + (", output layer tied to the embedding" if mc.tie_weights else "")
         + f", dropout {mc.dropout}, {model.net.num_parameters():,} parameters",
         f"vocabulary   {model.vocab.kind}, {model.vocab.size} entries: {model.vocab.preview()}",
     ]
     if corpus:
         lines.append(f"corpus       {corpus.get('name')} ({corpus.get('chars', 0):,} characters from {corpus.get('source')})")
+    fallback = corpus.get("byte_fallback")
+    if isinstance(fallback, dict) and all(isinstance(fallback.get(k), int) for k in ("chars", "occurrences")):
+        from .subword import rare_chars_phrase
+
+        lines.append(f"byte pieces  {rare_chars_phrase(fallback['chars'], fallback['occurrences'], corpus.get('chars', 0))} "
+                     f"spelled as UTF-8 bytes")
     if corpus.get("sizing"):
         from .ui import sizing_line
 
@@ -499,14 +565,15 @@ def info(ckpt, as_json, checkpoints_dir):
         lines.append(f"training     {summary['step']:,} steps, {summary['epoch']:.2f} epochs, "
                      f"{summary['train_time_s'] or 0:,.0f} s on {summary['device']}")
     if best is not None:
-        lines.append(f"best val     {best:.4f} nats/char, {best / ln2:.4f} bits/char")
+        lines.append(f"best val     {best / ln2:.4f} bits/char ({best:.4f} nats/char)")
         if model.vocab.kind != "char":
             lines.append(f"             {best * cpt:.4f} nats/token ({cpt:.2f} characters per token)")
     echo("\n".join(lines))
     history = summary["history"]
     if history["train"] or history["val"]:
-        echo("\nloss (nats/char) by step:")
-        plot = line_plot({"train": [tuple(p) for p in history["train"]], "validation": [tuple(p) for p in history["val"]]})
+        echo("\nloss (bits/char) by step:")
+        plot = line_plot({"train": [(s, v / ln2) for s, v in history["train"]],
+                          "validation": [(s, v / ln2) for s, v in history["val"]]})
         echo("\n".join(plot))
 
 
@@ -593,25 +660,82 @@ def list_models(as_json, checkpoints_dir):
 @main.command(context_settings=CONTEXT)
 @click.argument("ckpt", metavar="CHECKPOINT", shell_complete=complete_checkpoints)
 @click.argument("output", type=click.Path(dir_okay=False))
-@click.option("--half", is_flag=True, help="Store the weights as float16 (half the size).")
+@click.option("--format", "fmt", type=click.Choice(list(EXPORT_FORMATS)),
+              help="File format [default: from OUTPUT's extension: .pt, .safetensors or .onnx].")
+@click.option("--half", is_flag=True, help="Store the weights as float16 (half the size; .pt and .safetensors).")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @fail_on_library_errors
-def export(ckpt, output, half, force):
+def export(ckpt, output, fmt, half, force):
     """Write a small sampling-only copy of CHECKPOINT (a file or run folder) to OUTPUT.
 
     The copy keeps the model, vocabulary, corpus and training summary, and drops the
     optimizer, hidden and RNG state, so it samples, evaluates and shows info like the
     original but cannot be resumed. This is how the bundled model is made.
 
+    OUTPUT's extension (or --format) chooses the format: .pt is charrnn's own; .safetensors
+    holds the same without pickle and loads with -c like a .pt; .onnx holds the single-step
+    graph with the vocabulary in its metadata, for onnxruntime (it needs
+    `pip install 'charrnn-cli[onnx]'`).
+
     \b
     Examples:
       charrnn export checkpoints/tinyshakespeare small.pt --half
       charrnn sample -c small.pt
+      charrnn export checkpoints/tinyshakespeare shakespeare.safetensors
+      charrnn export checkpoints/tinyshakespeare shakespeare.onnx
     """
     from .checkpoint import export as export_checkpoint
 
-    path = export_checkpoint(ckpt, output, half=half, force=force)
+    path = export_checkpoint(ckpt, output, half=half, force=force, format=fmt)
     click.echo(f"Wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", err=True)
+
+
+# -- serve ------------------------------------------------------------------------------------
+from .serve import Limits as ServeLimits  # noqa: E402  (neither torch nor starlette: --help stays fast)
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("-c", "--checkpoint", "ckpts", multiple=True, shell_complete=complete_checkpoints, help="Checkpoint file, run folder or run name to serve (repeatable) [default: newest best.pt under ./checkpoints, else the bundled model].")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on; 0.0.0.0 lets other machines connect.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on (0 picks a free one).")
+@click.option("--max-prompt", type=click.IntRange(min=1), default=ServeLimits.max_prompt_chars, show_default=True, help="Longest prompt a request may send, in characters.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=ServeLimits.max_tokens, show_default=True, help="Most characters a request may ask for per choice.")
+@click.option("--max-n", type=click.IntRange(1, MAX_SAMPLES), default=ServeLimits.max_n, show_default=True, help="Most choices (n) per request.")
+@click.option("--concurrency", type=click.IntRange(1, 1024), default=ServeLimits.concurrency, show_default=True, help="Generations running at once; further requests wait.")
+@click.option("--queue-timeout", type=FiniteFloat(min=0), default=ServeLimits.queue_timeout, show_default=True, help="Seconds a request waits for a free slot before it gets 429.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu", show_default=True, envvar="CHARRNN_DEVICE", show_envvar=True, help="Where to run the models.")
+@click.option("--access-log", is_flag=True, help="Log every request on stderr.")
+@checkpoints_option
+@fail_on_library_errors
+def serve(ckpts, host, port, max_prompt, max_tokens, max_n, concurrency, queue_timeout, device, access_log,
+          checkpoints_dir):
+    """Serve models over an OpenAI-compatible HTTP API, with a playground page at /.
+
+    POST /v1/completions takes OpenAI's fields (model, prompt, max_tokens counted in
+    characters, temperature, top_p, stop, n, seed, stream) and top_k; GET /v1/models lists
+    the models, each named after its run folder. Models are loaded once at start-up. Ctrl-C
+    or SIGTERM stops running generations and exits within seconds. Needs
+    `pip install 'charrnn-cli[serve]'`.
+
+    \b
+    Examples:
+      charrnn serve
+      charrnn serve -c checkpoints/tinyshakespeare -c checkpoints/notes --port 8080
+      curl -s localhost:8000/v1/completions -d '{"prompt": "ROMEO:"}'
+    """
+    from . import serve as server
+
+    missing = server.missing_extra()
+    if missing:
+        raise click.ClickException(missing)
+    limits = server.Limits(max_prompt_chars=max_prompt, max_tokens=max_tokens, max_n=max_n,
+                           concurrency=concurrency, queue_timeout=queue_timeout)
+    models = server.load_models(ckpts, checkpoints_dir, device)
+    sock = server.bind(host, port)  # after loading: a slow load does not hold the port
+    app = server.create_app(models, limits)
+    names = ", ".join(f"{s.name} ({'bundled' if s.model.bundled else s.model.path})" for s in models)
+    click.echo(f"Serving {names} at {server.url(sock)} (OpenAI API at {server.url(sock)}v1); Ctrl-C stops.", err=True)
+    server.serve(app, sock, access_log=access_log)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -120,18 +120,23 @@ class TrainConfig:
     patience: int | None = None  # evaluations without improvement before stopping early
     keep_every: int | None = None  # keep a step-NNNNNNNN.pt snapshot every N steps
     max_bad_steps: int = 8  # consecutive non-finite steps (skipped) before giving up
+    sample_every: int | None = None  # show and keep a sample at every Nth evaluation
+    sample_length: int = 200  # characters per such sample
+    sample_temp: float = 0.8
 
     # Options a resumed run may change; every other one must match the checkpoint.
     RESUMABLE = ("max_steps", "max_epochs", "max_time", "eval_every", "log_every", "device",
-                 "precision", "patience", "keep_every", "max_bad_steps")
+                 "precision", "patience", "keep_every", "max_bad_steps", "sample_every", "sample_length", "sample_temp")
     BUDGETS = ("max_steps", "max_epochs", "max_time")
 
     def __post_init__(self):
         for name in ("batch_size", "seq_len", "eval_every", "log_every", "eval_max_tokens", "max_bad_steps"):
             check_number(self, name, int, 1)
         check_number(self, "warmup_steps", int, 0)
-        for name in ("max_steps", "patience", "keep_every"):
+        for name in ("max_steps", "patience", "keep_every", "sample_every"):
             check_number(self, name, int, 1, optional=True)
+        check_number(self, "sample_length", int, 1, 100_000)
+        check_number(self, "sample_temp", float, 0)
         check_number(self, "lr", float, 0, lo_open=True)
         for name in ("weight_decay", "grad_clip"):
             check_number(self, name, float, 0)

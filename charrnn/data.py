@@ -20,6 +20,7 @@ import base64
 import codecs
 import contextlib
 import errno
+import functools
 import shutil
 import hashlib
 import io
@@ -145,6 +146,23 @@ def _source_files(source: str) -> tuple[list[Path], str]:
             raise CorpusError(f"Folder {source} contains no text files.")
         return files, path.resolve().name or "corpus"
     return [path], path.resolve().stem or "corpus"
+
+
+SHIPPED = Path(__file__).parent / "corpora"  # corpora installed with the package
+
+
+def shipped_corpus(source: str | os.PathLike) -> Path | None:
+    """The copy installed with charrnn of a corpus that is not at `source`: the README's
+    `charrnn train corpora/tinyshakespeare.txt` then works from any folder after `pip
+    install`. A file that exists is always the user's own; only the name is matched."""
+    spec = str(source)
+    if spec == "-" or os.path.lexists(spec):
+        return None
+    name = Path(spec).name
+    for candidate in (SHIPPED / name, SHIPPED / f"{name}.txt"):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def check_source(source: str | os.PathLike) -> None:
@@ -310,8 +328,18 @@ class EncodedCorpus:
     files: int
     sha256: str  # of the decoded, normalised text (UTF-8), so it identifies the training data
 
+    @functools.cached_property
+    def byte_fallback(self) -> tuple[int, int]:
+        """Distinct characters spelled as UTF-8 byte pieces (sentencepiece's rare characters)
+        and their occurrences; (0, 0) for characters. Counted once, from the ids."""
+        return self.vocab.byte_fallback(self.ids)
+
     def info(self) -> dict:
-        return {"name": self.name, "source": self.source, "chars": self.chars, "files": self.files, "sha256": self.sha256}
+        info = {"name": self.name, "source": self.source, "chars": self.chars, "files": self.files, "sha256": self.sha256}
+        chars, occurrences = self.byte_fallback
+        if chars:
+            info["byte_fallback"] = {"chars": chars, "occurrences": occurrences}
+        return info
 
 
 def _builder(options: CorpusOptions) -> VocabularyBuilder:
@@ -453,6 +481,7 @@ def encode_corpus(
     options: CorpusOptions = CorpusOptions(),
     stdin: io.BufferedIOBase | None = None,
     verify: Callable[[str], None] | None = None,
+    extend: bool = False,
 ) -> EncodedCorpus:
     """Read and encode a corpus with any vocabulary kind, never holding more than a block
     of its text (beyond what a tokenizer trains on).
@@ -467,9 +496,16 @@ def encode_corpus(
 
     `verify` is called with the text's sha256 after the first pass, before anything is
     encoded or written (a resumed run refuses another text there, its cache untouched).
+
+    With `extend` (fine-tuning), `vocab` is a base: characters of the text it lacks are
+    appended to it (`vocab.extender()`, counted in the first pass) instead of refused. A
+    kind without `extender` (sentencepiece, whose byte pieces encode any text) stays as it is.
     """
     src = _resolve(source)
-    builder = _builder(options) if vocab is None else None  # an unknown tokenizer fails before any reading
+    if vocab is None:
+        builder = _builder(options)  # an unknown tokenizer fails before any reading
+    else:
+        builder = vocab.extender() if extend and hasattr(vocab, "extender") else None
 
     def read() -> Blocks:
         return _blocks(src, options.encoding, options.errors, options.newline, stdin)
@@ -525,6 +561,7 @@ def _encode(src: _Source, read: Callable[[], Blocks], vocab: Vocabulary | None, 
     _check_text(chars, has_text, src)
     if verify is not None:
         verify(digest.hexdigest())
+    tokenizer = _tokenizer_key(options) if vocab is None else None  # a vocabulary made from these options alone
     if builder is not None:
         vocab = builder.build(read)
     if cache is None:
@@ -534,7 +571,7 @@ def _encode(src: _Source, read: Callable[[], Blocks], vocab: Vocabulary | None, 
     if (vocab.char_lengths() == 1).all():  # one id per character: the size is known before writing
         _check_space(cache, chars * vocab.dtype.itemsize)
     count = _write_ids(cache, vocab.encode_blocks(read()))
-    _write_meta(cache, {**fingerprint, "tokenizer": None if builder is None else _tokenizer_key(options),
+    _write_meta(cache, {**fingerprint, "tokenizer": tokenizer,
                         "vocab_sha256": _vocab_sha256(vocab), "vocab": _vocab_json(vocab),
                         "dtype": vocab.dtype.str, "count": count, "chars": chars, "sha256": digest.hexdigest()})
     ids = np.memmap(cache / CACHE_IDS, dtype=vocab.dtype, mode="c", shape=(count,))

@@ -64,6 +64,15 @@ class Evaluated:
 
 
 @dataclass(frozen=True)
+class Sampled:
+    """A short sample at an evaluation (--sample-every), also appended to the run's samples.txt."""
+
+    step: int
+    val_loss: float  # nats per character
+    text: str
+
+
+@dataclass(frozen=True)
 class Saved:
     path: str
     kind: str  # "latest", "best" or "snapshot"

@@ -29,7 +29,7 @@ from . import checkpoint
 from .checkpoint import Checkpoint, RunDir
 from .config import CorpusOptions, ModelConfig, TrainConfig, field_names
 from .errors import ConfigError, Interrupted
-from .events import Status
+from .events import Note, Status
 
 DEFAULT_MAX_TIME = 600.0  # seconds, when a new run is given no budget at all
 DEFAULT_ROOT = "checkpoints"
@@ -63,6 +63,7 @@ class Request:
     overwrite: bool = False
     explicit: frozenset = frozenset()  # options the user set; on resume only these are compared
     corpus_options: CorpusOptions = CorpusOptions()
+    init_path: Path | None = None  # the checkpoint init_from names (`finetune.base_checkpoint`)
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,9 @@ def _stored_checkpoint(req: Request) -> Checkpoint | None:
             raise ConfigError(f"{stored.path} holds weights only (an exported model), so it cannot be resumed.")
         return stored
     if req.init_from is not None:
-        return checkpoint.load(checkpoint.resolve(req.init_from))
+        from .finetune import base_checkpoint
+
+        return checkpoint.load(req.init_path or base_checkpoint(req.init_from, DEFAULT_ROOT))
     return None
 
 
@@ -174,7 +177,17 @@ def make_plan(req: Request, stdin: io.BufferedIOBase | None = None, *, main: boo
 
     report(Status(f"Reading {'standard input' if corpus == '-' else corpus}"))
     encoded = encode_corpus(corpus, cache_dir=req.run_dir.path, vocab=vocab, options=req.corpus_options, stdin=stdin,
-                            verify=same_text)
+                            verify=same_text, extend=req.init_from is not None)  # fine-tuning grows the base's
+    if encoded.byte_fallback[0]:  # sentencepiece's rare characters
+        from .subword import rare_chars_note
+
+        report(Note(rare_chars_note(*encoded.byte_fallback, encoded.chars, encoded.vocab.size)))
+    if req.init_from is not None:
+        from .finetune import added_chars, growth_note
+
+        added = added_chars(vocab, encoded.vocab)
+        if added:
+            report(Note(growth_note(added)))
     sizing = None
     if sized is not None:
         model_options, sizing = sized
@@ -246,9 +259,8 @@ def size_model(model_options: dict, config: TrainConfig, encoded,
     train_tokens = len(split_ids(encoded.ids, config.val_fraction)[0])
     local_batch = max(1, config.batch_size // world.size)
 
-    throughput = None
+    throughput, rates = None, []  # rates: [hidden_size, tokens/s] of every width timed
     if config.max_time is not None:
-        report(Status("Sizing the model: timing candidate widths on this machine"))
         device = local_device(config.device, world.local_rank if world.active else None)
         bf16 = use_bf16(device, config.precision)
 
@@ -260,10 +272,13 @@ def size_model(model_options: dict, config: TrainConfig, encoded,
         timed_fp32 = sizing.measure_throughput(factory, local_batch, config.seq_len, vocab_size, device)
 
         def throughput(hidden: int) -> float:  # all processes together
+            report(Status(f"Sizing the model: timing {hidden} units per layer on this machine"))
             try:
-                return world.size * timed(hidden)
+                rate = world.size * timed(hidden)
             except RuntimeError:  # no bf16 recurrent kernels in this cuDNN: training runs float32 too
-                return world.size * timed_fp32(hidden)
+                rate = world.size * timed_fp32(hidden)
+            rates.append([hidden, rate])
+            return rate
 
     choice = sizing.choose(
         cell=get("cell"), num_layers=get("num_layers"), input_size=vocab_size if one_hot else get("embedding_size"),
@@ -273,7 +288,7 @@ def size_model(model_options: dict, config: TrainConfig, encoded,
         ladder=(options["hidden_size"],) if "hidden_size" in options else sizing.LADDER)
     options.setdefault("hidden_size", choice.hidden_size)
     options.setdefault("dropout", choice.dropout)
-    return options, dataclasses.asdict(choice) | {"epochs": choice.epochs, "auto": auto}
+    return options, dataclasses.asdict(choice) | {"epochs": choice.epochs, "auto": auto, "timed": rates}
 
 
 class Run:
@@ -300,7 +315,7 @@ class Run:
         stdin: io.BufferedIOBase | None = None,
         on_event: Callable[[object], None] | None = None,
     ):
-        from .data import check_source
+        from .data import check_source, shipped_corpus
 
         model_options = {k: v for k, v in (model_options or {}).items() if v is not None}
         train_options = {k: v for k, v in (train_options or {}).items() if v is not None}
@@ -310,18 +325,28 @@ class Run:
         if resume and init_from is not None:
             raise ConfigError("Use either --resume or --init-from, not both.")
         corpus = None if corpus is None else str(corpus)
+        self.report = on_event or _ignore  # set-up Status and Note events
+        shipped = None if corpus is None else shipped_corpus(corpus)
+        if shipped is not None:
+            self.report(Note(f"{corpus} is not here; using the copy that ships with charrnn ({shipped})."))
+            corpus = str(shipped)
         if corpus is None and not (resume and out is not None):
             raise ConfigError("Name a corpus to train on (a file, a folder, or - for stdin).")
         if corpus is not None and corpus != "-":
             check_source(corpus)  # a missing corpus is reported before any folder is created
+        init_path = None
+        if init_from is not None:  # a path, a run's name under root, or "bundled"; checked as early
+            from .finetune import base_checkpoint
+
+            init_path = base_checkpoint(init_from, root)
         if out is not None and not os.fspath(out):  # an unset shell variable, not the current folder
             raise ConfigError("The run folder path is empty; name a folder with --out.")
         run_dir = RunDir(out if out is not None else Path(root) / corpus_name(corpus))
         explicit = set(model_options) | set(train_options) if explicit is None else set(explicit)
         self.request = Request(corpus, run_dir, model_options, train_options, resume,
-                               None if init_from is None else str(init_from), overwrite, frozenset(explicit), corpus_options)
+                               None if init_from is None else str(init_from), overwrite, frozenset(explicit), corpus_options,
+                               init_path)
         self.stdin = stdin
-        self.report = on_event or _ignore  # set-up Status and Note events
         self.plan: Plan | None = None
         self.trainer = None
         self._lock = None
@@ -425,13 +450,19 @@ class Run:
         if plan.resume_from is not None:  # what the run was sized to and started from stays on record
             corpus = {**plan.resume_from.corpus, **corpus}
         if plan.init_from is not None:
+            from .finetune import added_chars
+
             corpus["init_from"] = self.request.init_from
+            corpus["added_chars"] = "".join(added_chars(plan.init_from.vocabulary(), plan.corpus.vocab))
         trainer = Trainer(plan.model_config, plan.train_config, plan.corpus.vocab, train_ids, val_ids,
                           plan.run_dir, corpus, self.world, plan.sizing)
         if plan.resume_from is not None:
             trainer.restore(plan.resume_from)
-        elif plan.init_from is not None:
-            trainer.model.load_state_dict(plan.init_from.weights)
+        elif plan.init_from is not None:  # grown to the run's vocabulary (the base's ids first)
+            from .finetune import extend_weights
+
+            trainer.model.load_state_dict(extend_weights(plan.init_from.weights, plan.init_from.model_config,
+                                                         plan.model_config.vocab_size))
         if plan.clear_first:
             plan.run_dir.clear_run()
         return trainer

@@ -11,7 +11,7 @@ from __future__ import annotations
 import codecs
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -106,9 +106,121 @@ def warm_up(model: CharRNN, ids: torch.Tensor, window: int = PRIME_WINDOW) -> tu
     return logits[:, -1], state  # (B, V)
 
 
+# -- keeping byte pieces in UTF-8 order ----------------------------------------------------
+# A subword vocabulary with byte fallback spells rare characters as UTF-8 byte pieces; drawn
+# freely, they could form sequences that are not UTF-8 (a lone continuation byte, a lead
+# byte followed by a letter), which a decoder can only show as U+FFFD. The sampler instead
+# follows each stream's UTF-8 decoder state and only lets it draw pieces that keep its bytes
+# valid. States: 0 = at a character boundary; 1..7 = inside a character, waiting for a
+# continuation byte in a range (RFC 3629's table: no overlong forms, no surrogates, nothing
+# above U+10FFFF).
+_CONTINUATION = {  # state: (lowest and highest continuation byte allowed next, state after it)
+    1: (0x80, 0xBF, 0),  # one continuation byte to go
+    2: (0x80, 0xBF, 1),  # two to go
+    3: (0x80, 0xBF, 2),  # three to go
+    4: (0xA0, 0xBF, 1),  # after E0 (no overlong three-byte forms)
+    5: (0x80, 0x9F, 1),  # after ED (no surrogates)
+    6: (0x90, 0xBF, 2),  # after F0 (no overlong four-byte forms)
+    7: (0x80, 0x8F, 2),  # after F4 (nothing above U+10FFFF)
+}
+UTF8_STATES = 1 + len(_CONTINUATION)
+
+
+def utf8_next(state: int, byte: int) -> int | None:
+    """The UTF-8 decoder state after `byte`, or None if `byte` cannot come next."""
+    if state:
+        low, high, after = _CONTINUATION[state]
+        return after if low <= byte <= high else None
+    if byte < 0x80:
+        return 0
+    if 0xC2 <= byte <= 0xDF:
+        return 1
+    if 0xE0 <= byte <= 0xEF:
+        return {0xE0: 4, 0xED: 5}.get(byte, 2)
+    if 0xF0 <= byte <= 0xF4:
+        return {0xF0: 6, 0xF4: 7}.get(byte, 3)
+    return None  # 80..BF (a continuation), C0, C1 (overlong), F5..FF (beyond Unicode)
+
+
+class Utf8Guard:
+    """Masks the logits of each stream so its bytes stay valid UTF-8, then follows the ids drawn.
+
+    Two small tables over the vocabulary, built once: a penalty per state and id (0 where
+    allowed, -inf where not) and the state each allowed id leads to, both (S, V) with S = 8
+    states. Each step is then two gathers for the whole batch (index_select, the cheapest
+    on a CPU): the states' penalties are added to the logits (N, V) before temperature,
+    top-k, top-p or argmax see them, and the ids drawn advance the states (N,). Banned ids
+    (control pieces) are blocked in every state. A piece that is valid UTF-8 on its own (any
+    whole-character piece) is allowed only at a boundary and leaves the stream there; a
+    byte piece is allowed where its byte may come. Generation starts at a boundary: the
+    prime is text, so its pieces end with a complete character.
+    """
+
+    def __init__(self, piece_bytes: list[bytes], banned: Iterable[int], streams: int, device: torch.device):
+        size = len(piece_bytes)
+        allowed = np.zeros((UTF8_STATES, size), dtype=bool)
+        after = np.zeros((UTF8_STATES, size), dtype=np.int64)
+        for i, piece in enumerate(piece_bytes):
+            if _is_utf8(piece):
+                allowed[0, i] = True  # whole characters: from a boundary to a boundary
+                continue
+            for start in range(UTF8_STATES):
+                state = start
+                for byte in piece:
+                    state = utf8_next(state, byte)
+                    if state is None:
+                        break
+                if state is not None:
+                    allowed[start, i], after[start, i] = True, state
+        allowed[:, list(banned)] = False
+        # A state no allowed id leaves (a vocabulary lacking some byte pieces) must never be
+        # entered, or a stream would have nothing left to draw.
+        while True:
+            dead = [s for s in range(1, UTF8_STATES) if not allowed[s].any() and (allowed & (after == s)).any()]
+            if not dead:
+                break
+            allowed &= ~np.isin(after, dead)
+        penalty = np.where(allowed, 0.0, -np.inf).astype(np.float32)
+        self.penalty = torch.from_numpy(penalty).to(device)  # (S, V): 0 where allowed, else -inf
+        self.next = torch.from_numpy(after.reshape(-1)).to(device)  # (S * V,): state, id -> state
+        self.size = size
+        self.state = torch.zeros(streams, dtype=torch.long, device=device)  # (N,)
+
+    @classmethod
+    def for_vocab(cls, vocab, streams: int, device: torch.device) -> "Utf8Guard | None":
+        """A guard for a vocabulary with byte pieces (a lone byte 80..FF); None for one whose
+        every piece is whole characters (a character vocabulary), which needs no masking."""
+        pieces = vocab.piece_bytes()
+        if not any(len(p) == 1 and p[0] >= 0x80 for p in pieces):
+            return None
+        return cls(pieces, vocab.banned_ids, streams, device)
+
+    def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        """`logits` (N, V) with every id the streams' states forbid set to -inf."""
+        return logits + self.penalty.index_select(0, self.state)  # (N, V)
+
+    def advance(self, token: torch.Tensor) -> None:
+        """Follow the ids just drawn (N,)."""
+        self.state = self.next.index_select(0, self.state * self.size + token)  # (N,)
+
+
+def _is_utf8(piece: bytes) -> bool:
+    try:
+        piece.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 class StreamDecoder:
     """Turns one new id per stream into text, holding back partial UTF-8 sequences (a
-    subword vocabulary can spell a character as several byte pieces)."""
+    subword vocabulary can spell a character as several byte pieces).
+
+    With `Utf8Guard` choosing the ids every sequence is valid, so nothing is ever replaced.
+    The bytes of a character still incomplete when a sample ends (only `max_time` can end it
+    there: text, and so the length and stop sequences, only ever grows by whole characters)
+    are dropped, never shown as U+FFFD: the decoder is never asked to flush them.
+    """
 
     def __init__(self, vocab, streams: int):
         self._bytes = vocab.piece_bytes()
@@ -150,7 +262,8 @@ class Sampler:
         """Yield chunks holding the new text of each of the N samples.
 
         A sample that has hit a stop sequence or its length gets "" from then on; the
-        generator ends when every sample is finished.
+        generator ends when every sample is finished. With a vocabulary of byte pieces,
+        `Utf8Guard` keeps every sample valid UTF-8 (see `StreamDecoder` for its end).
         """
         n = cfg.num_samples
         generator = torch.Generator(device=self.device)
@@ -173,6 +286,7 @@ class Sampler:
             yield from self._fixed_length(logits, state, cfg, generator, decoder, banned, deadline)
             return
 
+        guard = Utf8Guard.for_vocab(self.vocab, n, self.device)  # None for characters
         count = [0] * n  # characters produced per sample
         keep = max((len(s) for s in cfg.stop), default=1)
         # The last characters of the text so far, enough to see a stop sequence. It starts
@@ -184,9 +298,13 @@ class Sampler:
         done = [False] * n
         steps = 0
         while not all(done):
-            if banned:
+            if guard is not None:
+                logits = guard.mask(logits)  # banned ids and bytes that would break UTF-8
+            elif banned:
                 logits[:, banned] = float("-inf")
             token = choose(logits, cfg, generator)  # (N,)
+            if guard is not None:
+                guard.advance(token)
             for i, piece in enumerate(decoder.push(token.tolist())):
                 if done[i]:
                     continue

@@ -27,7 +27,7 @@ from .data import as_streams, eval_windows
 from .devices import autocast, bf16_works, device_name, local_device, rng_state, set_rng_state, use_bf16
 from .distributed import World
 from .errors import CharrnnError, ConfigError
-from .events import LN2, Evaluated, Finished, Progress, Saved, Started  # noqa: F401  (re-exported)
+from .events import LN2, Evaluated, Finished, Progress, Sampled, Saved, Started  # noqa: F401  (re-exported)
 from .metrics import MetricsLog
 from .model import CharRNN, State
 from .schedule import budget_fraction, lr_at
@@ -149,6 +149,7 @@ class Trainer:
         self._layout_data(train_ids, val_ids)
         self.optimizer, self.fused = self._build_optimizer()
         self.progress = RunState(chars_per_token=chars_per_token(vocab, train_ids))
+        self._evaluations = 0  # in this process's run (--sample-every counts these)
         self.local_batch = config.batch_size // world.size
         self.state: State = self.model.init_state(self.local_batch, self.device)
         self.skipped = torch.zeros((), dtype=torch.long, device=self.device)
@@ -318,6 +319,10 @@ class Trainer:
         self.metrics.write({"event": "eval", "step": p.step, "epoch": self.epoch, "val_loss": val,
                             "best_val_loss": best, "elapsed": p.elapsed})
         yield Evaluated(p.step, val, best, improved)
+        self._evaluations += 1
+        every = self.config.sample_every
+        if every and self._evaluations % every == 0 and self.world.main:
+            yield self._sample(val)
         # Without validation text there is nothing to compare: best follows latest.
         with_best = improved or self.val_streams is None or not self.run_dir.best.exists()
         yield from self._write("latest", *(["best"] if with_best else []))
@@ -325,6 +330,26 @@ class Trainer:
         if patience and p.evals_without_improvement >= patience:
             self.request_stop(f"early stopping: no improvement in {patience} evaluations")
             self._stop_agreed = True  # every rank saw the same validation loss
+
+    def _sample(self, val_loss: float) -> Sampled:
+        """--sample-every: a short sample from the model as it is now, appended to
+        samples.txt. Its own generator (seeded by the run's seed and the step) leaves the
+        training RNG alone, so a run with samples trains exactly like one without."""
+        from .sampling import Sampler, SampleConfig
+
+        c, p = self.config, self.progress
+        cfg = SampleConfig(temperature=c.sample_temp, length=c.sample_length, seed=(c.seed + p.step) % (2**63))
+        try:
+            text = "".join(chunk.texts[0] for chunk in Sampler(self.model, self.vocab, self.device).generate("", cfg))
+        finally:
+            self.model.train()
+        bits = f"{val_loss / LN2:.4f} bits/char" if math.isfinite(val_loss) else "no validation"
+        try:
+            with open(self.run_dir.samples, "a", encoding="utf-8") as fh:
+                fh.write(f"--- step {p.step}, epoch {self.epoch:.2f}, val {bits} ---\n{text}\n\n")
+        except OSError as exc:
+            raise ConfigError(f"Cannot append to {self.run_dir.samples}: {exc.strerror or exc}.") from None
+        return Sampled(p.step, val_loss, text)
 
     # -- the loop -------------------------------------------------------------------------
     def _train_step(self, lr: float, sums: _Sums) -> int:

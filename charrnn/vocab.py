@@ -1,7 +1,9 @@
 """Character vocabularies: text <-> integer ids (the interface is `charrnn.vocabulary`).
 
 A character vocabulary is the sorted set of distinct code points of the corpus, so the
-same text always gives the same ids. Encoding goes through numpy (UTF-32 code points and
+same text always gives the same ids. A vocabulary grown for fine-tuning (`extended`) keeps
+its base's ids and appends the new characters after them, sorted: ids are unique, but only
+the two parts are each in code point order. Encoding goes through numpy (UTF-32 code points and
 a code point -> id lookup table) rather than a Python dict lookup per character: a 100 MB
 corpus encodes in seconds and ends up as a compact uint8/uint16/int32 array, never a list
 of ints.
@@ -31,7 +33,8 @@ def _code_points(text: str | bytes) -> np.ndarray:
 
 @register
 class CharVocab:
-    """Character-level vocabulary: id i is the i-th smallest code point seen in the corpus."""
+    """Character-level vocabulary: id i is the i-th smallest code point seen in the corpus
+    (or, for a vocabulary grown by `extended`, in the base and then among the additions)."""
 
     kind = "char"
 
@@ -39,8 +42,8 @@ class CharVocab:
         chars = list(chars)
         if not chars:
             raise VocabularyError("The vocabulary is empty: the corpus has no characters.")
-        if sorted(set(chars)) != chars:
-            raise VocabularyError("A character vocabulary must be sorted and without repeats.")
+        if len(set(chars)) != len(chars) or not all(isinstance(c, str) and len(c) == 1 for c in chars):
+            raise VocabularyError("A character vocabulary must hold single characters without repeats.")
         self.chars: list[str] = chars
         self._points = np.array([ord(c) for c in chars], dtype=np.uint32)
         # code point -> id, -1 for characters outside the vocabulary (one slot past the
@@ -63,6 +66,18 @@ class CharVocab:
         for block in blocks:
             counter.add(block)
         return counter.vocab()
+
+    def extended(self, chars: Iterable[str]) -> "CharVocab":
+        """This vocabulary with the characters of `chars` it lacks appended in code point
+        order. Every id keeps its character, so a model trained on this vocabulary can be
+        grown to the new one (`charrnn.finetune`) without disturbing what it predicts."""
+        new = sorted(set(chars) - set(self.chars))
+        return CharVocab(self.chars + new) if new else self
+
+    def extender(self) -> "CharCounter":
+        """A builder that counts a corpus and returns this vocabulary `extended` by the
+        characters seen: how fine-tuning takes a text its base model cannot encode."""
+        return CharCounter(base=self)
 
     # -- the interface shared by every vocabulary kind ---------------------------------------
     @property
@@ -131,6 +146,10 @@ class CharVocab:
         """Ids a sampler must never produce (control symbols); none for characters."""
         return ()
 
+    def byte_fallback(self, ids: np.ndarray) -> tuple[int, int]:
+        """Characters spelled as byte pieces: none, every character is an id of its own."""
+        return 0, 0
+
     def to_dict(self) -> dict:
         """Plain-types form stored in checkpoints."""
         return {"kind": self.kind, "chars": "".join(self.chars)}
@@ -147,11 +166,13 @@ class CharVocab:
 
 class CharCounter:
     """Counts code points over text blocks: the streaming pass that builds a vocabulary
-    (a `VocabularyBuilder`)."""
+    (a `VocabularyBuilder`). With a `base`, the vocabulary built is the base `extended` by
+    the characters seen, not the characters seen alone."""
 
-    def __init__(self):
+    def __init__(self, base: CharVocab | None = None):
         self.counts = np.zeros(256, dtype=np.int64)
         self.chars = 0
+        self.base = base
 
     def add(self, block: str | bytes) -> None:
         for i in range(0, len(block), _BLOCK_CHARS):
@@ -165,7 +186,8 @@ class CharCounter:
             self.chars += len(points)
 
     def vocab(self) -> "CharVocab":
-        return CharVocab(chr(int(c)) for c in np.flatnonzero(self.counts))
+        seen = [chr(int(c)) for c in np.flatnonzero(self.counts)]
+        return CharVocab(seen) if self.base is None else self.base.extended(seen)
 
     def build(self, again: Callable[[], Iterable[str | bytes]]) -> "CharVocab":
         """The vocabulary of the blocks seen; counting needs no second pass (`again` unused)."""

@@ -63,6 +63,10 @@ class Vocabulary(Protocol):
     def banned_ids(self) -> tuple[int, ...]:
         """Ids a sampler must never produce."""
 
+    def byte_fallback(self, ids: np.ndarray) -> tuple[int, int]:
+        """Distinct characters `ids` spell as UTF-8 byte pieces because they have no piece of
+        their own (sentencepiece's rare characters), and how many times they occur."""
+
     def to_dict(self) -> dict:
         """Plain types (str, bytes) stored in checkpoints, with "kind" naming the class."""
 

@@ -27,9 +27,10 @@ def trained(tmp_path_factory):
     return root
 
 
-def invoke(*args, input=None, env=None):
+def invoke(*args, input=None, env=None, **kwargs):
     # An exception the CLI failed to turn into one sentence fails the test with its traceback.
-    return CliRunner().invoke(main, [str(a) for a in args], input=input, env=env, catch_exceptions=False)
+    return CliRunner().invoke(main, [str(a) for a in args], input=input, env=env, catch_exceptions=False,
+                              prog_name="charrnn", **kwargs)
 
 
 def test_train_writes_checkpoints_and_reports_on_stderr_only(trained):
@@ -223,6 +224,36 @@ def test_version_and_short_help():
     assert "Examples" in invoke("sample", "-h").stdout
 
 
+def panels(text: str) -> dict[str, str]:
+    """The option panels of rich-click's help: title -> the text inside the box."""
+    found, title = {}, None
+    for line in text.splitlines():
+        if line.startswith("╭─ "):
+            title = line[3:].split(" ─")[0]
+            found[title] = ""
+        elif line.startswith("╰"):
+            title = None
+        elif title is not None:
+            found[title] += line + "\n"
+    return found
+
+
+def test_help_groups_train_options_and_keeps_summaries_whole():
+    text = invoke("train", "-h", terminal_width=120).stdout
+    groups = panels(text)
+    assert {"Data", "Run folder", "Model", "Optimisation", "Budget", "Device and precision", "Output"} <= set(groups)
+    assert "--hidden-size" in groups["Model"] and "--lr" in groups["Optimisation"] and "--max-time" in groups["Budget"]
+    assert "Options" not in groups  # every option is in a group of its own purpose
+    assert text.count("CHARRNN_DEVICE") == 1  # each env var named once
+    overview = invoke(terminal_width=120).stdout
+    for name, command in main.commands.items():
+        summary = command.help.split("\n")[0].strip()
+        assert summary in overview, name  # not cut with "..."
+    error = invoke("sample", "--temp", "abc")
+    assert error.exit_code == 2 and error.stderr.splitlines()[0] == "Usage: charrnn sample [OPTIONS]"
+    assert "Error: Invalid value for '--temp'" in error.stderr and "╭" not in error.stderr
+
+
 def test_export_is_small_and_samples_like_the_original(trained, tmp_path):
     out = tmp_path / "small.pt"
     result = invoke("export", trained / "run", out, "--half")
@@ -269,9 +300,9 @@ def test_info_on_a_random_weight_checkpoint_is_exact(random_checkpoint):
         "vocabulary   char, 9 entries: \\n abcdefg",
         "corpus       letters (9 characters from letters.txt)",
         "training     7 steps, 0.50 epochs, 3 s on cpu",
-        "best val     2.0000 nats/char, 2.8854 bits/char",
+        "best val     2.8854 bits/char (2.0000 nats/char)",
         "",
-        "loss (nats/char) by step:",
+        "loss (bits/char) by step:",
         *result.stdout.splitlines()[8:],
     ]
     assert len(result.stdout.splitlines()) > 10  # the plot
@@ -305,7 +336,7 @@ def test_train_option_defaults_are_the_configuration_defaults():
 
 def test_plain_charrnn_prints_help_and_a_run_name_works_with_c(trained, monkeypatch, tmp_path):
     plain = invoke()
-    assert plain.exit_code == 0 and "Commands:" in plain.stdout
+    assert plain.exit_code == 0 and "Commands" in plain.stdout and "Usage: " in plain.stdout
     monkeypatch.chdir(tmp_path)  # no ./run here: "run" can only be the run's name under the checkpoints folder
     by_name = invoke("sample", "-c", "run", "--checkpoints-dir", trained, "--length", 10, "--seed", 1)
     by_path = invoke("sample", "-c", trained / "run", "--length", 10, "--seed", 1)
@@ -350,5 +381,6 @@ def test_completion_offers_run_names_and_files(trained, tmp_path):
         return result.stdout.split()
 
     assert complete("charrnn sample -c r") == ["plain,run", "file,r"]
-    assert complete("charrnn info ") == ["plain,run", "file,"]
+    assert complete("charrnn info ") == ["plain,run", "plain,bundled", "file,"]
+    assert complete("charrnn train c --init-from b") == ["plain,bundled", "file,b"]
     assert complete("charrnn train c") == ["file,c"]  # the corpus: files and folders

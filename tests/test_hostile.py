@@ -231,8 +231,8 @@ CASES = [
      "either --resume or --init-from"),
     ("init-from-tokenizer-mismatch", lambda w: ["train", "c.txt", "--out", "i", "--init-from", "real", "--tokenizer",
                                                 "sentencepiece", "--max-steps", "1"], 1, "Cannot fine-tune from real"),
-    ("init-from-vocabulary-mismatch", lambda w: ["train", "c.txt", "--out", "i", "--init-from", "run",
-                                                 "--max-steps", "1"], 1, "outside the model's vocabulary"),
+    ("init-from-missing", lambda w: ["train", "c.txt", "--out", "i", "--init-from", "nope.pt", "--max-steps", "1"], 1,
+     "Checkpoint nope.pt does not exist."),
     ("init-from-hollow-folder", lambda w: ["train", "c.txt", "--out", "i", "--init-from", "hollow"], 1,
      "has no best.pt or latest.pt"),
     # export destinations, again

@@ -112,3 +112,103 @@ def test_line_sample_ignores_block_boundaries(stride):
     for size in (1, 4, 13, len(text)):
         blocks = [text[i : i + size] for i in range(0, len(text), size)]
         assert sample_lines(blocks, stride) == expected, size
+
+
+# -- alphabets larger than the vocabulary ------------------------------------------------------
+def zipf_cjk_text(distinct: int = 5000, chars: int = 100_000, seed: int = 0) -> str:
+    """A Chinese-like text: `distinct` CJK ideographs drawn with Zipf frequencies (a long
+    tail of rare ones), lines of 60, a few ASCII words with spaces among them."""
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / np.arange(1, distinct + 1)
+    ideographs = np.array([chr(0x4E00 + i) for i in range(distinct)])
+    body = "".join(ideographs[rng.choice(distinct, size=chars, p=weights / weights.sum())])
+    lines = [body[i : i + 60] for i in range(0, len(body), 60)]
+    return "\n".join(line + (" ok go" if i % 7 == 0 else "") for i, line in enumerate(lines)) + "\n"
+
+
+@pytest.fixture(scope="module")
+def cjk_text():
+    return zipf_cjk_text()
+
+
+@pytest.fixture(scope="module")
+def cjk_vocab(cjk_text):
+    return SentencePieceVocab.train(cjk_text, vocab_size=2000)
+
+
+def test_alphabet_larger_than_the_vocabulary_trains(cjk_text, cjk_vocab):
+    """4,800 distinct characters in 2,000 pieces: sentencepiece's own way (a coverage) cannot
+    do it, since it takes no coverage below 0.98 and the 1,740 characters that fit cover less;
+    the frequent characters get pieces, the rare ones are spelled as bytes, and the text
+    still round-trips exactly."""
+    from collections import Counter
+
+    from charrnn.subword import META_PIECES
+
+    counts = Counter(cjk_text)
+    top = np.sort(np.array(list(counts.values())))[::-1]
+    assert len(counts) > 4000 and top[: 2000 - META_PIECES].sum() / top.sum() < 0.98
+    assert cjk_vocab.size <= 2000
+    ids = cjk_vocab.encode(cjk_text)
+    assert cjk_vocab.decode(ids) == cjk_text
+
+    sp = cjk_vocab.sp
+    spelled = {c for c in counts if c != "\n" and all(sp.is_byte(i) for i in sp.encode(c))}
+    assert cjk_vocab.byte_fallback(ids) == (len(spelled), sum(counts[c] for c in spelled))
+    assert 2000 < len(spelled) < len(counts) - 1000
+    assert not spelled & {c for c, _ in counts.most_common(1000)}  # frequent characters have pieces
+    assert " " not in spelled  # a byte-spelled space would decode as U+2581
+
+
+def test_byte_fallback_counts_characters_across_windows(cjk_vocab, monkeypatch):
+    """Characters spelled over a window edge count once, as with one window."""
+    import charrnn.subword as subword
+
+    ids = cjk_vocab.encode(zipf_cjk_text(chars=3000, seed=1))
+    whole = cjk_vocab.byte_fallback(ids)
+    monkeypatch.setattr(subword, "_ENCODE_CHARS", 7)
+    assert cjk_vocab.byte_fallback(ids) == whole and whole[0] > 0
+    assert SentencePieceVocab.train(MIXED, vocab_size=400).byte_fallback(np.zeros(0, dtype=np.uint16)) == (0, 0)
+
+
+def test_kept_chars_rules():
+    from charrnn.subword import LARGE_ALPHABET, kept_chars
+
+    counts = np.zeros(0x110000, dtype=np.int64)
+    counts[[ord(c) for c in "abcde "]] = [50, 40, 30, 20, 10, 1]
+    assert sorted(map(chr, kept_chars(counts, 100))) == sorted("abcde ")
+    assert list(map(chr, kept_chars(counts, 3))) == [" ", "a", "b"]  # the space first, then by count
+    large = np.zeros(0x110000, dtype=np.int64)
+    large[0x4E00 : 0x4E00 + 2 * LARGE_ALPHABET] = 1
+    large[0x4E00] = 10_000_000  # one character holds nearly all the text
+    assert len(kept_chars(large, 10_000)) < 2 * LARGE_ALPHABET  # the 0.9995 coverage of a large alphabet
+
+
+def test_vocabulary_without_room_for_characters_is_one_sentence():
+    from charrnn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no room for characters"):
+        SentencePieceVocab.train(MIXED, vocab_size=260)
+
+
+def test_chinese_like_corpus_end_to_end_through_cli(tmp_path, cjk_text):
+    """`train --tokenizer sentencepiece --vocab-size 2000` on 4,800 distinct characters: a
+    note about the rare characters, a line in `info`, samples without U+FFFD."""
+    corpus = tmp_path / "novel.txt"
+    corpus.write_text(cjk_text, encoding="utf-8")
+    run = tmp_path / "novel"
+    runner = CliRunner()
+    result = runner.invoke(main, ["train", str(corpus), "--out", str(run), "--tokenizer", "sentencepiece",
+                                  "--sp-model-type", "bpe", "--vocab-size", "2000", "--max-steps", "3",
+                                  "--hidden-size", "16", "--num-layers", "1", "--embedding-size", "8",
+                                  "--batch-size", "2", "--seq-len", "16", "--threads", "1"])
+    assert result.exit_code == 0, result.stderr
+    assert "rare characters (" in result.stderr and "spelled as UTF-8 bytes" in result.stderr
+    info = load(run).checkpoint.corpus["byte_fallback"]
+    assert info["chars"] > 2000 and 0 < info["occurrences"] < len(cjk_text)
+    shown = runner.invoke(main, ["info", str(run)])
+    assert shown.exit_code == 0 and "rare characters" in shown.stdout
+    sample = runner.invoke(main, ["sample", "-c", str(run), "--length", "300", "--seed", "1", "--temperature", "1.5",
+                                  "-N", "3"])
+    assert sample.exit_code == 0 and "\ufffd" not in sample.stdout
+    assert len(sample.stdout.replace("\n", "")) >= 3 * 250

@@ -1,0 +1,180 @@
+"""What a run tells the person watching it: set-up status, the live bar's fields and its
+true last frame, plain lines for logs, and --sample-every."""
+
+import io
+import math
+
+import pytest
+import torch
+from rich.console import Console
+
+from charrnn import checkpoint, train
+from charrnn.events import Evaluated, Finished, Note, Progress, Sampled, Started, Status
+from charrnn.ui import ClockColumn, TrainView
+
+TEXT = "the cat sat on the mat. " * 200
+SMALL = dict(hidden_size=32, num_layers=1, embedding_size=8, batch_size=4, seq_len=16, device="cpu")
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def screen(raw: str) -> list[str]:
+    """The lines a terminal ends up showing: escape sequences dropped, and of a line
+    redrawn in place (carriage return) only its last drawing; cursor-up clears."""
+    import re
+
+    lines = []
+    for line in raw.split("\n"):
+        if "\x1b[1A" in line:  # a transient line (the status spinner) was taken back
+            lines.pop()
+        line = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", line).split("\r")[-1]
+        lines.append(line)
+    return lines
+
+
+def terminal(width=200):
+    out = io.StringIO()
+    return Console(file=out, force_terminal=True, width=width, color_system=None), out
+
+
+def started():
+    return Started("cpu", 1000, 900, 100, 9, 10, "checkpoints/x")
+
+
+def progress(step, fraction, loss=math.log(2) * 3, elapsed=10.0):
+    return Progress(step=step, epoch=step / 10, train_loss=loss, lr=1e-3, chars_per_sec=5000, elapsed=elapsed,
+                    fraction=fraction)
+
+
+def test_clock_keeps_moving_between_events_and_stops_at_the_end():
+    clock = FakeClock()
+    console, _ = terminal()
+    with TrainView(console, clock=clock) as view:
+        view.handle(started())
+        view.handle(progress(10, 0.25, elapsed=10.0))  # ETA 30 s
+        column, task = ClockColumn(clock), view._bar.tasks[0]
+        assert str(column.render(task)) == "10s ETA 30s"
+        clock.now += 7  # no event for 7 seconds: the clock still moves
+        assert str(column.render(task)) == "17s ETA 23s"
+        view.handle(Finished(12, 1.2, math.log(2) * 2, math.log(2) * 2.5, 12.0, 5000, "checkpoints/x",
+                             "interrupted by SIGINT", ("latest",)))
+        clock.now += 100
+        assert str(column.render(task)) == "12s ETA done"
+
+
+def test_last_frame_is_the_real_state_above_the_summary():
+    console, out = terminal()
+    with TrainView(console, clock=FakeClock()) as view:
+        view.handle(Status("Reading corpus.txt"))
+        view.handle(Note("something worth knowing"))
+        view.handle(started())
+        view.handle(progress(30, 0.03, loss=math.log(2) * 2.5))
+        view.handle(Evaluated(30, math.log(2) * 2.25, math.log(2) * 2.25, True))
+        view.handle(Finished(31, 3.1, math.log(2) * 2.25, math.log(2) * 2.25, 10.0, 5000, "checkpoints/x",
+                             "interrupted by SIGINT", ("latest",)))
+    text = out.getvalue()
+    final = screen(text)
+    done = next(i for i, line in enumerate(final) if line.startswith("Done (interrupted by SIGINT)"))
+    bar = final[done - 1]  # the bar's last frame sits right above the summary, and only there
+    assert "step 31" in bar and "3%" in bar and "100%" not in text
+    assert "train 2.500 bpc" in bar and "val 2.250 bpc" in bar and "lr 1.0e-03" in bar and "ETA done" in bar
+    assert not any("step 31" in line for line in final[done + 1:])
+    assert "Note: something worth knowing" in text
+    assert "Best val 2.2500 bits/char (1.5596 nats/char)" in final[done]
+
+
+def test_plain_output_is_periodic_lines_in_bits_first_without_status():
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=False, width=300)
+    clock = FakeClock()
+    with TrainView(console, plain_every=10, clock=clock) as view:
+        view.handle(Status("Reading corpus.txt"))
+        view.handle(started())
+        view.handle(progress(10, 0.1))
+        view.handle(progress(20, 0.2))  # within 10 s of the previous line: not printed
+        clock.now += 11
+        view.handle(progress(30, 0.3))
+        view.handle(Sampled(30, math.log(2) * 2, "to be or not"))
+    lines = out.getvalue().splitlines()
+    assert not any("Reading" in line for line in lines)  # logs get no spinner text
+    steps = [line for line in lines if line.startswith("step ")]
+    assert [s.split()[1] for s in steps] == ["10", "30"]
+    assert "train 3.0000 bits/char (2.0794 nats/char)" in steps[0]
+    assert "--- sample at step 30 (val 2.000 bpc) ---" in lines and "to be or not" in lines
+
+
+def test_train_reports_set_up_stages_before_started(tmp_path):
+    (tmp_path / "c.txt").write_text(TEXT)
+    events = []
+    train(tmp_path / "c.txt", out=tmp_path / "r", max_time=3, dropout=0.0, **{**SMALL, "hidden_size": None},
+          on_event=events.append)
+    kinds = [type(e).__name__ for e in events]
+    first_started = kinds.index("Started")
+    set_up = [e.text for e in events[:first_started] if isinstance(e, Status)]
+    assert set_up[0].startswith("Reading ") and set_up[0].endswith("c.txt")
+    assert any("timing" in s and "units per layer" in s for s in set_up)  # which widths were timed
+    assert set_up[-1].startswith("Building a 1 x ")
+    assert all(k in ("Status", "Note") for k in kinds[:first_started])
+    timed = events[first_started].sizing["timed"]
+    assert timed and all(h > 0 and rate > 0 for h, rate in timed)
+
+
+def test_sample_every_writes_samples_and_leaves_training_unchanged(tmp_path):
+    (tmp_path / "c.txt").write_text(TEXT)
+    options = dict(SMALL, max_steps=20, eval_every=5, dropout=0.3, seed=5)
+    events = []
+    with_samples = train(tmp_path / "c.txt", out=tmp_path / "a", sample_every=2, sample_length=40,
+                         on_event=events.append, **options)
+    without = train(tmp_path / "c.txt", out=tmp_path / "b", **options)
+    sampled = [e for e in events if isinstance(e, Sampled)]
+    assert [e.step for e in sampled] == [10, 20]  # every 2nd of the evaluations at 5, 10, 15, 20
+    assert all(len(e.text) == 40 for e in sampled)
+    written = (tmp_path / "a" / "samples.txt").read_text()
+    assert written.count("--- step ") == 2 and "--- step 20, epoch" in written and sampled[1].text in written
+    assert not (tmp_path / "b" / "samples.txt").exists()
+    # Sampling draws from its own generator: the run trains exactly as it does without it.
+    a, b = checkpoint.load(with_samples.best_path).weights, checkpoint.load(without.best_path).weights
+    for name, tensor in a.items():
+        assert torch.equal(tensor, b[name]), name
+
+
+def test_the_quick_start_corpus_ships_with_the_package(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from charrnn.cli import main
+
+    monkeypatch.chdir(tmp_path)  # an empty folder: no corpora/ here
+    args = ["train", "corpora/tinyshakespeare.txt", "--max-steps", "1", "--eval-every", "1", "--hidden-size", "8",
+            "--num-layers", "1", "--embedding-size", "4", "-b", "2", "-t", "8", "--dropout", "0"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.startswith("Note: corpora/tinyshakespeare.txt is not here; using the copy that ships")
+    stored = checkpoint.load(tmp_path / "checkpoints" / "tinyshakespeare" / "best.pt")
+    assert stored.corpus["chars"] == 1_115_394 and stored.model_config.vocab_size == 65
+    # A file of that name that the user has is always theirs.
+    (tmp_path / "corpora").mkdir()
+    (tmp_path / "corpora" / "tinyshakespeare.txt").write_text(TEXT)
+    mine = CliRunner().invoke(main, args + ["--out", "mine"], catch_exceptions=False)
+    assert mine.exit_code == 0 and "ships" not in mine.stderr
+    assert checkpoint.load(tmp_path / "mine" / "best.pt").corpus["chars"] == len(TEXT)
+
+
+@pytest.mark.slow
+def test_a_closed_stderr_pipe_does_not_stop_training(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "c.txt").write_text(TEXT)
+    cmd = [sys.executable, "-m", "charrnn", "train", str(tmp_path / "c.txt"), "--out", str(tmp_path / "r"),
+           "--max-steps", "40", "--eval-every", "20", "--log-every", "1", "--hidden-size", "16", "--num-layers", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc.stderr.readline()  # `2>&1 | head -1`: the reader goes away after one line
+    proc.stderr.close()
+    assert proc.wait(timeout=300) == 0
+    assert checkpoint.load(tmp_path / "r" / "latest.pt").progress.step == 40
