@@ -21,6 +21,7 @@ from . import __version__
 from .config import CELLS, MAX_SAMPLES, MAX_SEED
 from .durations import parse_duration
 from .errors import CharrnnError, Interrupted
+from .serve import Limits as ServeLimits  # neither torch nor starlette: --help stays fast
 from .formats import FORMATS as EXPORT_FORMATS
 
 DEFAULT_ROOT = "checkpoints"
@@ -192,6 +193,7 @@ def main(ctx):
       charrnn sample --temp 0.8 --length 500
       charrnn sample --prime "ROMEO:" | head -5
       cat notes/*.txt | charrnn train - --out checkpoints/notes
+      charrnn serve      # OpenAI-compatible API and playground on http://127.0.0.1:8000
     """
     if ctx.invoked_subcommand is None:  # plain `charrnn`: the overview, not a usage error
         click.echo(ctx.get_help())
@@ -691,8 +693,6 @@ def export(ckpt, output, fmt, half, force):
 
 
 # -- serve ------------------------------------------------------------------------------------
-from .serve import Limits as ServeLimits  # noqa: E402  (neither torch nor starlette: --help stays fast)
-
 
 @main.command(context_settings=CONTEXT)
 @click.option("-c", "--checkpoint", "ckpts", multiple=True, shell_complete=complete_checkpoints, help="Checkpoint file, run folder or run name to serve (repeatable) [default: newest best.pt under ./checkpoints, else the bundled model].")

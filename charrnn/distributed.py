@@ -38,6 +38,11 @@ def world_from_env() -> World:
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return World()
+    # Under torchrun, torch.distributed is imported here, first thing, as it always was: a
+    # process that imported it later (after the view and the thread settings) sometimes
+    # aborted in C++ ("terminate called without an active exception") on the gloo path.
+    import torch.distributed  # noqa: F401
+
     return World(int(os.environ.get("RANK", "0")), size, int(os.environ.get("LOCAL_RANK", "0")))
 
 
