@@ -61,7 +61,10 @@ class ClockColumn(ProgressColumn):
         since = 0.0 if f["final"] else self.clock() - f["at"]
         elapsed = f["elapsed"] + since
         eta = f["eta"] - since
-        eta_text = "done" if f["final"] else (format_duration(eta) if math.isfinite(eta) else "…")
+        if f["final"]:
+            eta_text = "done" if f["final"] == "budget reached" else "stopped"
+        else:
+            eta_text = format_duration(eta) if math.isfinite(eta) else "…"
         return Text(f"{format_duration(elapsed)} ETA {eta_text}")
 
 
@@ -183,7 +186,7 @@ class TrainView:
             completed = 1000 if event.reason == "budget reached" else task.completed
             self._bar.update(self._task, completed=completed, step=f"{event.step:,}", epoch=f"{event.epoch:.2f}",
                              val=bits(event.final_val_loss) if math.isfinite(event.final_val_loss) else task.fields["val"],
-                             elapsed=event.elapsed, eta=0.0, final=True)
+                             elapsed=event.elapsed, eta=0.0, final=event.reason)
             self._bar.stop()
             self._bar = None
         self.log(

@@ -65,7 +65,7 @@ def test_clock_keeps_moving_between_events_and_stops_at_the_end():
         view.handle(Finished(12, 1.2, math.log(2) * 2, math.log(2) * 2.5, 12.0, 5000, "checkpoints/x",
                              "interrupted by SIGINT", ("latest",)))
         clock.now += 100
-        assert str(column.render(task)) == "12s ETA done"
+        assert str(column.render(task)) == "12s ETA stopped"  # interrupted: not "done"
 
 
 def test_last_frame_is_the_real_state_above_the_summary():
@@ -83,7 +83,7 @@ def test_last_frame_is_the_real_state_above_the_summary():
     done = next(i for i, line in enumerate(final) if line.startswith("Done (interrupted by SIGINT)"))
     bar = final[done - 1]  # the bar's last frame sits right above the summary, and only there
     assert "step 31" in bar and "3%" in bar and "100%" not in text
-    assert "train 2.500 bpc" in bar and "val 2.250 bpc" in bar and "lr 1.0e-03" in bar and "ETA done" in bar
+    assert "train 2.500 bpc" in bar and "val 2.250 bpc" in bar and "lr 1.0e-03" in bar and "ETA stopped" in bar
     assert not any("step 31" in line for line in final[done + 1:])
     assert "Note: something worth knowing" in text
     assert "Best val 2.2500 bits/char (1.5596 nats/char)" in final[done]
