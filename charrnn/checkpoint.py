@@ -90,6 +90,9 @@ class ResumeState:
     optimizer: dict
     state: tuple  # of tensors (L, B, H)
     rng: list  # one {"torch": ByteTensor, "cuda"?: ByteTensor} per process (rank order)
+    # With --ema the checkpoint's weights are the averaged ones (what sampling and
+    # validation use); the optimizer's own weights are kept here to train on from.
+    train_weights: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,8 @@ class Checkpoint:
             out["train_config"] = self.train_config.to_dict()
         if self.resume is not None:
             out.update(optimizer=self.resume.optimizer, state=list(self.resume.state), rng=list(self.resume.rng))
+            if self.resume.train_weights is not None:
+                out["train_weights"] = self.resume.train_weights
         for name in ("device", "num_parameters", "exported_from"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
@@ -225,7 +230,12 @@ def _from_payload(data: dict, path: Path | None) -> Checkpoint:
         n_state = 2 if model_config.cell == "lstm" else 1
         _expect(len(state) == n_state and all(s.shape[0] == model_config.num_layers and s.shape[2] == model_config.hidden_size
                                               for s in state), "its carried state does not fit the model")
-        resume = ResumeState(data["optimizer"], tuple(s.float() for s in state), rng)
+        train_weights = data.get("train_weights")
+        _expect(train_weights is None or (isinstance(train_weights, dict) and set(train_weights) == set(weights)
+                                          and all(isinstance(v, torch.Tensor) and v.shape == weights[k].shape
+                                                  and bool(torch.isfinite(v).all()) for k, v in train_weights.items())),
+                "its training weights do not match its weights")
+        resume = ResumeState(data["optimizer"], tuple(s.float() for s in state), rng, train_weights)
     num_parameters = data.get("num_parameters")
     _expect(num_parameters is None or _is_int(num_parameters), "num_parameters is not a count")
     return Checkpoint(model_config, weights, vocab, train_config, corpus, progress, resume,

@@ -120,6 +120,7 @@ class TrainConfig:
     patience: int | None = None  # evaluations without improvement before stopping early
     keep_every: int | None = None  # keep a step-NNNNNNNN.pt snapshot every N steps
     max_bad_steps: int = 8  # consecutive non-finite steps (skipped) before giving up
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0: none)
     sample_every: int | None = None  # show and keep a sample at every Nth evaluation
     sample_length: int = 200  # characters per such sample
     sample_temp: float = 0.8
@@ -137,6 +138,7 @@ class TrainConfig:
             check_number(self, name, int, 1, optional=True)
         check_number(self, "sample_length", int, 1, 100_000)
         check_number(self, "sample_temp", float, 0)
+        check_number(self, "ema", float, 0, 1, hi_open=True)
         check_number(self, "lr", float, 0, lo_open=True)
         for name in ("weight_decay", "grad_clip"):
             check_number(self, name, float, 0)

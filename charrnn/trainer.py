@@ -9,6 +9,7 @@ whole through a `Checkpoint`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -150,6 +151,9 @@ class Trainer:
         self.optimizer, self.fused = self._build_optimizer()
         self.progress = RunState(chars_per_token=chars_per_token(vocab, train_ids))
         self._evaluations = 0  # in this process's run (--sample-every counts these)
+        # --ema: an average of the weights, float32, in named_parameters order; validation,
+        # checkpoints and samples use it, the optimizer keeps training the raw weights.
+        self.ema = [p.detach().float().clone() for p in self.model.parameters()] if config.ema > 0 else None
         self.local_batch = config.batch_size // world.size
         self.state: State = self.model.init_state(self.local_batch, self.device)
         self.skipped = torch.zeros((), dtype=torch.long, device=self.device)
@@ -250,14 +254,18 @@ class Trainer:
         self.progress.skipped_steps = int(self.skipped)
         state = dist_utils.gather_streams(self.world, self.state)
         rngs = dist_utils.gather_objects(self.world, rng_state(self.device))
+        raw = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        with self.averaged():
+            weights = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
         return Checkpoint(
             model_config=self.model_config,
-            weights={k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            weights=weights,
             vocab=self.vocab.to_dict(),
             train_config=self.config,
             corpus=dict(self.corpus),
             progress=RunState(**asdict(self.progress)),
-            resume=ResumeState(self.optimizer.state_dict(), tuple(s.detach().cpu() for s in state), rngs),
+            resume=ResumeState(self.optimizer.state_dict(), tuple(s.detach().cpu() for s in state), rngs,
+                               raw if self.ema is not None else None),
             device=device_name(self.device),
             num_parameters=self.model.num_parameters(),
         )
@@ -266,7 +274,10 @@ class Trainer:
         """Continue from a checkpoint exactly where it was written."""
         if not ckpt.resumable:
             raise ConfigError(f"{ckpt.path} holds weights only (an exported model), so it cannot be resumed.")
-        self.model.load_state_dict(ckpt.weights)
+        if self.ema is not None:
+            self.model.load_state_dict(ckpt.weights)  # the average, then the weights it trains on
+            self.ema = [q.detach().float().clone() for q in self.model.parameters()]
+        self.model.load_state_dict(ckpt.resume.train_weights if ckpt.resume.train_weights is not None else ckpt.weights)
         self.optimizer.load_state_dict(ckpt.resume.optimizer)
         self.progress = RunState(**asdict(ckpt.progress))
         self.synced_elapsed = self.progress.elapsed
@@ -292,11 +303,31 @@ class Trainer:
             self.saved.add(name)
             yield Saved(str(path), name)
 
+    @contextlib.contextmanager
+    def averaged(self):
+        """The model holds the averaged weights inside the block (--ema), its own after."""
+        if self.ema is None:
+            yield
+            return
+        params = list(self.model.parameters())
+        raw = [q.detach().clone() for q in params]
+        with torch.no_grad():
+            for q, e in zip(params, self.ema):
+                q.copy_(e)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for q, r in zip(params, raw):
+                    q.copy_(r)
+
     def validate(self) -> float:
-        """Validation loss in nats per character (NaN when there is no validation text)."""
+        """Validation loss in nats per character (NaN when there is no validation text),
+        of the averaged weights with --ema."""
         if self.val_streams is None:
             return math.nan
-        result = evaluate(self.model, self.val_streams, self.config.seq_len, self.device, self.bf16, self.char_lengths)
+        with self.averaged():
+            result = evaluate(self.model, self.val_streams, self.config.seq_len, self.device, self.bf16, self.char_lengths)
         if self.world.active:
             nats, chars = dist_utils.all_sum(self.world, torch.tensor(result.nats, device=self.device),
                                              torch.tensor(float(result.chars), device=self.device))
@@ -340,7 +371,8 @@ class Trainer:
         c, p = self.config, self.progress
         cfg = SampleConfig(temperature=c.sample_temp, length=c.sample_length, seed=(c.seed + p.step) % (2**63))
         try:
-            text = "".join(chunk.texts[0] for chunk in Sampler(self.model, self.vocab, self.device).generate("", cfg))
+            with self.averaged():
+                text = "".join(chunk.texts[0] for chunk in Sampler(self.model, self.vocab, self.device).generate("", cfg))
         finally:
             self.model.train()
         bits = f"{val_loss / LN2:.4f} bits/char" if math.isfinite(val_loss) else "no validation"
@@ -374,6 +406,9 @@ class Trainer:
             self.optimizer.step()
         elif not bool(bad):
             self.optimizer.step()
+        if self.ema is not None:  # a skipped step left the weights as they were: averaging them is harmless
+            decay = min(c.ema, (1 + p.step) / (10 + p.step))  # short memory while the weights move fast
+            torch._foreach_lerp_(self.ema, [q.detach().float() for q in self.model.parameters()], 1 - decay)
         self.skipped += bad
         self.bad_streak = (self.bad_streak + 1) * bad
         # A non-finite step may have poisoned the carried state: restart it from zero.

@@ -46,9 +46,11 @@ def weights(path):
     return checkpoint.load(path).weights
 
 
-def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, corpus):
-    events_a = train(corpus, tmp_path / "a")
-    with make_run(corpus, tmp_path / "b") as run:
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, corpus, ema):
+    """Also with --ema: the average and the weights it is taken over both come back."""
+    events_a = train(corpus, tmp_path / "a", train={"ema": ema})
+    with make_run(corpus, tmp_path / "b", train={"ema": ema}) as run:
         for event in run.events():
             if isinstance(event, Progress) and event.step == 15:
                 run.request_stop("interrupted by test")
@@ -58,6 +60,12 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, corpus):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    raw = checkpoint.load(tmp_path / "b" / "latest.pt").resume.train_weights
+    assert (raw is None) == (ema == 0)
+    if raw is not None:  # the saved weights are the average, not the optimizer's
+        assert any(not torch.equal(raw[k], b[k]) for k in b)
+        for k, v in checkpoint.load(tmp_path / "a" / "latest.pt").resume.train_weights.items():
+            torch.testing.assert_close(v, raw[k], rtol=0, atol=1e-6)
     assert events_b[-1].final_val_loss == pytest.approx(events_a[-1].final_val_loss, abs=1e-6)
     assert events_b[-1].step == 40
 
