@@ -13,8 +13,9 @@ import os
 from dataclasses import dataclass
 from datetime import timedelta
 
-# torch is imported inside the functions: the CLI asks `world_from_env()` before it shows
-# anything, and importing torch takes seconds.
+import torch
+import torch.distributed as dist
+
 TIMEOUT = timedelta(minutes=float(os.environ.get("CHARRNN_DIST_TIMEOUT_MIN", "10")))
 
 
@@ -38,18 +39,12 @@ def world_from_env() -> World:
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return World()
-    # Under torchrun, torch.distributed is imported here, first thing, as it always was: a
-    # process that imported it later (after the view and the thread settings) sometimes
-    # aborted in C++ ("terminate called without an active exception") on the gloo path.
-    import torch.distributed  # noqa: F401
-
     return World(int(os.environ.get("RANK", "0")), size, int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def init(world: World, device: torch.device) -> None:
     """Join the process group (NCCL on CUDA, gloo on CPU) with a timeout, so a rank that
     dies makes the others fail with an error instead of waiting forever."""
-    import torch.distributed as dist
     if not world.active or dist.is_initialized():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
@@ -58,8 +53,6 @@ def init(world: World, device: torch.device) -> None:
 
 def all_sum(world: World, *values: torch.Tensor) -> list[torch.Tensor]:
     """Sum small tensors over ranks (one collective for all of them)."""
-    import torch
-    import torch.distributed as dist
     if not world.active:
         return list(values)
     flat = torch.stack([v.double().reshape(()) for v in values])
@@ -68,7 +61,6 @@ def all_sum(world: World, *values: torch.Tensor) -> list[torch.Tensor]:
 
 
 def all_max(world: World, value: torch.Tensor) -> torch.Tensor:
-    import torch.distributed as dist
     if not world.active:
         return value
     out = value.clone()
@@ -78,8 +70,6 @@ def all_max(world: World, value: torch.Tensor) -> torch.Tensor:
 
 def broadcast_floats(world: World, values: list[float], device: torch.device) -> list[float]:
     """Rank 0's values on every rank."""
-    import torch
-    import torch.distributed as dist
     if not world.active:
         return values
     t = torch.tensor(values, dtype=torch.float64, device=device)
@@ -89,8 +79,6 @@ def broadcast_floats(world: World, values: list[float], device: torch.device) ->
 
 def gather_streams(world: World, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     """Every rank's carried state, concatenated along the stream axis. # (L, B, H)"""
-    import torch
-    import torch.distributed as dist
     if not world.active:
         return state
     out = []
@@ -103,7 +91,6 @@ def gather_streams(world: World, state: tuple[torch.Tensor, ...]) -> tuple[torch
 
 def gather_objects(world: World, obj) -> list:
     """Every rank's `obj` (small, picklable), in rank order."""
-    import torch.distributed as dist
     if not world.active:
         return [obj]
     out = [None] * world.size
@@ -112,6 +99,5 @@ def gather_objects(world: World, obj) -> list:
 
 
 def shutdown() -> None:
-    import torch.distributed as dist
     if dist.is_initialized():
         dist.destroy_process_group()
