@@ -45,6 +45,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="/tmp/charrnn-quality")
     p.add_argument("--json", default=str(HERE / "results" / "quality.jsonl"))
     p.add_argument("--device", default="auto")
+    p.add_argument("--note", default="", help="what the run measures, kept with its result")
     args = p.parse_args(argv)
 
     import charrnn
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
             "model": mc.to_dict(), "sizing": seen["sizing"],
             "steps": done.steps, "epochs": done.epochs, "chars_per_sec": done.chars_per_sec,
             "val_loss_eval": report.nats_per_char, "val_loss_training": done.best_val_loss,
-            "curve": curve, "machine": info,
+            "curve": curve, "machine": info, **({"note": args.note} if args.note else {}),
         }) + "\n")
     return 0
 

@@ -7,7 +7,12 @@ Trains three runs with `charrnn`'s defaults (nothing but the budget given):
   * small, fixed: the same text with the old fixed default (2 x 512, dropout 0.1), to
     show what the sizing rule avoids;
   * large: linux_c.txt repeated to about 50 MB (the budget reads well under one copy, so
-    the repetition is never seen).
+    the repetition is never seen);
+  * russian: ../shared/corpora/anna_karenina_ru.txt (1.7M characters, 147 distinct), a
+    corpus of Tiny Shakespeare's order of size in another language and alphabet.
+--only picks some of them (small, fixed, large, russian); --set NAME=VALUE passes an
+option to every run (e.g. batch_size=16), to measure a candidate default against the
+current one.
 and prints, for each, the size the rule chose, the best and the final validation loss,
 the final training loss and the validation curve. Results are appended to --json.
 
@@ -73,8 +78,21 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--time", default="3m", help="budget of each run")
     p.add_argument("--source", default=str(SHARED / "linux_c.txt"))
+    p.add_argument("--russian", default=str(SHARED / "anna_karenina_ru.txt"))
+    p.add_argument("--only", default="small,fixed,large", help="comma-separated: small, fixed, large, russian")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--json", default=str(HERE / "results" / "sizing.jsonl"))
     args = p.parse_args(argv)
+    import ast
+
+    overrides = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        try:
+            overrides[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[name] = value
+    only = set(args.only.split(","))
     budget = parse_duration(args.time)
 
     text = Path(args.source).read_text(encoding="utf-8")
@@ -87,18 +105,22 @@ def main(argv=None) -> int:
         large.write_text(text * copies, encoding="utf-8")
 
         results = []
-        for name, corpus, options in [
-            ("small (50 KB), sized", small, {}),
-            ("small (50 KB), fixed 2x512 dropout 0.1", small, {"hidden_size": 512, "dropout": 0.1}),
-            (f"large ({large.stat().st_size / 1e6:.0f} MB), sized", large, {}),
+        for key, name, corpus, options in [
+            ("small", "small (50 KB), sized", small, {}),
+            ("fixed", "small (50 KB), fixed 2x512 dropout 0.1", small, {"hidden_size": 512, "dropout": 0.1}),
+            ("large", f"large ({large.stat().st_size / 1e6:.0f} MB), sized", large, {}),
+            ("russian", "russian (anna_karenina_ru.txt), sized", Path(args.russian), {}),
         ]:
+            if key not in only:
+                continue
             print(f"{name}:", flush=True)
-            r = run(corpus, work / name.split()[0], budget, options)
+            r = run(corpus, work / key, budget, {**overrides, **options})
             r["name"] = name
+            r["overrides"] = overrides
             results.append(r)
 
     info = describe()
-    print(f"\nmachine: {line(info)}; budget {args.time} each; source {args.source}\n")
+    print(f"\nmachine: {line(info)}; budget {args.time} each; source {args.source}; overrides {overrides or 'none'}\n")
     print("| run | model | params | steps | passes | best val | final val | final train |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in results:

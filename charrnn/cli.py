@@ -18,7 +18,7 @@ import click as classic_click
 import rich_click as click
 
 from . import __version__
-from .config import CELLS, MAX_SAMPLES, MAX_SEED
+from .config import CELLS, MAX_SAMPLES, MAX_SEED, TrainConfig
 from .durations import parse_duration
 from .errors import CharrnnError, Interrupted
 from .serve import Limits as ServeLimits  # neither torch nor starlette: --help stays fast
@@ -239,24 +239,24 @@ def explicit_options(ctx: click.Context, names) -> set[str]:
 @click.option("--tokenizer", type=click.Choice(["char", "sentencepiece"]), default="char", show_default=True, help="Characters, or subword pieces trained with sentencepiece on the corpus.")
 @click.option("--vocab-size", type=click.IntRange(min=260), default=2000, show_default=True, help="Pieces in a sentencepiece vocabulary (at least 260: 256 byte pieces come first).")
 @click.option("--sp-model-type", type=click.Choice(["unigram", "bpe"]), default="unigram", show_default=True, help="sentencepiece algorithm.")
-@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=32, show_default=True, help="Parallel streams B.")
-@click.option("--seq-len", "-t", type=click.IntRange(min=1), default=128, show_default=True, help="Window length T for truncated backpropagation through time.")
+@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=TrainConfig.batch_size, show_default=True, help="Parallel streams B.")
+@click.option("--seq-len", "-t", type=click.IntRange(min=1), default=TrainConfig.seq_len, show_default=True, help="Window length T for truncated backpropagation through time.")
 @click.option("--lr", type=FiniteFloat(min=0, min_open=True), help="Peak learning rate (AdamW) [default: 1e-2 for lstm, 5e-3 for gru, 3e-3 for rnn].")
-@click.option("--weight-decay", type=FiniteFloat(min=0), default=0.01, show_default=True, help="AdamW weight decay on weight matrices.")
-@click.option("--warmup-steps", type=click.IntRange(min=0), default=50, show_default=True, help="Linear learning-rate warmup steps before the cosine decay.")
-@click.option("--grad-clip", type=FiniteFloat(min=0), default=1.0, show_default=True, help="Clip the gradient norm to this value (0 turns clipping off).")
+@click.option("--weight-decay", type=FiniteFloat(min=0), default=TrainConfig.weight_decay, show_default=True, help="AdamW weight decay on weight matrices.")
+@click.option("--warmup-steps", type=click.IntRange(min=0), default=TrainConfig.warmup_steps, show_default=True, help="Linear learning-rate warmup steps before the cosine decay.")
+@click.option("--grad-clip", type=FiniteFloat(min=0), default=TrainConfig.grad_clip, show_default=True, help="Clip the gradient norm to this value (0 turns clipping off).")
 @click.option("--max-steps", type=click.IntRange(min=1), help="Stop after this many optimizer steps.")
 @click.option("--max-epochs", type=FiniteFloat(min=0, min_open=True), help="Stop after this many passes over the training text.")
 @click.option("--max-time", type=Duration(), help="Stop after this long, e.g. 90s, 10m, 1h [default: 10m when no budget is given].")
-@click.option("--eval-every", type=click.IntRange(min=1), default=100, show_default=True, help="Evaluate on validation text and checkpoint every N steps.")
-@click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True, help="Read back the training loss every N steps.")
+@click.option("--eval-every", type=click.IntRange(min=1), default=TrainConfig.eval_every, show_default=True, help="Evaluate on validation text and checkpoint every N steps.")
+@click.option("--log-every", type=click.IntRange(min=1), default=TrainConfig.log_every, show_default=True, help="Read back the training loss every N steps.")
 @click.option("--sample-every", type=click.IntRange(min=1), metavar="N", help="Show a short sample at every Nth evaluation and append it to <run>/samples.txt [default: off].")
 @click.option("--sample-length", type=click.IntRange(1, 100_000), default=200, show_default=True, help="Characters in each --sample-every sample.")
 @click.option("--sample-temp", type=FiniteFloat(min=0), default=0.8, show_default=True, help="Temperature of the --sample-every samples.")
-@click.option("--val-fraction", type=FiniteFloat(0, 1, max_open=True), default=0.1, show_default=True, help="Tail of the text held out for validation.")
+@click.option("--val-fraction", type=FiniteFloat(0, 1, max_open=True), default=TrainConfig.val_fraction, show_default=True, help="Tail of the text held out for validation.")
 @click.option("--patience", type=click.IntRange(min=1), help="Stop after N evaluations without a better validation loss [default: off].")
 @click.option("--keep-every", type=click.IntRange(min=1), help="Also keep a step-NNNNNNNN.pt snapshot every N steps [default: off].")
-@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=1337, show_default=True, help="Random seed (initialisation and dropout).")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=TrainConfig.seed, show_default=True, help="Random seed (initialisation and dropout).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True, envvar="CHARRNN_DEVICE", show_envvar=True, help="Where to train; auto prefers cuda, then mps, then cpu.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True, help="auto uses bf16 autocast on CUDA GPUs that support it, float32 elsewhere.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for PyTorch [default: PyTorch's choice].")

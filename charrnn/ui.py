@@ -38,6 +38,7 @@ def sizing_line(sizing: dict) -> str:
     if "dropout" in sizing["auto"]:
         chosen.append(f"dropout {sizing['dropout']:g}")
     why = {"budget": "a larger network would not see enough text in the budget",
+           "steps": "a larger network would make too few optimizer steps in the budget",
            "corpus": "a larger network would have too many weights for this corpus",
            "ladder": "the largest size tried"}[sizing["limit"]]
     text = f"Sized to the corpus and budget: {' and '.join(chosen)}, for about {sizing['tokens_seen']:,.0f} tokens "

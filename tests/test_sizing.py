@@ -61,10 +61,36 @@ def test_time_budget_uses_measured_throughput_and_stops_timing_early():
     choice = sizing.choose(cell="lstm", num_layers=2, input_size=64, vocab_size=65, train_tokens=10**8,
                            tokens_per_step=4096, max_time=600.0, throughput=throughput)
     params = sizing.count_parameters("lstm", choice.hidden_size, 2, 64, 65)
-    assert params <= choice.tokens_seen == pytest.approx(600.0 * 3e9 / choice.hidden_size**2)
+    assert params <= choice.tokens_seen / sizing.TOKENS_PER_PARAM
+    assert choice.tokens_seen == pytest.approx(600.0 * 3e9 / choice.hidden_size**2)
+    assert choice.tokens_seen / 4096 >= sizing.MIN_STEPS
     bigger = sizing.LADDER[sizing.LADDER.index(choice.hidden_size) + 1]
-    assert sizing.count_parameters("lstm", bigger, 2, 64, 65) > 600.0 * 3e9 / bigger**2
+    seen_bigger = 600.0 * 3e9 / bigger**2
+    assert (sizing.count_parameters("lstm", bigger, 2, 64, 65) > seen_bigger / sizing.TOKENS_PER_PARAM
+            or seen_bigger / 4096 < sizing.MIN_STEPS)
     assert timed == list(sizing.LADDER[: len(timed)]) and timed[-1] <= bigger  # never times past the first too large size
+
+
+def test_a_time_budget_keeps_enough_optimizer_steps_but_a_step_budget_needs_none():
+    # 2 x 512 would see enough tokens per weight in the budget, but in only MIN_STEPS / 2
+    # optimizer steps: under a time budget that is too few, and a narrower model is taken.
+    params_512 = sizing.count_parameters("lstm", 512, 2, 64, 65)
+    half = sizing.MIN_STEPS // 2
+    per_step = math.ceil(params_512 * sizing.TOKENS_PER_PARAM * 1.01 / half)
+    tokens_512 = per_step * half
+    kw = dict(cell="lstm", num_layers=2, input_size=64, vocab_size=65, train_tokens=10**8,
+              tokens_per_step=per_step, ladder=(128, 256, 384, 512))
+
+    def throughput(hidden):
+        return tokens_512 / 600.0 * (512 / hidden) ** 2
+
+    by_time = sizing.choose(max_time=600.0, throughput=throughput, **kw)
+    assert by_time.hidden_size < 512 and by_time.tokens_seen / per_step >= sizing.MIN_STEPS
+    assert by_time.limit == "steps"
+    # The same tokens as a step budget: the width does not change the steps, so 2 x 512.
+    assert sizing.choose(max_steps=half, **kw).hidden_size == 512
+    # A longer time budget with that step budget: the steps end the run, 2 x 512 again.
+    assert sizing.choose(max_time=6000.0, max_steps=half, throughput=throughput, **kw).hidden_size == 512
 
 
 def test_real_throughput_measurement_is_positive_and_leaves_the_rng_alone():
@@ -115,3 +141,24 @@ def test_learning_rate_defaults_per_cell_and_a_given_one_is_kept(cell, shakespea
     with Run(shakespeare_head, out=tmp_path / "b", model_options=small,
              train_options={"max_steps": 1, "device": "cpu", "lr": 0.02}) as run:
         assert run.trainer.config.lr == 0.02
+
+
+def test_a_burst_of_load_during_timing_does_not_make_a_width_look_slower(monkeypatch):
+    # Warm-up 1 s, then timed steps of 10 s (another process woke up), 1 s and 1.5 s: the
+    # rate is that of the fastest step, not of the mean (which would be 3.7x slower).
+    ticks = iter([0.0, 1.0, 1.0, 11.0, 11.0, 12.0, 12.0, 13.5])
+    monkeypatch.setattr(sizing, "_clock", lambda: next(ticks))
+    rate = sizing.measure_throughput(lambda h: CharRNN(ModelConfig(vocab_size=20, hidden_size=h, num_layers=1,
+                                                                   embedding_size=8)),
+                                     batch_size=4, seq_len=16, vocab_size=20, device=torch.device("cpu"), steps=3)
+    assert rate(16) == pytest.approx(4 * 16 / 1.0)
+
+
+@pytest.mark.parametrize("limit,words", [("budget", "see enough text"), ("steps", "too few optimizer steps"),
+                                         ("corpus", "too many weights"), ("ladder", "largest size")])
+def test_the_sizing_line_says_why_the_model_stopped_growing(limit, words):
+    from charrnn.ui import sizing_line
+
+    line = sizing_line({"hidden_size": 256, "dropout": 0.1, "tokens_seen": 2e6, "train_tokens": 10**6, "limit": limit,
+                        "epochs": 2.0, "auto": ["hidden_size", "dropout"], "timed": [[256, 10000.0]]})
+    assert "256 units per layer" in line and words in line and "256 units 10,000 tokens/s" in line
