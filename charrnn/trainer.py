@@ -254,9 +254,10 @@ class Trainer:
         self.progress.skipped_steps = int(self.skipped)
         state = dist_utils.gather_streams(self.world, self.state)
         rngs = dist_utils.gather_objects(self.world, rng_state(self.device))
-        raw = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        snapshot = lambda: {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}  # noqa: E731
+        raw = snapshot() if self.ema is not None else None  # the weights training continues from
         with self.averaged():
-            weights = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+            weights = snapshot()
         return Checkpoint(
             model_config=self.model_config,
             weights=weights,
@@ -264,8 +265,7 @@ class Trainer:
             train_config=self.config,
             corpus=dict(self.corpus),
             progress=RunState(**asdict(self.progress)),
-            resume=ResumeState(self.optimizer.state_dict(), tuple(s.detach().cpu() for s in state), rngs,
-                               raw if self.ema is not None else None),
+            resume=ResumeState(self.optimizer.state_dict(), tuple(s.detach().cpu() for s in state), rngs, raw),
             device=device_name(self.device),
             num_parameters=self.model.num_parameters(),
         )
