@@ -14,7 +14,6 @@ are appended to --json as one object.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import sys
 import time
@@ -25,6 +24,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from machine import describe, line  # noqa: E402
+from overrides import parse as parse_overrides  # noqa: E402
 
 REFERENCE = [
     ("nanoGPT README CPU config (4x128, ctx 64), 2000 iters", "0.80M", "103 s", "1.886"),
@@ -52,13 +52,7 @@ def main(argv=None) -> int:
     from charrnn.data import split_text
     from charrnn.trainer import Evaluated, Started
 
-    overrides = {}
-    for item in args.set:
-        name, _, value = item.partition("=")
-        try:
-            overrides[name] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            overrides[name] = value
+    overrides = parse_overrides(args.set)
     options = dict(overrides)
     options.setdefault("max_time", parse_duration(args.time))
     options.setdefault("device", args.device)

@@ -36,6 +36,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from machine import describe, line  # noqa: E402
+from overrides import parse as parse_overrides  # noqa: E402
 
 SHARED = HERE.parent.parent / "shared" / "corpora"
 
@@ -83,15 +84,7 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--json", default=str(HERE / "results" / "sizing.jsonl"))
     args = p.parse_args(argv)
-    import ast
-
-    overrides = {}
-    for item in args.set:
-        name, _, value = item.partition("=")
-        try:
-            overrides[name] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            overrides[name] = value
+    overrides = parse_overrides(args.set)
     only = set(args.only.split(","))
     budget = parse_duration(args.time)
 
