@@ -29,7 +29,7 @@ from .config import ModelConfig, TrainConfig, from_known
 from .errors import CheckpointError, CharrnnError
 
 FORMAT = "charrnn-checkpoint"
-VERSION = 2
+VERSION = 3
 BEST = "best.pt"
 LATEST = "latest.pt"
 BUNDLED = Path(__file__).resolve().parent / "models" / "tinyshakespeare.pt"
@@ -253,8 +253,19 @@ def _v1_to_v2(data: dict) -> dict:
     return data
 
 
+def _v2_to_v3(data: dict) -> dict:
+    """Version 3 names the optimizer in the training configuration; every run before it
+    was trained with AdamW (its optimizer state is AdamW's, so a resume must keep it)."""
+    data = dict(data)
+    train = data.get("train_config")
+    if isinstance(train, dict) and "optimizer" not in train:
+        data["train_config"] = {**train, "optimizer": "adamw"}
+    data["version"] = 3
+    return data
+
+
 # version -> function turning a payload of that version into one of the next version
-MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _v1_to_v2}
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def migrate(data: dict) -> dict:

@@ -18,7 +18,7 @@ import click as classic_click
 import rich_click as click
 
 from . import __version__
-from .config import CELLS, MAX_SAMPLES, MAX_SEED, TrainConfig
+from .config import CELLS, MAX_SAMPLES, MAX_SEED, OPTIMIZERS, TrainConfig
 from .durations import parse_duration
 from .errors import CharrnnError, Interrupted
 from .serve import Limits as ServeLimits  # neither torch nor starlette: --help stays fast
@@ -216,7 +216,7 @@ def explicit_options(ctx: click.Context, names) -> set[str]:
                                            "--eval-every", "--keep-every"])
 @click.option_panel("Model", options=["--cell", "--hidden-size", "--num-layers", "--embedding-size", "--nonlinearity",
                                       "--one-hot", "--tie-weights", "--dropout"])
-@click.option_panel("Optimisation", options=["--batch-size", "--seq-len", "--lr", "--weight-decay", "--warmup-steps",
+@click.option_panel("Optimisation", options=["--batch-size", "--seq-len", "--lr", "--optimizer", "--weight-decay", "--warmup-steps",
                                              "--grad-clip", "--seed"])
 @click.option_panel("Budget", options=["--max-time", "--max-steps", "--max-epochs", "--patience"])
 @click.option_panel("Device and precision", options=["--device", "--precision", "--threads"])
@@ -241,8 +241,9 @@ def explicit_options(ctx: click.Context, names) -> set[str]:
 @click.option("--sp-model-type", type=click.Choice(["unigram", "bpe"]), default="unigram", show_default=True, help="sentencepiece algorithm.")
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=TrainConfig.batch_size, show_default=True, help="Parallel streams B.")
 @click.option("--seq-len", "-t", type=click.IntRange(min=1), default=TrainConfig.seq_len, show_default=True, help="Window length T for truncated backpropagation through time.")
-@click.option("--lr", type=FiniteFloat(min=0, min_open=True), help="Peak learning rate (AdamW) [default: 1e-2 for lstm, 5e-3 for gru, 3e-3 for rnn].")
-@click.option("--weight-decay", type=FiniteFloat(min=0), default=TrainConfig.weight_decay, show_default=True, help="AdamW weight decay on weight matrices.")
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), help="Peak learning rate [default: 1e-2 for lstm, 5e-3 for gru, 3e-3 for rnn].")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=TrainConfig.optimizer, show_default=True, help="adamw, or muon: orthogonalised momentum for the recurrent matrices (AdamW for the rest).")
+@click.option("--weight-decay", type=FiniteFloat(min=0), default=TrainConfig.weight_decay, show_default=True, help="Decoupled weight decay on weight matrices.")
 @click.option("--warmup-steps", type=click.IntRange(min=0), default=TrainConfig.warmup_steps, show_default=True, help="Linear learning-rate warmup steps before the cosine decay.")
 @click.option("--grad-clip", type=FiniteFloat(min=0), default=TrainConfig.grad_clip, show_default=True, help="Clip the gradient norm to this value (0 turns clipping off).")
 @click.option("--max-steps", type=click.IntRange(min=1), help="Stop after this many optimizer steps.")

@@ -267,9 +267,14 @@ def size_model(model_options: dict, config: TrainConfig, encoded,
         def factory(hidden: int):
             return CharRNN(ModelConfig(vocab_size=vocab_size, **{**options, "hidden_size": hidden}))
 
+        from .optim import build as build_optimizer
+
+        update = lambda model: build_optimizer(model, config)[0]  # noqa: E731  the run's own update
         timed = sizing.measure_throughput(factory, local_batch, config.seq_len, vocab_size, device,
-                                          autocast=(lambda: autocast(device, True)) if bf16 else None)
-        timed_fp32 = sizing.measure_throughput(factory, local_batch, config.seq_len, vocab_size, device)
+                                          autocast=(lambda: autocast(device, True)) if bf16 else None,
+                                          optimizer=update)
+        timed_fp32 = sizing.measure_throughput(factory, local_batch, config.seq_len, vocab_size, device,
+                                               optimizer=update)
 
         def throughput(hidden: int) -> float:  # all processes together
             report(Status(f"Sizing the model: timing {hidden} units per layer on this machine"))

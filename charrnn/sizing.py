@@ -163,10 +163,12 @@ def _too_large(params: int, tokens: float, fixed_seen: float, tokens_per_step: i
 
 def measure_throughput(model_factory: Callable[[int], torch.nn.Module], batch_size: int, seq_len: int,
                        vocab_size: int, device: torch.device, steps: int = 3,
-                       autocast=None) -> Callable[[int], float]:
+                       autocast=None, optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer] | None = None,
+                       ) -> Callable[[int], float]:
     """Returns hidden_size -> training tokens per second, timed on a fresh model of that
-    size: one warm-up training step (forward, backward, AdamW update), then `steps` timed
-    ones on random tokens, of which the fastest counts.
+    size: one warm-up training step (forward, backward, update by `optimizer(model)`, AdamW
+    by default; Muon's update is a measurable part of a CPU step), then `steps` timed ones
+    on random tokens, of which the fastest counts.
 
     The fastest rather than the mean, because another process that wakes up for a second
     while the widths are timed (a compiler, an editor's indexer) slows some steps of some
@@ -184,7 +186,7 @@ def measure_throughput(model_factory: Callable[[int], torch.nn.Module], batch_si
         cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
         try:
             model = model_factory(hidden_size).to(device).train()
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-9)
+            opt = optimizer(model) if optimizer is not None else torch.optim.AdamW(model.parameters(), lr=1e-9)
             ids = torch.randint(0, vocab_size, (batch_size, seq_len + 1), device=device)
             ctx = autocast or contextlib.nullcontext
 

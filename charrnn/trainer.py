@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed as dist_utils
+from . import optim
 from .checkpoint import Checkpoint, ResumeState, RunDir, RunState
 from .config import ModelConfig, TrainConfig
 from .data import as_streams, eval_windows
@@ -148,7 +149,7 @@ class Trainer:
         self.device = local_device(config.device, world.local_rank if world.active else None)
         self._build_model()
         self._layout_data(train_ids, val_ids)
-        self.optimizer, self.fused = self._build_optimizer()
+        self.optimizer, self.fused = optim.build(self.model, self.config)
         self.progress = RunState(chars_per_token=chars_per_token(vocab, train_ids))
         self._evaluations = 0  # in this process's run (--sample-every counts these)
         # --ema: an average of the weights, float32, in named_parameters order; validation,
@@ -205,20 +206,6 @@ class Trainer:
             return streams
         per = streams.size(0) // self.world.size
         return streams[self.world.rank * per : (self.world.rank + 1) * per]
-
-    def _build_optimizer(self) -> tuple[torch.optim.Optimizer, bool]:
-        """AdamW with weight decay on matrices only (biases and the embedding table are left
-        alone). Fused AdamW reads `found_inf` and skips a non-finite update on the device
-        itself, so guarding against NaN/inf costs no host synchronisation per step."""
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            (decay if p.dim() >= 2 and not name.startswith("embedding") else no_decay).append(p)
-        groups = [{"params": decay, "weight_decay": self.config.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
-        try:
-            return torch.optim.AdamW(groups, lr=self.config.lr, betas=(0.9, 0.99), fused=True), True
-        except (RuntimeError, ValueError):
-            return torch.optim.AdamW(groups, lr=self.config.lr, betas=(0.9, 0.99)), False
 
     def request_stop(self, reason: str) -> None:
         """Ask the loop to stop after the current step and save (safe from a signal handler)."""

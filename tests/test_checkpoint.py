@@ -131,9 +131,22 @@ def test_version_1_files_are_migrated(tmp_path):
                 state=[torch.zeros(2, 3, 12, dtype=torch.bfloat16)] * 2, train_config={"max_steps": 5})
     torch.save(data, tmp_path / "v1.pt")
     ckpt = checkpoint.load(tmp_path / "v1.pt")
-    assert ckpt.version == 2 and ckpt.resumable
+    assert ckpt.version == checkpoint.VERSION and ckpt.resumable
     assert isinstance(ckpt.resume.rng, list) and len(ckpt.resume.rng) == 1
     assert all(s.dtype == torch.float32 for s in ckpt.resume.state)
+    assert ckpt.train_config.optimizer == "adamw"
+
+
+def test_version_2_runs_were_trained_with_adamw(tmp_path):
+    """Before version 3 the optimizer was not named: those runs must resume with AdamW (their
+    optimizer state is AdamW's), whatever the current default is; a named one is kept."""
+    data = _payload(tmp_path)
+    data.update(version=2, train_config={"max_steps": 5})
+    torch.save(data, tmp_path / "v2.pt")
+    assert checkpoint.load(tmp_path / "v2.pt").train_config.optimizer == "adamw"
+    data.update(version=3, train_config={"max_steps": 5, "optimizer": "muon"})
+    torch.save(data, tmp_path / "v3.pt")
+    assert checkpoint.load(tmp_path / "v3.pt").train_config.optimizer == "muon"
 
 
 def test_the_bundled_model_loads_through_the_schema():

@@ -295,7 +295,7 @@ def test_info_on_a_random_weight_checkpoint_is_exact(random_checkpoint):
     result = invoke("info", random_checkpoint)
     assert result.exit_code == 0 and result.stderr == ""
     assert result.stdout.splitlines() == [
-        f"checkpoint   {random_checkpoint} (format charrnn-checkpoint v2)",
+        f"checkpoint   {random_checkpoint} (format charrnn-checkpoint v3)",
         "model        GRU 2 x 12, embedding 6, dropout 0.0, 1,827 parameters",
         "vocabulary   char, 9 entries: \\n abcdefg",
         "corpus       letters (9 characters from letters.txt)",

@@ -46,11 +46,12 @@ def weights(path):
     return checkpoint.load(path).weights
 
 
-@pytest.mark.parametrize("ema", [0.0, 0.9])
-def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, corpus, ema):
-    """Also with --ema: the average and the weights it is taken over both come back."""
-    events_a = train(corpus, tmp_path / "a", train={"ema": ema})
-    with make_run(corpus, tmp_path / "b", train={"ema": ema}) as run:
+@pytest.mark.parametrize("ema, optimizer", [(0.0, "adamw"), (0.9, "adamw"), (0.0, "muon")])
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, corpus, ema, optimizer):
+    """Also with --ema (the average and the weights it is taken over both come back) and
+    with Muon (its momentum and the AdamW moments of the other weights come back)."""
+    events_a = train(corpus, tmp_path / "a", train={"ema": ema, "optimizer": optimizer})
+    with make_run(corpus, tmp_path / "b", train={"ema": ema, "optimizer": optimizer}) as run:
         for event in run.events():
             if isinstance(event, Progress) and event.step == 15:
                 run.request_stop("interrupted by test")
@@ -101,6 +102,10 @@ def test_resume_refuses_other_corpus_and_other_sizes(tmp_path, corpus):
     with pytest.raises(ConfigError, match="--batch-size 8"):
         with Run(corpus, out=tmp_path / "r", model_options=MODEL,
                  train_options={**TRAIN, "batch_size": 8}, resume=True, explicit={"batch_size"}):
+            pass
+    with pytest.raises(ConfigError, match=r"--optimizer muon \(the run has adamw\)"):  # its state is AdamW's
+        with Run(corpus, out=tmp_path / "r", model_options=MODEL,
+                 train_options={**TRAIN, "optimizer": "muon"}, resume=True, explicit={"optimizer"}):
             pass
 
 
