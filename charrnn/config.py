@@ -115,10 +115,9 @@ class TrainConfig:
     optimizer: str = "adamw"
     weight_decay: float = 0.01
     warmup_steps: int = 50
-    # The cosine ends at zero: on Tiny Shakespeare in 10 minutes it gave 1.4381 against
-    # 1.4459 when ending at 5% of the peak (back to back, same machine; an earlier pair
-    # 1.4359 / 1.4431), the last fifth of the decay being where the validation loss falls most.
-    min_lr_ratio: float = 0.0
+    # Ending the cosine at zero instead gained 0.008 on Tiny Shakespeare in 10 minutes but
+    # lost 0.017-0.025 on three other corpora in 3 minutes (docs/benchmarks.md), so 5% stays.
+    min_lr_ratio: float = 0.05
     schedule: str = "cosine"  # or "wsd": warm-up, stable, then a linear decay over the last DECAY_SHARE
     grad_clip: float = 1.0
     max_steps: int | None = None
