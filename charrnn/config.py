@@ -110,8 +110,8 @@ class TrainConfig:
     seq_len: int = 128
     lr: float = 1e-2
     # "muon": Muon for the recurrent matrices, AdamW for the rest (charrnn.optim). Twice
-    # AdamW's progress per step on the LSTM, but on a 2-core CPU its update costs half a
-    # step, and at equal time it has not won yet (docs/benchmarks.md).
+    # AdamW's progress per step on the LSTM, but on a 2-core CPU its update makes a step
+    # 1.3-1.9 times as long, and at equal time it has not won yet (docs/benchmarks.md).
     optimizer: str = "adamw"
     weight_decay: float = 0.01
     warmup_steps: int = 50
