@@ -15,8 +15,8 @@ then share the run's learning rate, weight decay and schedule.
 
 On Tiny Shakespeare (2 x 512 LSTM, 10 minutes on the 2-core CPU) Muon reached after 400
 steps the validation loss AdamW reached after 800, but its update made every step 1.3-1.9
-times as long, and at equal time it ended level or behind (docs/benchmarks.md); hence
-an option, not the default.
+times as long, and at equal time it ended level (at lr 5e-3) or behind (docs/benchmarks.md);
+hence an option, not the default.
 """
 
 from __future__ import annotations
