@@ -134,7 +134,6 @@ class TrainConfig:
     keep_every: int | None = None  # keep a step-NNNNNNNN.pt snapshot every N steps
     max_bad_steps: int = 8  # consecutive non-finite steps (skipped) before giving up
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: none)
-    shift_windows: bool = False  # start each pass's windows at another offset (see trainer.window_offset)
     sample_every: int | None = None  # show and keep a sample at every Nth evaluation
     sample_length: int = 200  # characters per such sample
     sample_temp: float = 0.8

@@ -85,13 +85,6 @@ def evaluate(
     return EvalResult(float(total), count, count if lengths is None else int(chars))
 
 
-def window_offset(epochs_done: int, seq_len: int) -> int:
-    """Where pass `epochs_done` starts its full windows: 0 for the first pass, then offsets
-    spread over [0, T) by the golden ratio, so that the points where backpropagation is
-    truncated (every T characters) fall on other characters in every pass."""
-    return int(epochs_done * 0.6180339887 % 1 * seq_len)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -228,27 +221,10 @@ class Trainer:
         return self.progress.step
 
     @property
-    def offset(self) -> int:
-        """Where this pass's full windows start (0 unless `shift_windows`)."""
-        if not self.config.shift_windows:
-            return 0
-        return window_offset(self.progress.epochs_done, self.config.seq_len)
-
-    @property
     def windows_per_epoch(self) -> int:
         """Windows of up to T per pass: the last one is shorter when T does not divide the
-        stream, and with an offset o a first window covers [0, o), so every target of every
-        stream is trained on once per epoch."""
-        o = self.offset
-        return math.ceil((self.train_streams.size(1) - 1 - o) / self.config.seq_len) + (o > 0)
-
-    def _window(self, w: int) -> tuple[int, int]:
-        """Columns [start, end) of the inputs of this pass's window w."""
-        o, T, last = self.offset, self.config.seq_len, self.train_streams.size(1) - 1
-        if o and w == 0:
-            return 0, min(o, last)
-        start = o + (w - (o > 0)) * T
-        return start, min(start + T, last)
+        stream, so every target of every stream is trained on once per epoch."""
+        return math.ceil((self.train_streams.size(1) - 1) / self.config.seq_len)
 
     @property
     def epoch(self) -> float:
@@ -400,7 +376,8 @@ class Trainer:
         c, p = self.config, self.progress
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        t, end = self._window(p.window)
+        t = p.window * c.seq_len
+        end = min(t + c.seq_len, self.train_streams.size(1) - 1)
         x = self.train_streams[:, t:end]  # (B, T), T shorter for the last window of a pass
         y = self.train_streams[:, t + 1 : end + 1].long()
         with autocast(self.device, self.bf16):

@@ -159,41 +159,6 @@ def test_every_target_is_trained_once_per_epoch_including_the_last_partial_windo
     assert lengths == [16, 16, 16, 1] * 2
 
 
-def test_shifted_windows_start_elsewhere_each_pass_and_still_cover_every_target_once(tmp_path, monkeypatch):
-    """With shift_windows, pass e starts its full windows at window_offset(e, T) after a
-    first window [0, o): the inputs of each pass still read every stream column once, in
-    order, and the points where backpropagation is truncated move."""
-    from charrnn.model import CharRNN
-    from charrnn.trainer import window_offset
-
-    vocab = CharVocab.from_text(TEXT)
-    ids = vocab.encode(TEXT)[:4 * 50]  # 4 streams of 50: 49 targets each, T = 16
-    mc = ModelConfig(vocab_size=vocab.size, hidden_size=8, num_layers=1, embedding_size=4, dropout=0.0)
-    tc = TrainConfig(batch_size=4, seq_len=16, max_epochs=3, device="cpu", eval_every=1000, shift_windows=True)
-    seen = []
-    original = CharRNN.forward
-
-    def spy(self, x, state=None):
-        if self.training:
-            seen.append(x.clone())
-        return original(self, x, state)
-
-    monkeypatch.setattr(CharRNN, "forward", spy)
-    trainer = Trainer(mc, tc, vocab, ids, vocab.encode(TEXT)[:200], tmp_path / "p")
-    list(trainer.run())
-    offsets = [window_offset(e, 16) for e in range(3)]
-    assert offsets[0] == 0 and len(set(offsets)) == 3
-    per_pass = [([o] if o else []) + [16] * ((49 - o) // 16) + ([(49 - o) % 16] if (49 - o) % 16 else [])
-                for o in offsets]
-    assert [x.size(1) for x in seen] == sum(per_pass, [])
-    streams = torch.as_tensor(ids).view(4, 50)[:, :49]
-    n = 0
-    for lengths in per_pass:  # each pass reads columns 0..48 exactly once, in order
-        torch.testing.assert_close(torch.cat(seen[n:n + len(lengths)], dim=1), streams)
-        n += len(lengths)
-    assert n == len(seen)
-
-
 def test_carried_state_is_float32_even_when_the_model_returns_bf16(tmp_path, monkeypatch):
     """Under CUDA bf16 autocast cuDNN hands back (h, c) in 16 bits; the trainer must carry
     and save them in float32 so that a resume on the CPU or in fp32 works."""
