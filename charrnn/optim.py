@@ -35,6 +35,7 @@ QUINTIC = (3.4445, -4.7750, 2.0315)
 QUINTIC_STEPS = 5
 BETAS = (0.9, 0.99)  # AdamW's, for every AdamW-updated weight
 MOMENTUM = 0.95  # Muon's (Nesterov)
+MUON_MATRICES = ("rnn.weight_ih", "rnn.weight_hh")  # parameter-name prefixes Muon updates
 
 
 def orthogonalise(g: torch.Tensor, steps: int = QUINTIC_STEPS) -> torch.Tensor:
@@ -109,7 +110,7 @@ def build(model: nn.Module, config: TrainConfig) -> tuple[torch.optim.Optimizer,
     only: the biases and the embedding table are left alone."""
     matrices, decay, no_decay = [], [], []
     for name, p in model.named_parameters():
-        if config.optimizer == "muon" and name.startswith("rnn.weight_"):
+        if config.optimizer == "muon" and name.startswith(MUON_MATRICES):
             matrices.append(p)
         elif p.dim() >= 2 and not name.startswith("embedding"):
             decay.append(p)
