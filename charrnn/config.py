@@ -109,9 +109,10 @@ class TrainConfig:
     batch_size: int = 16
     seq_len: int = 128
     lr: float = 1e-2
-    # "muon": Muon for the recurrent matrices, AdamW for the rest (charrnn.optim). Twice
-    # AdamW's progress per step on the LSTM, but on a 2-core CPU its update makes a step
-    # 1.3-1.9 times as long, and at equal time it has not won yet (docs/benchmarks.md).
+    # "muon": Muon for the recurrent matrices, AdamW for the rest (charrnn.optim). New runs
+    # that name none get `sizing.default_optimizer(cell)` (Muon for the LSTM) from
+    # charrnn.runs; this default is what a Trainer built directly, and a version-2
+    # checkpoint, use.
     optimizer: str = "adamw"
     weight_decay: float = 0.01
     warmup_steps: int = 50

@@ -132,11 +132,15 @@ def _merged_options(req: Request, stored: Checkpoint | None) -> tuple[dict, dict
             train_options = merged
     if all(train_options.get(b) is None for b in TrainConfig.BUDGETS):
         train_options["max_time"] = DEFAULT_MAX_TIME
-    if train_options.get("lr") is None:  # new runs: the cell's own default
-        from .sizing import LEARNING_RATE
+    cell = model_options.get("cell") or "lstm"
+    if train_options.get("optimizer") is None:  # new runs: the cell's own update
+        from .sizing import default_optimizer
 
-        cell = model_options.get("cell") or "lstm"
-        train_options["lr"] = LEARNING_RATE.get(cell, LEARNING_RATE["lstm"])
+        train_options["optimizer"] = default_optimizer(cell)
+    if train_options.get("lr") is None:  # and its learning rate
+        from .sizing import default_lr
+
+        train_options["lr"] = default_lr(cell, train_options["optimizer"])
     return model_options, {k: v for k, v in train_options.items() if k in TRAIN_OPTIONS and v is not None}
 
 
@@ -193,10 +197,26 @@ def make_plan(req: Request, stdin: io.BufferedIOBase | None = None, *, main: boo
         model_options, sizing = sized
     elif stored is None:
         model_options, sizing = size_model(model_options, config, encoded, report)
+    if sizing is not None:  # on every process alike: `sized` carries rank 0's sizing
+        config = _update_for_passes(config, model_options, sizing, req.train_options)
     model_config = ModelConfig(vocab_size=encoded.vocab.size, **model_options)
     _check_memory(model_config, config)
     return Plan(req.run_dir, model_config, config, encoded, stored if req.resume else None,
                 stored if req.init_from is not None else None, sizing, main and req.overwrite and not req.resume)
+
+
+def _update_for_passes(config: TrainConfig, model_options: dict, sizing: dict, given: dict) -> TrainConfig:
+    """AdamW instead of the cell's default Muon when the budget makes many passes over a
+    small text (`sizing.MUON_MAX_PASSES`), unless the user named the optimizer; the
+    sizing record says which update the run got."""
+    from . import sizing as rule
+
+    if config.optimizer == "muon" and given.get("optimizer") is None and sizing["epochs"] > rule.MUON_MAX_PASSES:
+        lr = config.lr if given.get("lr") is not None else rule.default_lr(model_options.get("cell") or "lstm", "adamw")
+        config = dataclasses.replace(config, optimizer="adamw", lr=lr)
+        sizing["adamw_for_passes"] = True
+    sizing["optimizer"] = config.optimizer
+    return config
 
 
 def _available_memory(device_name: str) -> int | None:

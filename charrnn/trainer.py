@@ -265,7 +265,14 @@ class Trainer:
             self.model.load_state_dict(ckpt.weights)  # the average, then the weights it trains on
             self.ema = [q.detach().float().clone() for q in self.model.parameters()]
         self.model.load_state_dict(ckpt.resume.train_weights if ckpt.resume.train_weights is not None else ckpt.weights)
-        self.optimizer.load_state_dict(ckpt.resume.optimizer)
+        try:
+            self.optimizer.load_state_dict(ckpt.resume.optimizer)
+        except (ValueError, KeyError, IndexError) as e:  # groups of another shape: another version's split
+            raise ConfigError(
+                f"Cannot resume {ckpt.path}: its optimizer state does not fit this version's --optimizer "
+                f"{self.config.optimizer} (it groups the weights differently); start a new run from its "
+                f"weights with --init-from instead."
+            ) from e
         self.progress = RunState(**asdict(ckpt.progress))
         self.synced_elapsed = self.progress.elapsed
         self.skipped.fill_(self.progress.skipped_steps)

@@ -44,6 +44,8 @@ def sizing_line(sizing: dict) -> str:
     text = f"Sized to the corpus and budget: {' and '.join(chosen)}, for about {sizing['tokens_seen']:,.0f} tokens "
     text += f"({sizing['epochs']:.1f} passes over {sizing['train_tokens']:,})"
     text += f"; {why}." if "hidden_size" in sizing["auto"] else "."
+    if sizing.get("adamw_for_passes"):
+        text += " AdamW rather than Muon for that many passes."
     if sizing.get("timed"):
         text += " Timed here: " + ", ".join(f"{h} units {rate:,.0f} tokens/s" for h, rate in sizing["timed"]) + "."
     return text

@@ -103,10 +103,24 @@ def test_resume_refuses_other_corpus_and_other_sizes(tmp_path, corpus):
         with Run(corpus, out=tmp_path / "r", model_options=MODEL,
                  train_options={**TRAIN, "batch_size": 8}, resume=True, explicit={"batch_size"}):
             pass
-    with pytest.raises(ConfigError, match=r"--optimizer muon \(the run has adamw\)"):  # its state is AdamW's
+    with pytest.raises(ConfigError, match=r"--optimizer adamw \(the run has muon\)"):  # its state is Muon's
         with Run(corpus, out=tmp_path / "r", model_options=MODEL,
-                 train_options={**TRAIN, "optimizer": "muon"}, resume=True, explicit={"optimizer"}):
+                 train_options={**TRAIN, "optimizer": "adamw"}, resume=True, explicit={"optimizer"}):
             pass
+
+
+def test_a_muon_run_grouped_another_way_is_refused_in_one_sentence(tmp_path, corpus, monkeypatch):
+    """Muon once updated the input matrices too; such a run's optimizer state has other
+    groups, and resuming it must say so rather than fail inside torch."""
+    from charrnn import optim
+
+    monkeypatch.setattr(optim, "MUON_MATRICES", ("rnn.weight_ih", "rnn.weight_hh"))
+    train(corpus, tmp_path / "r", train={"max_steps": 5, "optimizer": "muon"})
+    monkeypatch.undo()
+    before = (tmp_path / "r" / "latest.pt").read_bytes()
+    with pytest.raises(ConfigError, match="does not fit this version's --optimizer muon.*--init-from"):
+        train(corpus, tmp_path / "r", resume=True, train={"max_steps": 10}, explicit={"max_steps"})
+    assert (tmp_path / "r" / "latest.pt").read_bytes() == before
 
 
 def test_existing_run_is_not_overwritten_without_asking(tmp_path, corpus):

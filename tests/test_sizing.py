@@ -132,15 +132,38 @@ def test_defaults_keep_learning(shakespeare_head, tmp_path):
     assert run.best_val_loss < 2.45, run.best_val_loss
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_learning_rate_defaults_per_cell_and_a_given_one_is_kept(cell, shakespeare_head, tmp_path):
+@pytest.mark.parametrize("cell, optimizer, lr", [("lstm", "muon", 5e-3), ("gru", "adamw", 5e-3), ("rnn", "adamw", 3e-3)])
+def test_optimizer_and_learning_rate_default_per_cell_and_given_ones_are_kept(cell, optimizer, lr, shakespeare_head, tmp_path):
     small = {"cell": cell, "hidden_size": 16, "embedding_size": 8, "dropout": 0.0}
     with Run(shakespeare_head, out=tmp_path / "a", model_options=small,
              train_options={"max_steps": 1, "device": "cpu"}) as run:
-        assert run.trainer.config.lr == sizing.LEARNING_RATE[cell]
+        assert (run.trainer.config.optimizer, run.trainer.config.lr) == (optimizer, lr)
+    with Run(shakespeare_head, out=tmp_path / "c", model_options=small,
+             train_options={"max_steps": 1, "device": "cpu", "optimizer": "adamw"}) as run:
+        assert run.trainer.config.lr == sizing.LEARNING_RATE[cell]  # AdamW's rate for the cell
     with Run(shakespeare_head, out=tmp_path / "b", model_options=small,
              train_options={"max_steps": 1, "device": "cpu", "lr": 0.02}) as run:
         assert run.trainer.config.lr == 0.02
+
+
+def test_many_passes_over_a_small_text_train_with_adamw_unless_muon_is_named(shakespeare_head, tmp_path):
+    """Muon lost to AdamW at 38 passes over 50 KB and won at 0.1-2.2 passes: a sized run
+    expected to make more than MUON_MAX_PASSES passes gets AdamW and AdamW's rate."""
+    small = {"hidden_size": 16, "embedding_size": 8}  # the dropout is sized, so the passes are known
+    many, few = sizing.MUON_MAX_PASSES * 2, sizing.MUON_MAX_PASSES / 2
+    with Run(shakespeare_head, out=tmp_path / "a", model_options=small,
+             train_options={"max_epochs": many, "device": "cpu"}) as run:
+        assert (run.trainer.config.optimizer, run.trainer.config.lr) == ("adamw", sizing.LEARNING_RATE["lstm"])
+        assert run.plan.sizing["optimizer"] == "adamw" and run.plan.sizing["adamw_for_passes"]
+    with Run(shakespeare_head, out=tmp_path / "b", model_options=small,
+             train_options={"max_epochs": few, "device": "cpu"}) as run:
+        assert (run.trainer.config.optimizer, run.trainer.config.lr) == ("muon", sizing.MUON_LEARNING_RATE)
+    with Run(shakespeare_head, out=tmp_path / "c", model_options=small,
+             train_options={"max_epochs": many, "device": "cpu", "optimizer": "muon"}) as run:
+        assert run.trainer.config.optimizer == "muon"  # named: kept
+    with Run(shakespeare_head, out=tmp_path / "d", model_options=small,
+             train_options={"max_epochs": many, "device": "cpu", "lr": 0.02}) as run:
+        assert (run.trainer.config.optimizer, run.trainer.config.lr) == ("adamw", 0.02)  # a named rate is kept
 
 
 def test_a_burst_of_load_during_timing_does_not_make_a_width_look_slower(monkeypatch):
