@@ -51,9 +51,9 @@ def test_muon_takes_the_recurrent_matrices_and_adamw_the_rest():
     assert isinstance(opt, Muon) and not fused
     names = {id(p): n for n, p in model.named_parameters()}
     muon = [names[id(p)] for g in opt.param_groups if g["muon"] for p in g["params"]]
-    assert sorted(muon) == ["rnn.weight_hh_l0"]  # the recurrent matrices only
+    assert sorted(muon) == ["rnn.weight_hh_l0", "rnn.weight_hh_l1"]  # the recurrent matrices only
     decayed = {names[id(p)] for g in opt.param_groups if not g["muon"] and g["weight_decay"] > 0 for p in g["params"]}
-    assert decayed == {"head.weight", "rnn.weight_ih_l0"}  # not the embedding table, not the biases
+    assert decayed == {"head.weight", "rnn.weight_ih_l0", "rnn.weight_ih_l1"}  # not the embedding table, not the biases
     opt, _ = build(model, TrainConfig(max_steps=1, optimizer="adamw"))
     assert isinstance(opt, torch.optim.AdamW)
 
