@@ -110,7 +110,7 @@ class TrainConfig:
     seq_len: int = 128
     lr: float = 1e-2
     # "muon": Muon for the recurrent matrices, AdamW for the rest (charrnn.optim). New runs
-    # that name none get `sizing.default_optimizer(cell)` (Muon for the LSTM) from
+    # that name none get `sizing.choose_update(cell, ...)` (Muon for the LSTM) from
     # charrnn.runs; this default is what a Trainer built directly, and a version-2
     # checkpoint, use.
     optimizer: str = "adamw"

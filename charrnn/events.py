@@ -39,6 +39,8 @@ class Started:
     windows_per_epoch: int
     out_dir: str
     sizing: dict | None = None  # what charrnn.sizing chose for a new run, when it chose
+    optimizer: str | None = None  # "adamw" or "muon" (charrnn.optim)
+    lr: float | None = None  # the peak learning rate
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ reached after 400 steps the validation loss AdamW reached after 800, but its upd
 every step 1.3-1.9 times as long and at equal time it only tied AdamW; on the recurrent
 matrices alone a step costs about 1.1 times AdamW's and it won, 1.4249 against 1.4424
 nats/char at lr 5e-3 (docs/benchmarks.md). It is the LSTM's default update
-(`sizing.default_optimizer`).
+(`sizing.choose_update`).
 """
 
 from __future__ import annotations

@@ -30,6 +30,14 @@ def loss_line(nats: float) -> str:
     return f"{nats / LN2:.4f} bits/char ({nats:.4f} nats/char)"
 
 
+def update_text(event: Started) -> str:
+    """The start line's mention of the update, e.g. ", Muon at peak lr 0.005" ("" when unknown)."""
+    if event.optimizer is None:
+        return ""
+    name = {"adamw": "AdamW", "muon": "Muon"}.get(event.optimizer, event.optimizer)
+    return f", {name} at peak lr {event.lr:g}" if event.lr is not None else f", {name}"
+
+
 def sizing_line(sizing: dict) -> str:
     """One sentence on what the sizing rule chose and why (see charrnn.sizing)."""
     chosen = []
@@ -141,7 +149,8 @@ class TrainView:
             self.log(
                 f"Training on {event.device}: {event.num_parameters:,} parameters, vocabulary "
                 f"{event.vocab_size}, {event.train_tokens:,} training and {event.val_tokens:,} "
-                f"validation tokens, {event.windows_per_epoch} windows per epoch; checkpoints in {event.out_dir}"
+                f"validation tokens, {event.windows_per_epoch} windows per epoch{update_text(event)}; "
+                f"checkpoints in {event.out_dir}"
             )
             if event.sizing:
                 self.log(sizing_line(event.sizing))

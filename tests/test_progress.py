@@ -10,6 +10,7 @@ from rich.console import Console
 
 from charrnn import checkpoint, train
 from charrnn.events import Evaluated, Finished, Note, Progress, Sampled, Started, Status
+from charrnn.sizing import default_lr
 from charrnn.ui import ClockColumn, TrainView
 
 TEXT = "the cat sat on the mat. " * 200
@@ -109,6 +110,14 @@ def test_plain_output_is_periodic_lines_in_bits_first_without_status():
     assert "--- sample at step 30 (val 2.000 bpc) ---" in lines and "to be or not" in lines
 
 
+def test_the_start_line_names_the_update_and_its_peak_rate():
+    out = io.StringIO()
+    with TrainView(Console(file=out, force_terminal=False, width=400), clock=FakeClock()) as view:
+        view.handle(Started("cpu", 1000, 900, 100, 9, 10, "checkpoints/x", None, "muon", 0.005))
+    line = next(line for line in out.getvalue().splitlines() if line.startswith("Training on cpu"))
+    assert "10 windows per epoch, Muon at peak lr 0.005; checkpoints in checkpoints/x" in line
+
+
 def test_train_reports_set_up_stages_before_started(tmp_path):
     (tmp_path / "c.txt").write_text(TEXT)
     events = []
@@ -121,6 +130,8 @@ def test_train_reports_set_up_stages_before_started(tmp_path):
     assert any("timing" in s and "units per layer" in s for s in set_up)  # which widths were timed
     assert set_up[-1].startswith("Building a 1 x ")
     assert all(k in ("Status", "Note") for k in kinds[:first_started])
+    chosen = events[first_started].sizing["optimizer"]  # the update the run got, named on the start line
+    assert (events[first_started].optimizer, events[first_started].lr) == (chosen, default_lr("lstm", chosen))
     timed = events[first_started].sizing["timed"]
     assert timed and all(h > 0 and rate > 0 for h, rate in timed)
 

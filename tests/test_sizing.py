@@ -68,7 +68,35 @@ def test_time_budget_uses_measured_throughput_and_stops_timing_early():
     seen_bigger = 600.0 * 3e9 / bigger**2
     assert (sizing.count_parameters("lstm", bigger, 2, 64, 65) > seen_bigger / sizing.TOKENS_PER_PARAM
             or seen_bigger / 4096 < sizing.MIN_STEPS)
-    assert timed == list(sizing.LADDER[: len(timed)]) and timed[-1] <= bigger  # never times past the first too large size
+    first_timings = list(dict.fromkeys(timed))  # a narrow miss is timed twice in a row
+    assert first_timings == list(sizing.LADDER[: len(first_timings)]) and timed[-1] <= bigger  # never past the first too large
+    assert all(timed.count(h) == 1 for h in first_timings[:-1])  # only the size that missed is timed again
+
+
+def test_a_width_that_misses_narrowly_is_timed_again_and_a_clear_miss_is_not():
+    # 2 x 512 needs about 1.66M tokens in 600 s (half a token per weight). A slow moment
+    # during its first timing (2,400 tokens/s, 1.44M) must not decide the run when a
+    # second timing shows the machine's usual speed (3,300, 1.98M).
+    kw = dict(cell="lstm", num_layers=2, input_size=64, vocab_size=65, train_tokens=10**6, tokens_per_step=2048,
+              max_time=600.0, ladder=(256, 384, 512, 768))
+    usual = {256: 11000.0, 384: 5000.0, 512: 3300.0, 768: 1500.0}
+
+    def run(first_512):
+        calls = []
+
+        def throughput(hidden):
+            calls.append(hidden)
+            return first_512 if hidden == 512 and calls.count(512) == 1 else usual[hidden]
+
+        return sizing.choose(throughput=throughput, **kw), calls
+
+    narrow, calls = run(2400.0)
+    assert narrow.hidden_size == 512 and calls == [256, 384, 512, 512]
+    assert narrow.tokens_seen == pytest.approx(600.0 * 3300.0)
+    clear, calls = run(900.0)  # 3.7 times too slow: no second look
+    assert clear.hidden_size == 384 and calls == [256, 384, 512] and clear.limit == "budget"
+    steady, calls = run(3300.0)  # fast enough the first time: timed once, as before
+    assert steady.hidden_size == 512 and calls == [256, 384, 512]
 
 
 def test_a_time_budget_keeps_enough_optimizer_steps_but_a_step_budget_needs_none():
@@ -164,6 +192,17 @@ def test_many_passes_over_a_small_text_train_with_adamw_unless_muon_is_named(sha
     with Run(shakespeare_head, out=tmp_path / "d", model_options=small,
              train_options={"max_epochs": many, "device": "cpu", "lr": 0.02}) as run:
         assert (run.trainer.config.optimizer, run.trainer.config.lr) == ("adamw", 0.02)  # a named rate is kept
+
+
+def test_choose_update_keeps_what_is_named_and_switches_muon_only_past_the_pass_limit():
+    limit = sizing.MUON_MAX_PASSES
+    assert sizing.choose_update("lstm") == ("muon", sizing.MUON_LEARNING_RATE)  # before sizing: no passes yet
+    assert sizing.choose_update("lstm", limit) == ("muon", sizing.MUON_LEARNING_RATE)
+    assert sizing.choose_update("lstm", limit * 1.01) == ("adamw", sizing.LEARNING_RATE["lstm"])
+    assert sizing.choose_update("lstm", limit * 10, optimizer="muon") == ("muon", sizing.MUON_LEARNING_RATE)
+    assert sizing.choose_update("lstm", limit * 10, lr=0.03) == ("adamw", 0.03)
+    assert sizing.choose_update("gru", 0.5) == ("adamw", sizing.LEARNING_RATE["gru"])
+    assert sizing.choose_update("rnn", None, "muon") == ("muon", sizing.MUON_LEARNING_RATE)
 
 
 def test_a_burst_of_load_during_timing_does_not_make_a_width_look_slower(monkeypatch):
