@@ -55,7 +55,7 @@ MAX_DROPOUT = 0.5
 # and the faster of the two rates counts. The machine itself varies: on the 2-core EPYC the
 # same 2 x 512 LSTM was timed at 2,477 to 4,186 tokens/s in ten runs, and a slow moment
 # during the few seconds of timing chose 2 x 384 for a 10-minute run whose loop then ran 14%
-# faster than timed (1.4455 nats/char against 1.434 for 2 x 512, docs/benchmarks.md).
+# faster than timed (docs/benchmarks.md, fifth round).
 RETIME_MARGIN = 1.5
 _clock = time.perf_counter  # the timer of measure_throughput (a test replaces it)
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
