@@ -183,13 +183,11 @@ def choose(
                 limit = why
                 break
             last_rate = throughput(hidden)
-            why = _too_large(params, min(tokens, max_time * last_rate), fixed_seen, tokens_per_step)
-            if chosen is not None and why and not _too_large(params, min(tokens, max_time * last_rate * RETIME_MARGIN),
-                                                              fixed_seen, tokens_per_step):
+            misses = lambda rate: _too_large(params, min(tokens, max_time * rate), fixed_seen, tokens_per_step)  # noqa: E731
+            if chosen is not None and misses(last_rate) and not misses(last_rate * RETIME_MARGIN):
                 last_rate = max(last_rate, throughput(hidden))  # a narrow miss: a second look
-                why = _too_large(params, min(tokens, max_time * last_rate), fixed_seen, tokens_per_step)
             tokens = min(tokens, max_time * last_rate)
-            if chosen is not None and why:
+            if chosen is not None and (why := _too_large(params, tokens, fixed_seen, tokens_per_step)):
                 limit = why
                 break
         chosen, seen = hidden, tokens  # the smallest size is taken whatever the budget
