@@ -156,6 +156,7 @@ class Checkpoint:
             "hidden_size": mc.hidden_size,
             "embedding_size": None if mc.one_hot else mc.embedding_size,
             "dropout": mc.dropout,
+            "weight_drop": mc.weight_drop,
             "nonlinearity": mc.nonlinearity if mc.cell == "rnn" else None,
             "one_hot": mc.one_hot,
             "tie_weights": mc.tie_weights,

@@ -215,7 +215,7 @@ def explicit_options(ctx: click.Context, names) -> set[str]:
 @click.option_panel("Run folder", options=["--out", "--resume", "--init-from", "--overwrite", "--checkpoints-dir",
                                            "--eval-every", "--keep-every"])
 @click.option_panel("Model", options=["--cell", "--hidden-size", "--num-layers", "--embedding-size", "--nonlinearity",
-                                      "--one-hot", "--tie-weights", "--dropout"])
+                                      "--one-hot", "--tie-weights", "--dropout", "--weight-drop"])
 @click.option_panel("Optimisation", options=["--batch-size", "--seq-len", "--lr", "--optimizer", "--weight-decay", "--warmup-steps",
                                              "--grad-clip", "--seed"])
 @click.option_panel("Budget", options=["--max-time", "--max-steps", "--max-epochs", "--patience"])
@@ -236,6 +236,7 @@ def explicit_options(ctx: click.Context, names) -> set[str]:
 @click.option("--one-hot", is_flag=True, help="Feed one-hot characters (classic char-rnn) instead of a learned embedding.")
 @click.option("--tie-weights", is_flag=True, help="Share the embedding table with the output layer (needs --embedding-size equal to --hidden-size).")
 @click.option("--dropout", type=FiniteFloat(0, 1, max_open=True), help="Dropout on the embedding, between layers and before the head [default: from the passes over the text the budget allows].")
+@click.option("--weight-drop", type=FiniteFloat(0, 1, max_open=True), help="Share of each recurrent layer's hidden-to-hidden weights dropped, one mask per window (AWD-LSTM's weight drop) [default: from the passes over the text the budget allows].")
 @click.option("--tokenizer", type=click.Choice(["char", "sentencepiece"]), default="char", show_default=True, help="Characters, or subword pieces trained with sentencepiece on the corpus.")
 @click.option("--vocab-size", type=click.IntRange(min=260), default=2000, show_default=True, help="Pieces in a sentencepiece vocabulary (at least 260: 256 byte pieces come first).")
 @click.option("--sp-model-type", type=click.Choice(["unigram", "bpe"]), default="unigram", show_default=True, help="sentencepiece algorithm.")
@@ -549,7 +550,8 @@ def info(ckpt, as_json, checkpoints_dir):
         f"{mc.num_layers} x {mc.hidden_size}, "
         + ("one-hot input" if mc.one_hot else f"embedding {mc.embedding_size}")
         + (", output layer tied to the embedding" if mc.tie_weights else "")
-        + f", dropout {mc.dropout}, {model.net.num_parameters():,} parameters",
+        + f", dropout {mc.dropout}" + (f", weight drop {mc.weight_drop}" if mc.weight_drop else "")
+        + f", {model.net.num_parameters():,} parameters",
         f"vocabulary   {model.vocab.kind}, {model.vocab.size} entries: {model.vocab.preview()}",
     ]
     if corpus:

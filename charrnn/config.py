@@ -68,6 +68,9 @@ class ModelConfig:
     num_layers: int = 2
     embedding_size: int = 64
     dropout: float = 0.1
+    # DropConnect on the hidden-to-hidden matrices (AWD-LSTM's weight drop): the share of
+    # their entries zeroed, one mask per training window. 0 in checkpoints written before it.
+    weight_drop: float = 0.0
     cell: str = "lstm"
     nonlinearity: str = "tanh"  # rnn only
     one_hot: bool = False  # feed one-hot vectors (classic char-rnn) instead of an embedding
@@ -81,6 +84,7 @@ class ModelConfig:
         check_number(self, "num_layers", int, 1, 64)
         check_number(self, "embedding_size", int, 1, MAX_HIDDEN)
         check_number(self, "dropout", float, 0, 1, hi_open=True)
+        check_number(self, "weight_drop", float, 0, 1, hi_open=True)
         _choice(self, "nonlinearity", ("tanh", "relu"))
         for name in ("one_hot", "tie_weights"):
             if not isinstance(getattr(self, name), bool):

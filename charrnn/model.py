@@ -69,9 +69,32 @@ class CharRNN(nn.Module):
             state = self.init_state(ids.size(0), ids.device)
         x = self.drop(self._inputs(ids))  # (B, T, E)
         hx = state if self.config.cell == "lstm" else state[0]
-        out, new = self.rnn(x, hx)  # (B, T, H)
+        if self.training and self.config.weight_drop > 0:
+            out, new = torch.func.functional_call(self.rnn, self._dropped_weights(), (x, hx))  # (B, T, H)
+        else:
+            out, new = self.rnn(x, hx)  # (B, T, H)
         new_state = tuple(new) if self.config.cell == "lstm" else (new,)
         return self.head(self.drop(out)), _as_float32(new_state)  # (B, T, V)
+
+    def _dropped_weights(self) -> dict[str, torch.Tensor]:
+        """Weight drop: each layer's hidden-to-hidden matrix with a share `weight_drop` of its
+        entries zeroed (the rest scaled up to keep the expected product), one mask per call.
+
+        One mask for every stream and step of a window (Merity et al., 2017): the same
+        recurrent connections are missing for all T steps, which regularises the recurrence
+        the way per-step dropout on h cannot inside a fused cuDNN/oneDNN kernel, and costs one
+        mask per layer and window. The masked matrices are passed to the unchanged kernel
+        (`torch.func.functional_call`); the parameters themselves are never modified, so
+        evaluation, checkpoints and sampling see the whole matrices.
+        """
+        keep = 1.0 - self.config.weight_drop
+        dropped = {}
+        for layer in range(self.config.num_layers):
+            name = f"weight_hh_l{layer}"
+            w = getattr(self.rnn, name)  # (G*H, H)
+            mask = torch.empty_like(w).bernoulli_(keep).div_(keep)
+            dropped[name] = w * mask
+        return dropped
 
     def layer_weights(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(weight_ih, weight_hh, bias_ih, bias_hh) of one recurrent layer: the tensors `forward`

@@ -35,7 +35,8 @@ DEFAULT_MAX_TIME = 600.0  # seconds, when a new run is given no budget at all
 DEFAULT_ROOT = "checkpoints"
 MODEL_OPTIONS = tuple(n for n in field_names(ModelConfig) if n != "vocab_size")
 TRAIN_OPTIONS = field_names(TrainConfig)
-AUTO = ("hidden_size", "dropout")  # sized to the corpus and budget unless given
+AUTO = ("hidden_size", "dropout", "weight_drop")  # sized to the corpus and budget unless given
+REGULARISATION = ("dropout", "weight_drop")  # sized together: naming one sets the other to 0
 
 
 def flag(name: str) -> str:
@@ -259,6 +260,8 @@ def size_model(model_options: dict, config: TrainConfig, encoded,
     from .model import CharRNN
 
     options = {k: v for k, v in model_options.items() if v is not None}
+    if any(name in options for name in REGULARISATION):  # the user chose the regularisation
+        options = {name: 0.0 for name in REGULARISATION} | options
     if all(name in options for name in AUTO):
         return options, None
     # Every given value checked before it is used to time candidate models.
@@ -312,6 +315,7 @@ def size_model(model_options: dict, config: TrainConfig, encoded,
         ladder=(options["hidden_size"],) if "hidden_size" in options else sizing.LADDER)
     options.setdefault("hidden_size", choice.hidden_size)
     options.setdefault("dropout", choice.dropout)
+    options.setdefault("weight_drop", choice.weight_drop)
     return options, dataclasses.asdict(choice) | {"epochs": choice.epochs, "auto": auto, "timed": rates}
 
 
@@ -586,7 +590,7 @@ def train(
     printing anything.
 
     `options` are the model and training settings by their PyTorch-style names
-    (`hidden_size`, `num_layers`, `cell`, `dropout`, `batch_size`, `seq_len`, `lr`,
+    (`hidden_size`, `num_layers`, `cell`, `dropout`, `weight_drop`, `batch_size`, `seq_len`, `lr`,
     `max_steps`, `max_epochs`, `max_time` — seconds or a string like "2m" —, `seed`,
     `device`, ...). `on_event` receives every event of `charrnn.events`: `Status` and `Note`
     while the run is set up, then the trainer's `Started`, `Progress`, `Evaluated`, `Saved`

@@ -3,7 +3,7 @@
 A fixed default size is wrong at both ends: on a 50 KB corpus a 3M-parameter network
 memorises the text within a few epochs, while on a 50 MB corpus the same budget never
 sees the text twice and regularisation only slows learning. So, unless the user names
-them, the hidden size and the dropout of a new run are chosen from two numbers:
+them, the hidden size and the regularisation of a new run are chosen from two numbers:
 
 * the tokens the budget will cover, ``S``: ``--max-steps`` x batch x window,
   ``--max-epochs`` x training tokens, or ``--max-time`` x the measured training
@@ -17,10 +17,12 @@ The rule takes the widest layer from `LADDER` whose parameter count ``P`` satisf
                                    budget is a time (the width then sets the step count),
     S / (batch x window) >= MIN_STEPS   at least 800 optimizer steps,
 
-and sets the dropout from the passes over the text the budget allows, ``E = S / N``:
-none up to two passes (most tokens are new, so there is little to overfit and dropout
-only slows learning), then 0.1 more per doubling of E, up to 0.5 from 64 passes on. Depth
-(2 layers), cell and embedding are not sized.
+and sets the regularisation from the passes over the text the budget allows, ``E = S / N``
+(`regularisation_for`). For the LSTM: none up to 4 passes (most tokens are still new, so
+there is little to overfit and any regulariser only slows learning), weight drop on the
+recurrent matrices from 4 to 16 passes (0.2 more per doubling of E), and dropout beyond
+(0.1 per doubling from 2 passes: 0.3 at 16, up to 0.5 from 64 on). The GRU and the RNN get
+that dropout from 2 passes on. Depth (2 layers), cell and embedding are not sized.
 
 Why both budget limits: under a time budget a wider model sees fewer characters and makes
 fewer steps, and the two losses differ. On the 2-core AMD EPYC the project is measured on,
@@ -51,6 +53,18 @@ TOKENS_PER_PARAM = 0.5
 MIN_STEPS = 800
 PARAMS_PER_TOKEN = 20.0
 MAX_DROPOUT = 0.5
+# The LSTM's regularisation between WEIGHT_DROP_MIN_PASSES and WEIGHT_DROP_MAX_PASSES is
+# weight drop (DropConnect on the recurrent matrices, one mask per window), +0.2 per
+# doubling of the passes from the lower limit; dropout takes over beyond the upper one.
+# 3 minutes on 250 KB of C (2 x 256, 11-12 passes): weight drop 0.3 reached 1.1421 nats/char
+# against 1.1924 with the old rule's dropout 0.19 and 1.2034 with neither (0.5: 1.1614,
+# 0.7: 1.2045; with Muon 0.2: 1.1447, 0.3: 1.1416). At about 4 passes (Tiny Shakespeare,
+# 2 x 256, 5 minutes) nothing was best (1.4463 at step 2,000 against 1.4567 with weight drop
+# 0.12 and 1.4580 with dropout 0.12); at 35-50 passes weight drop alone overfitted (100 KB
+# of C: 1.6874 with 0.35 against 1.5687 with dropout 0.4). docs/benchmarks.md, sixth round.
+WEIGHT_DROP_MIN_PASSES = 4.0
+WEIGHT_DROP_MAX_PASSES = 16.0
+WEIGHT_DROP_PER_DOUBLING = 0.2
 # A width that misses a limit by less than this factor of its timed rate is timed once more
 # and the faster of the two rates counts. The machine itself varies: on the 2-core EPYC the
 # same 2 x 512 LSTM was timed at 2,477 to 4,186 tokens/s in ten runs, and a slow moment
@@ -73,11 +87,13 @@ MUON_LEARNING_RATE = 5e-3
 # Muon gains where a budget sees the text a few times and loses where it sees a small text
 # many times: 3 minutes on the first 50 KB of linux_c.txt (38 passes, dropout 0.45) gave
 # 1.4538 with Muon against AdamW's 1.4152 (1.4436 with weight decay 0.1, worse at lower
-# rates), while 0.1-2.2 passes gained 0.01-0.24. A sized run expected to make more passes
-# than this trains with AdamW. On 250 KB of C AdamW also won at 8-10 passes (1.2033
-# against 1.2159); nothing between 2.2 and 7.6 passes was measured, so the limit sits where
-# dropout starts to matter (0.1 at 4 passes).
-MUON_MAX_PASSES = 4.0
+# rates), while 0.1-2.2 passes gained 0.01-0.24. Between them: on Tiny Shakespeare Muon won
+# by 0.047 at 4 passes (2 x 256, 1.4580 against 1.5049) and by 0.038 at 8 (2 x 192, 1.4578
+# against 1.4959); on 250 KB of C at 11-12 passes it won by 0.042 with dropout 0.2 and tied
+# with weight drop 0.3 (1.1416 against 1.1421) (an earlier pair there, at 8-10 passes and
+# with dropout, had gone to AdamW by 0.013). A sized run expected to make more passes than
+# this trains with AdamW.
+MUON_MAX_PASSES = 16.0
 
 
 def choose_update(cell: str, passes: float | None = None, optimizer: str | None = None,
@@ -107,6 +123,7 @@ class Sizing:
 
     hidden_size: int
     dropout: float
+    weight_drop: float
     tokens_seen: float  # S, the tokens the budget is expected to cover
     train_tokens: int  # N
     limit: str  # "budget", "steps", "corpus" or "ladder": what stopped the model from growing
@@ -136,6 +153,20 @@ def dropout_for(epochs: float) -> float:
     if epochs <= 2.0:
         return 0.0
     return round(min(MAX_DROPOUT, 0.1 * math.log2(epochs / 2.0)), 2)
+
+
+def regularisation_for(cell: str, epochs: float) -> tuple[float, float]:
+    """(dropout, weight drop) for a budget of `epochs` passes.
+
+    The LSTM gets none up to WEIGHT_DROP_MIN_PASSES (4), then weight drop, 0.2 more per
+    doubling (0.2 at 8 passes, 0.4 at 16), and from WEIGHT_DROP_MAX_PASSES on the dropout
+    of `dropout_for` (0.3 at 16, 0.5 from 64). The GRU and the RNN keep `dropout_for`'s
+    dropout throughout (weight drop is unmeasured for them)."""
+    if cell != "lstm" or epochs > WEIGHT_DROP_MAX_PASSES:
+        return dropout_for(epochs), 0.0
+    if epochs <= WEIGHT_DROP_MIN_PASSES:
+        return 0.0, 0.0
+    return 0.0, round(WEIGHT_DROP_PER_DOUBLING * math.log2(epochs / WEIGHT_DROP_MIN_PASSES), 2)
 
 
 def choose(
@@ -191,7 +222,7 @@ def choose(
                 limit = why
                 break
         chosen, seen = hidden, tokens  # the smallest size is taken whatever the budget
-    return Sizing(chosen, dropout_for(seen / max(train_tokens, 1)), seen, train_tokens, limit)
+    return Sizing(chosen, *regularisation_for(cell, seen / max(train_tokens, 1)), seen, train_tokens, limit)
 
 
 def _too_large(params: int, tokens: float, fixed_seen: float, tokens_per_step: int) -> str | None:

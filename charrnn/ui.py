@@ -43,7 +43,9 @@ def sizing_line(sizing: dict) -> str:
     chosen = []
     if "hidden_size" in sizing["auto"]:
         chosen.append(f"{sizing['hidden_size']} units per layer")
-    if "dropout" in sizing["auto"]:
+    if "weight_drop" in sizing["auto"] and sizing.get("weight_drop"):
+        chosen.append(f"weight drop {sizing['weight_drop']:g}")
+    elif "dropout" in sizing["auto"]:
         chosen.append(f"dropout {sizing['dropout']:g}")
     why = {"budget": "a larger network would not see enough text in the budget",
            "steps": "a larger network would make too few optimizer steps in the budget",

@@ -385,3 +385,17 @@ def test_completion_offers_run_names_and_files(trained, tmp_path):
     assert complete("charrnn info ") == ["plain,run", "plain,bundled", "file,"]
     assert complete("charrnn train c --init-from b") == ["plain,bundled", "file,b"]
     assert complete("charrnn train c") == ["file,c"]  # the corpus: files and folders
+
+
+def test_weight_drop_is_trained_kept_in_the_checkpoint_and_shown(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(TEXT)
+    options = [a for a in SMALL if a not in ("--dropout", "0")]
+    result = invoke("train", corpus, "--out", tmp_path / "r", "--max-steps", 12, "--weight-drop", 0.3, *options)
+    assert result.exit_code == 0, result.stderr
+    config = checkpoint.load(tmp_path / "r" / "latest.pt").model_config
+    assert config.weight_drop == 0.3 and config.dropout == 0.0  # naming one regulariser sets the other to 0
+    info = invoke("info", tmp_path / "r")
+    assert ", dropout 0.0, weight drop 0.3, " in info.stdout
+    sample = invoke("sample", "-c", tmp_path / "r", "--length", 20, "--seed", 1)  # no mask when sampling
+    assert sample.exit_code == 0 and len(sample.stdout) == 20

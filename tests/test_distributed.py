@@ -64,9 +64,10 @@ def test_processes_share_the_size_chosen_by_process_zero(tmp_path, shakespeare_h
     assert result.returncode == 0, result.stderr[-3000:]
     data = checkpoint.load(tmp_path / "sized" / "latest.pt")
     sizing = data.corpus["sizing"]
-    assert sizing["auto"] == ["hidden_size", "dropout"]
+    assert sizing["auto"] == ["hidden_size", "dropout", "weight_drop"]
     assert data.model_config.hidden_size == sizing["hidden_size"]
     assert data.model_config.dropout == sizing["dropout"]
+    assert data.model_config.weight_drop == sizing["weight_drop"]
 
 
 def test_resumed_two_process_run_with_dropout_equals_the_uninterrupted_one(tmp_path, shakespeare_head):

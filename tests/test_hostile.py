@@ -100,6 +100,8 @@ CASES = [
     ("top-p-nan", lambda w: ["sample", "--top-p", "nan"], 2, "not a finite number"),
     ("lr-nan", lambda w: ["train", "c.txt", "--lr", "nan"], 2, "not a finite number"),
     ("dropout-nan", lambda w: ["train", "c.txt", "--dropout", "nan"], 2, "not a finite number"),
+    ("weight-drop-nan", lambda w: ["train", "c.txt", "--weight-drop", "nan"], 2, "not a finite number"),
+    ("weight-drop-one", lambda w: ["train", "c.txt", "--weight-drop", "1"], 2, "--weight-drop"),
     ("val-fraction-nan", lambda w: ["train", "c.txt", "--val-fraction", "nan"], 2, "not a finite number"),
     ("max-epochs-nan", lambda w: ["train", "c.txt", "--max-epochs", "nan"], 2, "not a finite number"),
     ("max-epochs-inf", lambda w: ["train", "c.txt", "--max-epochs", "inf"], 2, "not a finite number"),

@@ -119,3 +119,43 @@ def test_step_returns_float32_state_when_the_cells_return_bfloat16():
         logits, state = model.step(torch.tensor([1, 2]), state, cells=cells, head=lambda x: model.head(x.float()))
         assert [s.dtype for s in state] == [torch.float32, torch.float32]
     assert logits.shape == (2, 11) and logits.dtype == torch.float32
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_weight_drop_is_one_mask_per_window_over_the_recurrent_matrices(cell):
+    """Training with weight drop equals the plain network whose hidden-to-hidden matrices
+    carry the drawn masks (same mask for every stream and step), and only those matrices."""
+    model = make(cell, weight_drop=0.5).train()
+    plain = make(cell)  # same seed: same initial weights
+    ids = torch.randint(0, 11, (3, 7))
+    torch.manual_seed(5)
+    logits, state = model(ids)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for layer in range(2):
+            w = getattr(plain.rnn, f"weight_hh_l{layer}")
+            w.mul_(torch.empty_like(w).bernoulli_(0.5).div_(0.5))
+    expected, expected_state = plain(ids)
+    torch.testing.assert_close(logits, expected)
+    for a, b in zip(state, expected_state):
+        torch.testing.assert_close(a, b)
+    logits.square().mean().backward()
+    grad = model.rnn.weight_hh_l0.grad
+    dropped = (grad == 0).float().mean().item()
+    assert 0.3 < dropped < 0.7  # the dropped entries get no gradient
+    assert (model.rnn.weight_ih_l0.grad != 0).float().mean().item() > 0.9  # the input matrices are whole
+
+
+def test_weight_drop_leaves_evaluation_and_the_parameters_alone():
+    model = make(weight_drop=0.6)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ids = torch.randint(0, 11, (2, 9))
+    evaluated, _ = model(ids)  # eval mode: no mask
+    torch.testing.assert_close(evaluated, make()(ids)[0])
+    model.train()
+    trained_a, _ = model(ids)
+    trained_b, _ = model(ids)
+    assert not torch.allclose(trained_a, trained_b)  # a new mask per window
+    assert not torch.allclose(trained_a, evaluated)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])

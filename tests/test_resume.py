@@ -84,7 +84,7 @@ def test_resume_keeps_what_the_run_was_sized_to(tmp_path, corpus):
     with Run(corpus, out=tmp_path / "r", model_options=model, train_options={**TRAIN, "max_steps": 10}) as run:
         list(run.events())
     sizing = checkpoint.load(tmp_path / "r" / "latest.pt").corpus["sizing"]
-    assert sizing["auto"] == ["dropout"]
+    assert sizing["auto"] == ["dropout", "weight_drop"]
     train(corpus, tmp_path / "r", resume=True, train={"max_steps": 20}, explicit={"max_steps"})
     assert checkpoint.load(tmp_path / "r" / "latest.pt").corpus["sizing"] == sizing
 

@@ -43,7 +43,22 @@ def test_small_corpus_gets_a_small_regularised_model_and_big_corpus_no_dropout()
     assert sizing.count_parameters("lstm", small.hidden_size, 2, 64, 65) <= sizing.PARAMS_PER_TOKEN * 50_000
     assert big.dropout == 0.0 and big.limit == "budget"
     assert big.hidden_size >= 384  # not starved: as large as the budget can train
-    assert 0.05 <= shakespeare.dropout <= 0.2
+    assert shakespeare.dropout == 0.0 and shakespeare.weight_drop < 0.1  # ~4.5 passes: barely regularised
+    assert small.weight_drop == 0.0 and big.weight_drop == 0.0
+
+
+def test_the_lstm_gets_weight_drop_between_its_pass_limits_and_dropout_beyond():
+    low, high = sizing.WEIGHT_DROP_MIN_PASSES, sizing.WEIGHT_DROP_MAX_PASSES
+    assert sizing.regularisation_for("lstm", 1.5) == (0.0, 0.0)
+    assert sizing.regularisation_for("lstm", low) == (0.0, 0.0)  # no dropout either at a few passes
+    assert sizing.regularisation_for("lstm", 2 * low) == (0.0, pytest.approx(sizing.WEIGHT_DROP_PER_DOUBLING))
+    drops = [sizing.regularisation_for("lstm", e)[1] for e in (low * 1.1, 6, 8, 11, high)]
+    assert drops == sorted(drops) and 0 < drops[0] and drops[-1] <= sizing.MAX_DROPOUT
+    assert sizing.regularisation_for("lstm", high * 1.1) == (sizing.dropout_for(high * 1.1), 0.0)
+    assert sizing.regularisation_for("lstm", 100.0) == (sizing.MAX_DROPOUT, 0.0)
+    for cell in ("gru", "rnn"):  # weight drop is unmeasured for them: dropout as before
+        for passes in (3.0, 8.0, 30.0):
+            assert sizing.regularisation_for(cell, passes) == (sizing.dropout_for(passes), 0.0)
 
 
 def test_larger_budgets_never_give_smaller_models():
@@ -133,21 +148,28 @@ def test_real_throughput_measurement_is_positive_and_leaves_the_rng_alone():
 def test_options_the_user_gives_are_kept_and_the_rest_sized(shakespeare_head, tmp_path):
     with Run(shakespeare_head, out=tmp_path / "a", train_options={"max_epochs": 0.5, "device": "cpu"}) as run:
         plan = run.plan
-    assert plan.model_config.dropout == 0.0  # half a pass: nothing to regularise
-    assert plan.sizing["auto"] == ["hidden_size", "dropout"]
+    assert plan.model_config.dropout == 0.0 and plan.model_config.weight_drop == 0.0  # half a pass: nothing to regularise
+    assert plan.sizing["auto"] == ["hidden_size", "dropout", "weight_drop"]
     assert plan.model_config.hidden_size == plan.sizing["hidden_size"]
 
     with Run(shakespeare_head, out=tmp_path / "b", model_options={"hidden_size": 40, "dropout": None},
              train_options={"max_epochs": 8, "device": "cpu"}) as run:
         plan = run.plan
     assert plan.model_config.hidden_size == 40
-    assert plan.model_config.dropout == pytest.approx(0.2)  # 8 passes
-    assert plan.sizing["auto"] == ["dropout"]
+    assert plan.model_config.weight_drop == pytest.approx(0.2) and plan.model_config.dropout == 0.0  # 8 passes
+    assert plan.sizing["auto"] == ["dropout", "weight_drop"]
 
-    with Run(shakespeare_head, out=tmp_path / "c", model_options={"hidden_size": 40, "dropout": 0.05},
+    with Run(shakespeare_head, out=tmp_path / "g", model_options={"hidden_size": 40, "cell": "gru"},
              train_options={"max_epochs": 8, "device": "cpu"}) as run:
-        assert run.plan.model_config.dropout == 0.05 and run.plan.sizing is None
-        assert run.trainer.corpus.get("sizing") is None
+        assert run.plan.model_config.dropout == pytest.approx(0.2) and run.plan.model_config.weight_drop == 0.0
+
+    # Naming either regulariser takes the pair out of the rule's hands: the other is 0.
+    for given, other in (("dropout", "weight_drop"), ("weight_drop", "dropout")):
+        with Run(shakespeare_head, out=tmp_path / given, model_options={"hidden_size": 40, given: 0.05},
+                 train_options={"max_epochs": 8, "device": "cpu"}) as run:
+            config = run.plan.model_config
+            assert getattr(config, given) == 0.05 and getattr(config, other) == 0.0 and run.plan.sizing is None
+            assert run.trainer.corpus.get("sizing") is None
 
 
 @pytest.mark.slow
@@ -224,3 +246,15 @@ def test_the_sizing_line_says_why_the_model_stopped_growing(limit, words):
     line = sizing_line({"hidden_size": 256, "dropout": 0.1, "tokens_seen": 2e6, "train_tokens": 10**6, "limit": limit,
                         "epochs": 2.0, "auto": ["hidden_size", "dropout"], "timed": [[256, 10000.0]]})
     assert "256 units per layer" in line and words in line and "256 units 10,000 tokens/s" in line
+
+
+def test_the_sizing_line_names_weight_drop_when_the_rule_chose_it():
+    from charrnn.ui import sizing_line
+
+    base = {"hidden_size": 256, "tokens_seen": 8e6, "train_tokens": 10**6, "limit": "budget", "epochs": 8.0,
+            "auto": ["hidden_size", "dropout", "weight_drop"]}
+    assert "256 units per layer and weight drop 0.2," in sizing_line({**base, "dropout": 0.0, "weight_drop": 0.2})
+    line = sizing_line({**base, "dropout": 0.3, "weight_drop": 0.0})
+    assert "and dropout 0.3," in line and "weight drop" not in line
+    old = {**base, "auto": ["hidden_size", "dropout"], "dropout": 0.2}  # a record written before weight drop
+    assert "and dropout 0.2," in sizing_line(old)
