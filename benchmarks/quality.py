@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     print(f"corpus: {args.corpus}; overrides: {overrides or 'none (defaults)'}\n")
     rows = REFERENCE + [(
         f"charrnn defaults{' + ' + str(overrides) if overrides else ''} ({mc.cell} {mc.num_layers}x{mc.hidden_size}, "
-        f"dropout {mc.dropout:g})",
+        f"dropout {mc.dropout:g}{f', weight drop {mc.weight_drop:g}' if mc.weight_drop else ''})",
         f"{params / 1e6:.2f}M", f"{done.elapsed:.0f} s",
         f"{report.nats_per_char:.4f} (eval), {done.best_val_loss:.4f} (training)",
     )]

@@ -251,7 +251,8 @@ def _check_memory(model: ModelConfig, config: TrainConfig) -> None:
 
 def size_model(model_options: dict, config: TrainConfig, encoded,
                report: Callable[[object], None] = _ignore) -> tuple[dict, dict | None]:
-    """Fill in the options of `AUTO` that are missing or None with `sizing.choose`, and
+    """Fill in the options of `AUTO` that are missing or None with `sizing.choose` (dropout
+    and weight drop are one choice: a user who names either gets 0 for the other), and
     say what was chosen (None when the user gave them all)."""
     from . import sizing
     from .data import split_ids

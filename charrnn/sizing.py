@@ -20,7 +20,7 @@ The rule takes the widest layer from `LADDER` whose parameter count ``P`` satisf
 and sets the regularisation from the passes over the text the budget allows, ``E = S / N``
 (`regularisation_for`). For the LSTM: none up to 4 passes (most tokens are still new, so
 there is little to overfit and any regulariser only slows learning), weight drop on the
-recurrent matrices from 4 to 16 passes (0.2 more per doubling of E), and dropout beyond
+recurrent matrices from 4 to 16 passes (0.2 more per doubling of E), and dropout beyond 16
 (0.1 per doubling from 2 passes: 0.3 at 16, up to 0.5 from 64 on). The GRU and the RNN get
 that dropout from 2 passes on. Depth (2 layers), cell and embedding are not sized.
 
@@ -159,8 +159,8 @@ def regularisation_for(cell: str, epochs: float) -> tuple[float, float]:
     """(dropout, weight drop) for a budget of `epochs` passes.
 
     The LSTM gets none up to WEIGHT_DROP_MIN_PASSES (4), then weight drop, 0.2 more per
-    doubling (0.2 at 8 passes, 0.4 at 16), and from WEIGHT_DROP_MAX_PASSES on the dropout
-    of `dropout_for` (0.3 at 16, 0.5 from 64). The GRU and the RNN keep `dropout_for`'s
+    doubling (0.2 at 8 passes, 0.4 at 16), and beyond WEIGHT_DROP_MAX_PASSES the dropout
+    of `dropout_for` (0.31 at 17 passes, 0.5 from 64). The GRU and the RNN keep `dropout_for`'s
     dropout throughout (weight drop is unmeasured for them)."""
     if cell != "lstm" or epochs > WEIGHT_DROP_MAX_PASSES:
         return dropout_for(epochs), 0.0
@@ -184,8 +184,8 @@ def choose(
     embedding: bool = True,
     ladder: tuple[int, ...] = LADDER,
 ) -> Sizing:
-    """Apply the rule to the sizes in `ladder` (a single given size: only the dropout is
-    chosen). `throughput(hidden_size)` gives training tokens per second and is called,
+    """Apply the rule to the sizes in `ladder` (a single given size: only the regularisation
+    is chosen). `throughput(hidden_size)` gives training tokens per second and is called,
     smallest size first and only while the budget can still allow the size, when the
     budget is a time; a size that misses a limit by less than RETIME_MARGIN is timed twice
     and the faster rate counts."""
@@ -222,7 +222,9 @@ def choose(
                 limit = why
                 break
         chosen, seen = hidden, tokens  # the smallest size is taken whatever the budget
-    return Sizing(chosen, *regularisation_for(cell, seen / max(train_tokens, 1)), seen, train_tokens, limit)
+    dropout, weight_drop = regularisation_for(cell, seen / max(train_tokens, 1))
+    return Sizing(hidden_size=chosen, dropout=dropout, weight_drop=weight_drop, tokens_seen=seen,
+                  train_tokens=train_tokens, limit=limit)
 
 
 def _too_large(params: int, tokens: float, fixed_seen: float, tokens_per_step: int) -> str | None:

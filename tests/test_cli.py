@@ -397,5 +397,5 @@ def test_weight_drop_is_trained_kept_in_the_checkpoint_and_shown(tmp_path):
     assert config.weight_drop == 0.3 and config.dropout == 0.0  # naming one regulariser sets the other to 0
     info = invoke("info", tmp_path / "r")
     assert ", dropout 0.0, weight drop 0.3, " in info.stdout
-    sample = invoke("sample", "-c", tmp_path / "r", "--length", 20, "--seed", 1)  # no mask when sampling
+    sample = invoke("sample", "-c", tmp_path / "r", "--length", 20, "--seed", 1)
     assert sample.exit_code == 0 and len(sample.stdout) == 20

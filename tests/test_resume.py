@@ -33,7 +33,7 @@ def corpus(shakespeare_head):
 def make_run(corpus, out, **kw) -> Run:
     opts = dict(TRAIN)
     opts.update(kw.pop("train", {}))
-    return Run(corpus, out=out, model_options=dict(MODEL), train_options=opts, **kw)
+    return Run(corpus, out=out, model_options={**MODEL, **kw.pop("model", {})}, train_options=opts, **kw)
 
 
 def train(corpus, out, **kw) -> list:
@@ -46,17 +46,19 @@ def weights(path):
     return checkpoint.load(path).weights
 
 
-@pytest.mark.parametrize("ema, optimizer", [(0.0, "adamw"), (0.9, "adamw"), (0.0, "muon")])
-def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, corpus, ema, optimizer):
-    """Also with --ema (the average and the weights it is taken over both come back) and
-    with Muon (its momentum and the AdamW moments of the other weights come back)."""
-    events_a = train(corpus, tmp_path / "a", train={"ema": ema, "optimizer": optimizer})
-    with make_run(corpus, tmp_path / "b", train={"ema": ema, "optimizer": optimizer}) as run:
+@pytest.mark.parametrize("ema, optimizer, model", [(0.0, "adamw", {}), (0.9, "adamw", {}), (0.0, "muon", {}),
+                                                   (0.0, "muon", {"dropout": 0.0, "weight_drop": 0.3})])
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, corpus, ema, optimizer, model):
+    """Also with --ema (the average and the weights it is taken over both come back), with
+    Muon (its momentum and the AdamW moments of the other weights come back) and with
+    weight drop (the masks drawn after the resume are the ones the whole run draws)."""
+    events_a = train(corpus, tmp_path / "a", train={"ema": ema, "optimizer": optimizer}, model=model)
+    with make_run(corpus, tmp_path / "b", train={"ema": ema, "optimizer": optimizer}, model=model) as run:
         for event in run.events():
             if isinstance(event, Progress) and event.step == 15:
                 run.request_stop("interrupted by test")
     assert checkpoint.load(tmp_path / "b" / "latest.pt").progress.step == 15
-    events_b = train(corpus, tmp_path / "b", resume=True, explicit=())
+    events_b = train(corpus, tmp_path / "b", resume=True, explicit=(), model=model)
     a, b = weights(tmp_path / "a" / "latest.pt"), weights(tmp_path / "b" / "latest.pt")
     assert a.keys() == b.keys()
     for k in a:
