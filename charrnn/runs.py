@@ -426,8 +426,15 @@ class Run:
             self._lock.release()
             self._lock = None
         if self.world.active:
+            import gc
+
             from .distributed import shutdown
 
+            # DistributedDataParallel's reducer holds the process group and gloo work; freed
+            # at interpreter exit, after the group was destroyed, it aborted a torchrun rank
+            # in C++ now and then ("terminate called without an active exception").
+            self.trainer = None
+            gc.collect()
             shutdown()
         return False
 
