@@ -87,14 +87,8 @@ class CharRNN(nn.Module):
         (`torch.func.functional_call`); the parameters themselves are never modified, so
         evaluation, checkpoints and sampling see the whole matrices.
         """
-        keep = 1.0 - self.config.weight_drop
-        dropped = {}
-        for layer in range(self.config.num_layers):
-            name = f"weight_hh_l{layer}"
-            w = getattr(self.rnn, name)  # (G*H, H)
-            mask = torch.empty_like(w).bernoulli_(keep).div_(keep)
-            dropped[name] = w * mask
-        return dropped
+        names = (f"weight_hh_l{layer}" for layer in range(self.config.num_layers))
+        return {name: F.dropout(getattr(self.rnn, name), self.config.weight_drop) for name in names}  # (G*H, H)
 
     def layer_weights(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(weight_ih, weight_hh, bias_ih, bias_hh) of one recurrent layer: the tensors `forward`
