@@ -638,6 +638,19 @@ class RunDir:
             if self.is_own(p.name):
                 p.unlink(missing_ok=True)
 
+    def own_files(self) -> frozenset[str]:
+        """The names of charrnn's files in the folder now."""
+        if not self.path.is_dir():
+            return frozenset()
+        return frozenset(p.name for p in self.path.iterdir() if self.is_own(p.name))
+
+    def discard_new(self, kept: frozenset[str]) -> None:
+        """Remove charrnn's files that are not in `kept` (what the folder held before a run's
+        set-up began), the lock excepted: the caller holds it. For a run whose set-up failed,
+        so that a refused `charrnn train` leaves no corpus cache behind."""
+        for name in self.own_files() - kept - {self.LOCK}:
+            (self.path / name).unlink(missing_ok=True)
+
     def remove_stale_temp_files(self) -> None:
         """Temporary files left by a process killed mid-save (the caller holds the run lock)."""
         for p in self.path.glob(".*.tmp"):

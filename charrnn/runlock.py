@@ -23,11 +23,13 @@ class RunLock:
     def __init__(self, run_dir: str | os.PathLike):
         self.path = Path(run_dir) / LOCK_NAME
         self._fh = None
+        self.created = False  # whether acquire() made the lock file (a new run folder has none)
 
     def acquire(self) -> "RunLock":
         """Take the lock or raise `ConfigError` naming the process that holds it."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.created = not self.path.exists()
             fh = open(self.path, "a+")
         except OSError as exc:
             raise ConfigError(f"Cannot use run folder {self.path.parent}: {exc.strerror or exc}.") from None
@@ -48,6 +50,15 @@ class RunLock:
         fh.flush()
         self._fh = fh
         return self
+
+    def remove(self) -> None:
+        """Delete the lock file while still holding the lock (so no other process can have
+        taken it in between): a run whose set-up failed leaves no lock file behind."""
+        if self._fh is not None:
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
 
     def release(self) -> None:
         if self._fh is not None:

@@ -233,6 +233,9 @@ CASES = [
      "either --resume or --init-from"),
     ("init-from-tokenizer-mismatch", lambda w: ["train", "c.txt", "--out", "i", "--init-from", "real", "--tokenizer",
                                                 "sentencepiece", "--max-steps", "1"], 1, "Cannot fine-tune from real"),
+    ("init-from-mismatch-nested-out", lambda w: ["train", "c.txt", "--out", "new/sub/run", "--init-from", "real",
+                                                 "--tokenizer", "sentencepiece", "--max-steps", "1"], 1,
+     "Cannot fine-tune from real"),  # no new/, new/sub/ or lock left behind
     ("init-from-missing", lambda w: ["train", "c.txt", "--out", "i", "--init-from", "nope.pt", "--max-steps", "1"], 1,
      "Checkpoint nope.pt does not exist."),
     ("init-from-hollow-folder", lambda w: ["train", "c.txt", "--out", "i", "--init-from", "hollow"], 1,
@@ -316,7 +319,7 @@ def snapshot(root: Path) -> dict[str, str]:
 def test_hostile_case(world, build, code, message):
     argv = build(world)
     argv, stdin = argv if isinstance(argv, tuple) else (argv, None)  # (argv, bytes on stdin)
-    before = snapshot(world)
+    before, folders = snapshot(world), entries(world)
     result = CliRunner().invoke(main, argv, input=stdin, catch_exceptions=False)
     after = snapshot(world)
     assert result.exit_code == code, (result.exit_code, result.stderr)
@@ -324,6 +327,14 @@ def test_hostile_case(world, build, code, message):
     assert message in result.stderr, result.stderr
     changed = [p for p, digest in before.items() if after.get(p) != digest]
     assert not changed, f"files changed or removed: {changed}"
+    if code:  # a refused command leaves nothing behind: no run folder, lock or corpus cache
+        left = sorted(entries(world) - folders)
+        assert not left, f"left behind: {left}"
+
+
+def entries(root: Path) -> set[str]:
+    """Every file and folder under root, by path."""
+    return {str(Path(dirpath) / name) for dirpath, dirs, files in os.walk(root) for name in (*dirs, *files)}
 
 
 def test_the_table_is_wide():
