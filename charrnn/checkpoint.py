@@ -644,12 +644,14 @@ class RunDir:
             return frozenset()
         return frozenset(p.name for p in self.path.iterdir() if self.is_own(p.name))
 
-    def discard_new(self, kept: frozenset[str]) -> None:
-        """Remove charrnn's files that are not in `kept` (what the folder held before a run's
-        set-up began), the lock excepted: the caller holds it. For a run whose set-up failed,
-        so that a refused `charrnn train` leaves no corpus cache behind."""
-        for name in self.own_files() - kept - {self.LOCK}:
-            (self.path / name).unlink(missing_ok=True)
+    def discard_setup_files(self, kept: frozenset[str]) -> None:
+        """Remove the corpus cache and temporary files that are not in `kept` (what the
+        folder held when the run took its lock): what a run's set-up writes, removed when
+        that set-up fails. Checkpoints, metrics and samples are never written before
+        training starts, so they are not touched here."""
+        for name in self.own_files() - kept:
+            if name in (self.CORPUS_IDS, self.CORPUS_META) or self._TEMP.fullmatch(name):
+                (self.path / name).unlink(missing_ok=True)
 
     def remove_stale_temp_files(self) -> None:
         """Temporary files left by a process killed mid-save (the caller holds the run lock)."""

@@ -19,46 +19,93 @@ except ImportError:  # pragma: no cover - Windows: no advisory locks, no protect
 LOCK_NAME = ".lock"
 
 
+# Taking the lock starts again when the lock file or its folder is removed under us (by a
+# run whose set-up failed, cleaning up); a few times at most.
+ATTEMPTS = 5
+
+
 class RunLock:
     def __init__(self, run_dir: str | os.PathLike):
         self.path = Path(run_dir) / LOCK_NAME
         self._fh = None
         self.created = False  # whether acquire() made the lock file (a new run folder has none)
+        self.made_folders: list[Path] = []  # the folders acquire() made, innermost first
 
     def acquire(self) -> "RunLock":
         """Take the lock or raise `ConfigError` naming the process that holds it."""
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.created = not self.path.exists()
-            fh = open(self.path, "a+")
-        except OSError as exc:
-            raise ConfigError(f"Cannot use run folder {self.path.parent}: {exc.strerror or exc}.") from None
-        if fcntl is not None:
+        folder = self.path.parent
+        for _ in range(ATTEMPTS):
             try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                fh.seek(0)
-                owner = fh.read().strip() or "unknown"
-                fh.close()
-                raise ConfigError(
-                    f"Another charrnn train (pid {owner}) is using {self.path.parent}; wait for it "
-                    f"to finish or choose another folder with --out."
-                ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        self._fh = fh
-        return self
+                self._make_folders()
+                self.created = not self.path.exists()
+                fh = open(self.path, "a+")
+            except FileNotFoundError:  # the folder was removed between mkdir and open
+                continue
+            except OSError as exc:
+                self.remove_folders()
+                raise ConfigError(f"Cannot use run folder {folder}: {exc.strerror or exc}.") from None
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    fh.seek(0)
+                    owner = fh.read().strip() or "unknown"
+                    fh.close()
+                    raise ConfigError(
+                        f"Another charrnn train (pid {owner}) is using {folder}; wait for it "
+                        f"to finish or choose another folder with --out."
+                    ) from None
+                if not self._is_current(fh):  # locked a file that was removed meanwhile: take the new one
+                    fh.close()
+                    continue
+            fh.seek(0)
+            fh.truncate()
+            fh.write(str(os.getpid()))
+            fh.flush()
+            self._fh = fh
+            return self
+        self.remove_folders()
+        raise ConfigError(f"Cannot take the lock of run folder {folder}: its lock file keeps being removed.")
+
+    def _make_folders(self) -> None:
+        """Make the run folder and any missing parents one by one, noting each one made here.
+        The kernel resolves every step (`..`, symbolic links), so only folders this process
+        really created are noted, whatever the path's spelling."""
+        folder = self.path.parent
+        for f in (*reversed(folder.parents), folder):
+            try:
+                os.mkdir(f)
+            except FileExistsError:
+                continue
+            self.made_folders.insert(0, f)
+
+    def _is_current(self, fh) -> bool:
+        """Whether the open lock file is still the one at the lock's path."""
+        try:
+            here = os.stat(self.path)
+        except OSError:
+            return False
+        held = os.fstat(fh.fileno())
+        return (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
 
     def remove(self) -> None:
-        """Delete the lock file while still holding the lock (so no other process can have
-        taken it in between): a run whose set-up failed leaves no lock file behind."""
-        if self._fh is not None:
+        """Delete the lock file made by acquire() while still holding it. Another process
+        that opened it meanwhile finds, once it has the lock, that the file is gone and
+        takes the lock again on a new one (`_is_current`)."""
+        if self._fh is not None and self.created:
             try:
                 self.path.unlink()
             except OSError:
                 pass
+
+    def remove_folders(self) -> None:
+        """Remove the folders acquire() made, innermost first, while they are empty."""
+        for f in self.made_folders:
+            try:
+                f.rmdir()
+            except OSError:
+                break  # not empty: it and the folders above it stay
+        self.made_folders = []
 
     def release(self) -> None:
         if self._fh is not None:

@@ -320,27 +320,6 @@ def size_model(model_options: dict, config: TrainConfig, encoded,
     return options, dataclasses.asdict(choice) | {"epochs": choice.epochs, "auto": auto, "timed": rates}
 
 
-def _missing_folders(path: Path) -> list[Path]:
-    """The folders that taking the lock in `path` would create, innermost first."""
-    missing = []
-    for folder in (path, *path.parents):
-        if folder.exists() or folder.is_symlink():
-            break
-        missing.append(folder)
-    return missing
-
-
-def _remove_if_empty(folders: list[Path]) -> None:
-    """Remove the folders this run created (innermost first) while they are empty: a run
-    whose set-up failed (a fine-tuning mismatch, an unreadable corpus) must not leave an
-    empty run folder that `charrnn list` and the next run would then find."""
-    for folder in folders:
-        try:
-            folder.rmdir()
-        except OSError:
-            return  # not empty (or not ours to remove): leave it and everything above it
-
-
 class Run:
     """One training run: takes the run folder's lock, plans, builds the trainer; the lock
     is released when the `with` block ends, however it ends.
@@ -412,7 +391,6 @@ class Run:
     def __enter__(self) -> "Run":
         from .runlock import RunLock
 
-        created = _missing_folders(self.run_dir.path) if self.world.main else []
         try:
             if self.world.main:
                 self._refuse_foreign_folder()
@@ -426,12 +404,11 @@ class Run:
                 self.trainer = self._build()
         except BaseException:
             # A run that never started leaves nothing behind: not the files its set-up wrote
-            # (a corpus cache, the lock file) and not the folders it created for them.
+            # (a corpus cache, the lock file) and not the folders it made for them.
             if self._lock is not None:
-                self.run_dir.discard_new(self._kept)
-                if self._lock.created:
-                    self._lock.remove()
-                _remove_if_empty(created)
+                self.run_dir.discard_setup_files(self._kept)
+                self._lock.remove()
+                self._lock.remove_folders()
             self.__exit__(None, None, None)
             raise
         return self

@@ -236,6 +236,10 @@ CASES = [
     ("init-from-mismatch-nested-out", lambda w: ["train", "c.txt", "--out", "new/sub/run", "--init-from", "real",
                                                  "--tokenizer", "sentencepiece", "--max-steps", "1"], 1,
      "Cannot fine-tune from real"),  # no new/, new/sub/ or lock left behind
+    ("out-through-a-missing-folder", lambda w: ["train", "c.txt", "--out", "gap/../hollow/run", "--max-steps", "1",
+                                                *SMALL, "-b", "100000"], 1, "too short"),  # hollow/ stays, gap/ goes
+    ("out-name-too-long", lambda w: ["train", "c.txt", "--out", "deep/" + "x" * 300, *SMALL], 1,
+     "Cannot use run folder"),  # no empty deep/ left behind
     ("init-from-missing", lambda w: ["train", "c.txt", "--out", "i", "--init-from", "nope.pt", "--max-steps", "1"], 1,
      "Checkpoint nope.pt does not exist."),
     ("init-from-hollow-folder", lambda w: ["train", "c.txt", "--out", "i", "--init-from", "hollow"], 1,
@@ -327,6 +331,8 @@ def test_hostile_case(world, build, code, message):
     assert message in result.stderr, result.stderr
     changed = [p for p, digest in before.items() if after.get(p) != digest]
     assert not changed, f"files changed or removed: {changed}"
+    gone = sorted(folders - entries(world))
+    assert not gone, f"removed: {gone}"
     if code:  # a refused command leaves nothing behind: no run folder, lock or corpus cache
         left = sorted(entries(world) - folders)
         assert not left, f"left behind: {left}"

@@ -2,6 +2,7 @@
 
 import math
 import os
+from pathlib import Path
 import signal
 import subprocess
 import sys
@@ -166,6 +167,45 @@ def test_second_trainer_on_same_folder_is_refused(tmp_path, corpus):
             train(corpus, tmp_path / "r")
     # the lock is gone once its owner is done
     train(corpus, tmp_path / "r", train={"max_steps": 2})
+
+
+def test_a_lock_file_removed_while_another_process_waits_for_it_is_taken_afresh(tmp_path, monkeypatch):
+    """A run whose set-up fails removes the lock file it made while holding it; a second
+    process that had already opened that file must not end up holding a lock on a file
+    that no longer exists while a third takes a new one."""
+    from charrnn import runlock
+
+    first = RunLock(tmp_path / "new" / "r").acquire()
+    assert first.created and first.made_folders == [tmp_path / "new" / "r", tmp_path / "new"]
+    real_flock, calls = runlock.fcntl.flock, []
+
+    def flock(fd, op):  # the second process has opened the lock file; the first cleans up now
+        if not calls:
+            calls.append(fd)
+            first.remove()
+            first.remove_folders()
+            first.release()
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(runlock.fcntl, "flock", flock)
+    second = RunLock(tmp_path / "new" / "r").acquire()
+    monkeypatch.undo()
+    assert len(calls) == 1 and (tmp_path / "new" / "r" / ".lock").exists()
+    assert second._is_current(second._fh)  # it holds the file that is there now
+    with pytest.raises(ConfigError, match=f"pid {os.getpid()}"):
+        RunLock(tmp_path / "new" / "r").acquire()  # so a third process is refused
+    second.release()
+
+
+def test_only_folders_the_lock_made_are_removed_whatever_the_path_says(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine").mkdir()  # a user's empty folder, reached through a folder that does not exist
+    lock = RunLock("gap/../mine/run").acquire()
+    assert lock.made_folders == [Path("gap/../mine/run"), Path("gap")]
+    lock.remove()
+    lock.remove_folders()
+    lock.release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"] and not any((tmp_path / "mine").iterdir())
 
 
 def test_non_finite_steps_are_skipped_then_training_stops(tmp_path, corpus, monkeypatch):
