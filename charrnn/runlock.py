@@ -39,8 +39,11 @@ class RunLock:
                 self._make_folders()
                 self.created = not self.path.exists()
                 fh = open(self.path, "a+")
-            except FileNotFoundError:  # the folder was removed between mkdir and open
-                continue
+            except FileNotFoundError as exc:
+                if not folder.is_dir():  # removed between mkdir and open by a failed run's clean-up
+                    continue
+                self.remove_folders()
+                raise ConfigError(f"Cannot use run folder {folder}: {exc.strerror or exc}.") from None
             except OSError as exc:
                 self.remove_folders()
                 raise ConfigError(f"Cannot use run folder {folder}: {exc.strerror or exc}.") from None
@@ -75,8 +78,17 @@ class RunLock:
         for f in (*reversed(folder.parents), folder):
             try:
                 os.mkdir(f)
-            except FileExistsError:
-                continue
+            except OSError as exc:
+                if f.is_dir():  # there already (some systems answer EISDIR for "/", not EEXIST)
+                    continue
+                if f.is_symlink():
+                    why = f"{f} is a symbolic link to nothing"
+                elif f.exists():
+                    why = f"{f} is a file, not a folder"
+                else:
+                    why = exc.strerror or str(exc)
+                self.remove_folders()
+                raise ConfigError(f"Cannot use run folder {folder}: {why}.") from None
             self.made_folders.insert(0, f)
 
     def _is_current(self, fh) -> bool:
@@ -104,7 +116,7 @@ class RunLock:
             try:
                 f.rmdir()
             except OSError:
-                break  # not empty: it and the folders above it stay
+                continue  # not empty: it stays (a folder above it then stays too)
         self.made_folders = []
 
     def release(self) -> None:

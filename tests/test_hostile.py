@@ -127,7 +127,8 @@ CASES = [
     ("existing-run", lambda w: ["train", "c.txt", "--out", "run", *SMALL], 1, "already holds a training run"),
     ("foreign-folder", lambda w: ["train", "c.txt", "--out", "mine", *SMALL], 1, "holds files charrnn did not write"),
     ("out-is-file", lambda w: ["train", "c.txt", "--out", "blocker", *SMALL], 2, "is a file"),
-    ("out-under-file", lambda w: ["train", "c.txt", "--out", "blocker/run", *SMALL], 1, "Cannot use run folder"),
+    ("out-under-file", lambda w: ["train", "c.txt", "--out", "blocker/run", *SMALL], 1,
+     "Cannot use run folder blocker/run: blocker is a file, not a folder."),
     ("overwrite-cuda", lambda w: ["train", "c.txt", "--out", "run", "--overwrite", "--device", "cuda", *SMALL]
      if not torch.cuda.is_available() else ["train", "c.txt", "--out", "run", "--overwrite", "-b", "100000"],
      1, "cuda" if not torch.cuda.is_available() else "too short"),

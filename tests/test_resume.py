@@ -208,6 +208,26 @@ def test_only_folders_the_lock_made_are_removed_whatever_the_path_says(tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"] and not any((tmp_path / "mine").iterdir())
 
 
+def test_folders_that_exist_are_used_whatever_mkdir_answers_and_a_dangling_link_is_named(tmp_path, monkeypatch):
+    from charrnn import runlock
+
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *args):  # macOS and the BSDs answer EISDIR, not EEXIST, for "/"
+        if Path(path).is_dir():
+            raise IsADirectoryError(21, "Is a directory")
+        return real_mkdir(path, *args)
+
+    monkeypatch.setattr(runlock.os, "mkdir", mkdir)
+    lock = RunLock(tmp_path / "a" / "run").acquire()  # absolute: every ancestor up to / is tried
+    assert lock.made_folders == [tmp_path / "a" / "run", tmp_path / "a"]
+    lock.release()
+    monkeypatch.undo()
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match="dangling is a symbolic link to nothing"):
+        RunLock(tmp_path / "dangling" / "run").acquire()
+
+
 def test_non_finite_steps_are_skipped_then_training_stops(tmp_path, corpus, monkeypatch):
     from charrnn.model import CharRNN
 
