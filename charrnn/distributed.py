@@ -16,7 +16,23 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-TIMEOUT = timedelta(minutes=float(os.environ.get("CHARRNN_DIST_TIMEOUT_MIN", "10")))
+from .errors import ConfigError
+
+TIMEOUT_ENV = "CHARRNN_DIST_TIMEOUT_MIN"
+
+
+def timeout() -> timedelta:
+    """How long a process waits for the others (CHARRNN_DIST_TIMEOUT_MIN minutes, default
+    10); read when a process group is made, so that a bad value only stops a distributed
+    run, with one sentence."""
+    raw = os.environ.get(TIMEOUT_ENV, "10")
+    try:
+        minutes = float(raw)
+        if not 0 < minutes <= 7 * 24 * 60:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"{TIMEOUT_ENV}={raw!r} is not a number of minutes between 0 and 10080 (a week).") from None
+    return timedelta(minutes=minutes)
 
 
 @dataclass(frozen=True)
@@ -48,7 +64,7 @@ def init(world: World, device: torch.device) -> None:
     if not world.active or dist.is_initialized():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend, timeout=TIMEOUT)
+    dist.init_process_group(backend=backend, timeout=timeout())
 
 
 def all_sum(world: World, *values: torch.Tensor) -> list[torch.Tensor]:

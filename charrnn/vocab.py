@@ -48,7 +48,8 @@ class CharVocab:
         self._points = np.array([ord(c) for c in chars], dtype=np.uint32)
         # code point -> id, -1 for characters outside the vocabulary (one slot past the
         # largest code point catches everything bigger after clipping)
-        self._lut = np.full(int(self._points[-1]) + 2, -1, dtype=np.int32)
+        # (an `extended` vocabulary appends after the base's ids, so the last is not always the largest)
+        self._lut = np.full(int(self._points.max()) + 2, -1, dtype=np.int32)
         self._lut[self._points] = np.arange(len(chars), dtype=np.int32)
         self._known = self._lut >= 0
         self._lut_ids = np.maximum(self._lut, 0).astype(self.dtype)  # same table in the id dtype

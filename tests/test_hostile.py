@@ -21,6 +21,7 @@ from click.testing import CliRunner
 
 import charrnn
 from charrnn import CharrnnError, checkpoint
+from charrnn.errors import ConfigError
 from charrnn.cli import main
 
 TEXT = "the cat sat on the mat.\n" * 300
@@ -545,3 +546,14 @@ def test_a_file_that_grows_while_it_is_read_is_reported(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "_check_text", grow)
     with pytest.raises(CorpusError, match="changed while it was being read"):
         data.encode_corpus(corpus, cache_dir=tmp_path / "run")
+
+
+@pytest.mark.parametrize("value", ["abc", "inf", "1e400", "0", "-5", "nan"])
+def test_a_bad_distributed_timeout_is_one_sentence_and_only_where_it_is_used(value, monkeypatch):
+    from charrnn import distributed
+
+    monkeypatch.setenv("CHARRNN_DIST_TIMEOUT_MIN", value)
+    with pytest.raises(ConfigError, match="CHARRNN_DIST_TIMEOUT_MIN=.* is not a number of minutes"):
+        distributed.timeout()
+    monkeypatch.setenv("CHARRNN_DIST_TIMEOUT_MIN", "2.5")
+    assert distributed.timeout().total_seconds() == 150

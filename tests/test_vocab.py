@@ -114,3 +114,14 @@ def test_vocabulary_modules_do_not_import_each_other():
             "assert v.vocab_from_dict({'kind': 'char', 'chars': 'ab'}).chars == ['a', 'b']; "
             "assert 'charrnn.subword' not in sys.modules and 'sentencepiece' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_an_extended_vocabulary_encodes_characters_below_the_bases_largest():
+    """Fine-tuning appends new characters after the base's ids, so the last entry is not
+    the largest code point: '(' (40) added to a vocabulary ending in 'z' (122)."""
+    base = CharVocab.from_text("abc xyz\n")
+    grown = base.extended("(x + 1)\n")
+    assert grown.chars[: base.size] == base.chars and grown.chars[-1] != max(grown.chars)
+    ids = grown.encode("(x + 1)\nabc")
+    assert grown.decode(ids) == "(x + 1)\nabc"
+    assert list(ids[:1]) == [grown.chars.index("(")]
