@@ -7,6 +7,7 @@ stdout carries only generated text or requested machine-readable output; everyth
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -102,6 +103,11 @@ def fail_on_library_errors(fn):
             raise SystemExit(128 + exc.signum) from None
         except CharrnnError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            # A path the file system cannot take at all, wherever it is first touched.
+            if exc.errno in (errno.ENAMETOOLONG, errno.ELOOP) and exc.filename is not None:
+                raise click.ClickException(f"Cannot use {os.fsdecode(exc.filename)}: {exc.strerror}.") from None
+            raise
 
     return wrapper
 

@@ -242,6 +242,18 @@ CASES = [
                                                 *SMALL, "-b", "100000"], 1, "too short"),  # hollow/ stays, gap/ goes
     ("out-name-too-long", lambda w: ["train", "c.txt", "--out", "deep/" + "x" * 300, *SMALL], 1,
      "Cannot use run folder"),  # no empty deep/ left behind
+    *[(f"name-too-long-{name}", (lambda argv: lambda w: argv)(argv), 1, "File name too long")
+      for name, argv in [
+          ("train-out", ["train", "c.txt", "--out", "x" * 300, *SMALL]),
+          ("init-from", ["train", "c.txt", "--out", "i", "--init-from", "x" * 300, *SMALL]),
+          ("sample", ["sample", "-c", "x" * 300]),
+          ("info", ["info", "x" * 300]),
+          ("plot", ["plot", "x" * 300]),
+          ("plot-output", ["plot", "run", "-o", "x" * 300 + ".png"]),
+          ("eval", ["eval", "x" * 300, "-c", "run"]),
+          ("export", ["export", "run", "x" * 300 + ".pt"]),
+          ("list", ["list", "--checkpoints-dir", "x" * 300]),
+      ]],
     ("init-from-missing", lambda w: ["train", "c.txt", "--out", "i", "--init-from", "nope.pt", "--max-steps", "1"], 1,
      "Checkpoint nope.pt does not exist."),
     ("init-from-hollow-folder", lambda w: ["train", "c.txt", "--out", "i", "--init-from", "hollow"], 1,
