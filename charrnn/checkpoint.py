@@ -626,10 +626,12 @@ class RunDir:
         return self.latest.exists() or self.best.exists()
 
     def foreign(self) -> list[Path]:
-        """Entries of the folder that charrnn did not write."""
+        """Entries of the folder that charrnn did not write: other names, and anything under
+        one of charrnn's names that is not a plain file (a symbolic link, a folder)."""
         if not self.path.is_dir():
             return []
-        return sorted(p for p in self.path.iterdir() if not self.is_own(p.name))
+        return sorted(p for p in self.path.iterdir()
+                      if not self.is_own(p.name) or p.is_symlink() or not p.is_file())
 
     def clear_run(self) -> None:
         """Remove a previous run's checkpoints, snapshots, metrics and samples (not the corpus

@@ -593,9 +593,10 @@ def info(ckpt, as_json, checkpoints_dir):
 @click.argument("run", required=False, metavar="[RUN]", shell_complete=complete_checkpoints)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write a PNG picture here (needs matplotlib).")
 @click.option("--terminal", is_flag=True, help="Draw the curves as text on stdout (the default without -o).")
+@click.option("--force", is_flag=True, help="Replace an existing picture file (a symbolic link is replaced itself).")
 @checkpoints_option
 @fail_on_library_errors
-def plot(run, output, terminal, checkpoints_dir):
+def plot(run, output, terminal, force, checkpoints_dir):
     """Plot a run's training and validation loss (bits per character) by step.
 
     RUN is a run folder (its metrics.jsonl) or a checkpoint file (its stored history)
@@ -607,6 +608,7 @@ def plot(run, output, terminal, checkpoints_dir):
     Examples:
       charrnn plot checkpoints/tinyshakespeare
       charrnn plot checkpoints/tinyshakespeare -o loss.png
+      charrnn plot checkpoints/tinyshakespeare -o loss.png --force   # redraw it
     """
     from .plotting import loss_curves, save_png
     from .termplot import line_plot
@@ -623,7 +625,8 @@ def plot(run, output, terminal, checkpoints_dir):
         click.echo(f"Note: skipped {curves.skipped} damaged line{'s' if curves.skipped != 1 else ''} of the metrics file.", err=True)
     if output is not None:
         target = Path(target)
-        path = save_png(curves, output, title=f"charrnn: {target.name if target.is_dir() else target.parent.name}")
+        path = save_png(curves, output, title=f"charrnn: {target.name if target.is_dir() else target.parent.name}",
+                        force=force)
         click.echo(f"Wrote {path}", err=True)
     if terminal or not output:
         echo("bits per character by step:\n" + "\n".join(line_plot(curves.as_dict())))

@@ -17,6 +17,13 @@ def _finite(x):
     return x if not isinstance(x, float) or math.isfinite(x) else None
 
 
+def open_to_append(path: str | os.PathLike):
+    """A run file opened for appending text, never through a symbolic link: a link named
+    like charrnn's file is not charrnn's, and what it points to must not change (ELOOP)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    return os.fdopen(fd, "a", encoding="utf-8")
+
+
 class MetricsLog:
     """Appends rows to a metrics file; a write that fails (full disk) is dropped, since a
     full disk is reported when the next checkpoint is saved."""
@@ -28,7 +35,7 @@ class MetricsLog:
         if self.path is None:
             return
         try:
-            with open(self.path, "a", encoding="utf-8") as fh:
+            with open_to_append(self.path) as fh:
                 fh.write(json.dumps({k: _finite(v) for k, v in row.items()}) + "\n")
         except OSError:
             pass

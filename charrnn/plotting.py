@@ -59,14 +59,18 @@ def loss_curves(run: str | os.PathLike) -> Curves:
     return Curves(train, val, skipped)
 
 
-def save_png(curves: Curves, path: str | os.PathLike, title: str = "") -> Path:
+def save_png(curves: Curves, path: str | os.PathLike, title: str = "", force: bool = False) -> Path:
     """Draw the curves with matplotlib (headless) into `path`; its extension names the
-    format (png, svg, pdf, ...)."""
+    format (png, svg, pdf, ...). An existing file is replaced only with `force`, and then
+    through a temporary file renamed over it: a symbolic link there is replaced itself,
+    never the file it points to."""
     if not os.fspath(path):
         raise CharrnnError("The picture's path is empty; name a file such as loss.png.")
     path = Path(path)
-    if path.exists() and not path.is_file():
+    if path.exists() and not path.is_symlink() and not path.is_file():
         raise CharrnnError(f"{path} exists and is not a regular file; choose another file for the picture.")
+    if (path.exists() or path.is_symlink()) and not force:
+        raise CharrnnError(f"{path} already exists; pass --force to replace it.")
     try:
         import matplotlib
 
@@ -92,10 +96,13 @@ def save_png(curves: Curves, path: str | os.PathLike, title: str = "") -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fig.savefig(path)
+        fig.savefig(tmp, format=path.suffix.lower().lstrip("."))
+        os.replace(tmp, path)
     except OSError as exc:
         raise CharrnnError(f"Cannot write {path}: {exc.strerror or exc}.") from None
     finally:
         plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return path

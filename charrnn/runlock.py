@@ -6,6 +6,7 @@ any reason (even `kill -9`), so a crashed run never leaves a stale lock behind.
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -37,8 +38,9 @@ class RunLock:
         for _ in range(ATTEMPTS):
             try:
                 self._make_folders()
-                self.created = not self.path.exists()
-                fh = open(self.path, "a+")
+                self.created = not self.path.exists() and not self.path.is_symlink()
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+                fh = os.fdopen(fd, "r+")
             except FileNotFoundError as exc:
                 if not folder.is_dir():  # removed between mkdir and open by a failed run's clean-up
                     continue
@@ -46,7 +48,9 @@ class RunLock:
                 raise ConfigError(f"Cannot use run folder {folder}: {exc.strerror or exc}.") from None
             except OSError as exc:
                 self.remove_folders()
-                raise ConfigError(f"Cannot use run folder {folder}: {exc.strerror or exc}.") from None
+                why = (f"its {LOCK_NAME} is a symbolic link, which charrnn does not follow" if exc.errno == errno.ELOOP
+                       else exc.strerror or str(exc))
+                raise ConfigError(f"Cannot use run folder {folder}: {why}.") from None
             if fcntl is not None:
                 try:
                     fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

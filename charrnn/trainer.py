@@ -30,7 +30,7 @@ from .devices import autocast, bf16_works, device_name, local_device, rng_state,
 from .distributed import World
 from .errors import CharrnnError, ConfigError
 from .events import LN2, Evaluated, Finished, Progress, Sampled, Saved, Started  # noqa: F401  (re-exported)
-from .metrics import MetricsLog
+from .metrics import MetricsLog, open_to_append
 from .model import CharRNN, State
 from .schedule import budget_fraction, lr_at
 
@@ -371,7 +371,7 @@ class Trainer:
             self.model.train()
         bits = f"{val_loss / LN2:.4f} bits/char" if math.isfinite(val_loss) else "no validation"
         try:
-            with open(self.run_dir.samples, "a", encoding="utf-8") as fh:
+            with open_to_append(self.run_dir.samples) as fh:
                 fh.write(f"--- step {p.step}, epoch {self.epoch:.2f}, val {bits} ---\n{text}\n\n")
         except OSError as exc:
             raise ConfigError(f"Cannot append to {self.run_dir.samples}: {exc.strerror or exc}.") from None

@@ -75,6 +75,46 @@ def test_plot_terminal_and_png(run, tmp_path):
     assert result.stdout == ""
 
 
+def test_plot_replaces_a_picture_only_with_force_and_never_writes_through_a_link(run, tmp_path):
+    pytest.importorskip("matplotlib")
+    root, _, _ = run
+    mine = tmp_path / "notes.pdf"
+    mine.write_text("a user's notes")
+    result = CliRunner().invoke(main, ["plot", str(root / "run"), "-o", str(mine)])
+    assert result.exit_code == 1 and "already exists; pass --force" in result.stderr
+    assert mine.read_text() == "a user's notes"
+    target = tmp_path / "target.txt"
+    target.write_text("precious")
+    link = tmp_path / "link.png"
+    link.symlink_to(target)
+    result = CliRunner().invoke(main, ["plot", str(root / "run"), "-o", str(link), "--force"])
+    assert result.exit_code == 0, result.stderr
+    assert target.read_text() == "precious" and not link.is_symlink()
+    assert link.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.png", "notes.pdf", "target.txt"]  # no temporary left
+
+
+def test_run_files_are_never_written_through_a_link(tmp_path):
+    """A symbolic link under one of charrnn's names is not charrnn's file: a new run refuses
+    the folder, and with --overwrite neither the lock nor the metrics follow a link."""
+    (tmp_path / "c.txt").write_text("the cat sat on the mat.\n" * 200)
+    small = ["--max-steps", "2", "--hidden-size", "8", "--num-layers", "1", "--embedding-size", "4", "-b", "4",
+             "-t", "16", "-q"]
+    precious = tmp_path / "precious.txt"
+    precious.write_text("precious")
+    for name in (".lock", "metrics.jsonl"):
+        folder = tmp_path / name.strip(".")
+        folder.mkdir()
+        (folder / name).symlink_to(precious)
+        refused = CliRunner().invoke(main, ["train", str(tmp_path / "c.txt"), "--out", str(folder), *small])
+        assert refused.exit_code == 1 and f"did not write ({name})" in refused.stderr
+        CliRunner().invoke(main, ["train", str(tmp_path / "c.txt"), "--out", str(folder), "--overwrite", *small])
+        assert precious.read_text() == "precious"
+    result = CliRunner().invoke(main, ["train", str(tmp_path / "c.txt"), "--out", str(tmp_path / "lock"), "--overwrite",
+                                       *small])
+    assert result.exit_code == 1 and ".lock is a symbolic link, which charrnn does not follow" in result.stderr
+
+
 def test_metrics_are_appended_on_resume(run):
     root, _, _ = run
     rows = [json.loads(l) for l in (root / "run" / "metrics.jsonl").read_text().splitlines()]
