@@ -101,7 +101,9 @@ def safetensors_bytes(payload: dict) -> bytes:
         metadata[ST_ALIASES] = json.dumps(aliases)
     for key, value in payload.items():
         if key not in ("format", "version", "model"):
-            metadata[key] = json.dumps(value, default=_encode_bytes, ensure_ascii=False, allow_nan=False)
+            # ASCII JSON: a file name that is not valid UTF-8 (kept by Python as lone surrogates)
+            # is escaped and reads back exactly, where raw it could not be stored at all
+            metadata[key] = json.dumps(value, default=_encode_bytes, ensure_ascii=True, allow_nan=False)
     return save(tensors, metadata=metadata)
 
 
@@ -277,12 +279,12 @@ def onnx_bytes(ckpt, source: str | None = None) -> bytes:
         "hidden_size": str(config.hidden_size),
         "state_inputs": json.dumps(states),
         "state_outputs": json.dumps([f"{s}_out" for s in states]),
-        "corpus": json.dumps(ckpt.corpus, default=_encode_bytes, ensure_ascii=False),
+        "corpus": json.dumps(ckpt.corpus, default=_encode_bytes),  # ASCII JSON: file names need not be UTF-8
         "best_val_loss": json.dumps(p.best_val_loss),  # nats per character
         "step": str(p.step),
     }
     if source is not None:
-        props["exported_from"] = source
+        props["exported_from"] = source.encode("utf-8", "backslashreplace").decode("utf-8")
     onnx.helper.set_model_props(model, props)
     model.doc_string = (
         "charrnn single-step graph: input_ids int64 (B,) and the state "

@@ -297,3 +297,21 @@ def test_charrnn_refuses_to_load_an_onnx_export(onnx_file):
     assert result.exit_code == 1
     assert result.stderr == (f"Error: {onnx_file} is an ONNX export, which runs in onnxruntime; "
                              f"charrnn reads .pt and .safetensors checkpoints.\n")
+
+
+def test_exports_keep_names_that_are_not_valid_utf8(random_checkpoint, tmp_path):
+    """A corpus or run folder whose name is not UTF-8 reaches Python as lone surrogates;
+    both exports store it escaped and safetensors reads it back exactly."""
+    import dataclasses
+    import os
+
+    name = os.fsdecode(b"caf\xe9")  # Latin-1 bytes on a UTF-8 system
+    ckpt = checkpoint.load(random_checkpoint)
+    ckpt = dataclasses.replace(ckpt, corpus={**ckpt.corpus, "name": name, "source": name + ".txt"})
+    (tmp_path / os.fsdecode(b"run\xff")).mkdir()
+    src = checkpoint.save(ckpt, tmp_path / os.fsdecode(b"run\xff") / "best.pt")
+    for suffix in (".safetensors", ".onnx"):
+        out = tmp_path / f"m{suffix}"
+        result = CliRunner().invoke(main, ["export", str(src), str(out)])
+        assert result.exit_code == 0 and "Traceback" not in result.stderr, result.stderr
+    assert checkpoint.load(tmp_path / "m.safetensors").corpus["name"] == name
