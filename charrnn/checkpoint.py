@@ -556,6 +556,10 @@ def export(src: str | os.PathLike, dst: str | os.PathLike, half: bool = False, f
     source = resolve(src)
     if dst.parent.resolve() / dst.name == source.resolve():  # (a link to it is replaced, not followed)
         raise CheckpointError(f"{dst} is the checkpoint being exported; choose another destination.")
+    own = dst.name in (RunDir.BEST, RunDir.LATEST) or RunDir._SNAPSHOT.fullmatch(dst.name)
+    if own and dst.is_file() and not dst.is_symlink() and RunDir(dst.parent).has_run():
+        # an export cannot be resumed: written over a run's own checkpoint it would end the run
+        raise CheckpointError(f"{dst} is a training run's own checkpoint; export to another file.")
     ckpt = load(source)
     weights = ckpt.weights
     if half:

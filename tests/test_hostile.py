@@ -263,6 +263,8 @@ CASES = [
     ("export-onto-its-source", lambda w: ["export", "real/latest.pt", "real/latest.pt", "--force"], 1,
      "is the checkpoint being exported"),
     ("export-empty-destination", lambda w: ["export", "run", ""], 1, "destination path is empty"),
+    ("export-over-a-runs-checkpoint", lambda w: ["export", "run", "real/latest.pt", "--force"], 1,
+     "is a training run's own checkpoint"),  # an export cannot be resumed: the run would end
 ]
 
 
