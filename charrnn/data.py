@@ -142,6 +142,9 @@ def _source_files(source: str) -> tuple[list[Path], str]:
         raise CorpusError(f"Corpus {source} is a device or socket, not a text file or folder.")
     if path.is_dir():
         files = text_files(path)
+        if not files and is_run_folder(path):
+            raise CorpusError(f"Folder {source} is a charrnn run folder, whose files are never read as a corpus; "
+                              f"keep the run elsewhere (--out) or name the text files to train on.")
         if not files:
             raise CorpusError(f"Folder {source} contains no text files.")
         return files, path.resolve().name or "corpus"

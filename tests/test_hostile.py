@@ -56,6 +56,9 @@ def world(tmp_path, random_checkpoint, resumable_run, monkeypatch):
     (tmp_path / "other.txt").write_text("a different text entirely! " * 300)
     (tmp_path / "alien.txt").write_text("xyzxyz")  # nothing inside the random run's vocabulary
     (tmp_path / "hollow").mkdir()  # a folder without text files or checkpoints
+    (tmp_path / "hollow-run").mkdir()  # a run folder (it has a lock) whose only text is a user's file
+    (tmp_path / "hollow-run" / ".lock").write_text("")
+    (tmp_path / "hollow-run" / "notes.txt").write_text("a user's notes\n" * 50)
     (tmp_path / "junkrun").mkdir()
     (tmp_path / "junkrun" / "latest.pt").write_bytes(b"junk")
     (tmp_path / "junkrun" / "best.pt").write_bytes(b"junk")
@@ -238,6 +241,8 @@ CASES = [
     ("init-from-mismatch-nested-out", lambda w: ["train", "c.txt", "--out", "new/sub/run", "--init-from", "real",
                                                  "--tokenizer", "sentencepiece", "--max-steps", "1"], 1,
      "Cannot fine-tune from real"),  # no new/, new/sub/ or lock left behind
+    ("out-is-the-corpus-folder", lambda w: ["train", "hollow-run", "--out", "hollow-run", "--overwrite", *SMALL], 1,
+     "is a charrnn run folder, whose files are never read as a corpus"),
     ("out-through-a-missing-folder", lambda w: ["train", "c.txt", "--out", "gap/../hollow/run", "--max-steps", "1",
                                                 *SMALL, "-b", "100000"], 1, "too short"),  # hollow/ stays, gap/ goes
     ("out-name-too-long", lambda w: ["train", "c.txt", "--out", "deep/" + "x" * 300, *SMALL], 1,
