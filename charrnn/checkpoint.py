@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import ModelConfig, TrainConfig, from_known
-from .errors import CheckpointError, CharrnnError
+from .errors import CheckpointError, CharrnnError, ConfigError
 
 FORMAT = "charrnn-checkpoint"
 VERSION = 3
@@ -478,7 +478,7 @@ def check_destination(dst: Path, force: bool = False) -> None:
     anything that is not a regular file (a device, a folder), a folder that is a file."""
     dst = _path(dst, "destination", "a file to write")
     if dst.is_symlink() or dst.exists():
-        if not dst.is_symlink() and not dst.is_file():
+        if dst.exists() and not dst.is_file():  # (through a link too: /dev/stdout is one)
             raise CheckpointError(f"{dst} exists and is not a regular file; choose another destination.")
         if not force:
             raise CheckpointError(f"{dst} already exists; pass --force to replace it.")
@@ -554,10 +554,14 @@ def export(src: str | os.PathLike, dst: str | os.PathLike, half: bool = False, f
             raise ConfigError("--half applies to .pt and .safetensors exports; an ONNX export keeps float32 weights.")
         formats.require_onnx()
     source = resolve(src)
-    if dst.parent.resolve() / dst.name == source.resolve():  # (a link to it is replaced, not followed)
+    try:
+        same = dst.parent.resolve() / dst.name == source.resolve()  # (a link to it is replaced, not followed)
+    except RuntimeError:  # Python 3.11 reports a symbolic-link loop this way
+        raise CheckpointError(f"Cannot use {dst}: its path runs through a loop of symbolic links.") from None
+    if same:
         raise CheckpointError(f"{dst} is the checkpoint being exported; choose another destination.")
     own = dst.name in (RunDir.BEST, RunDir.LATEST) or RunDir._SNAPSHOT.fullmatch(dst.name)
-    if own and dst.is_file() and not dst.is_symlink() and RunDir(dst.parent).has_run():
+    if own and dst.is_file() and not dst.is_symlink() and RunDir(dst.parent).is_run():
         # an export cannot be resumed: written over a run's own checkpoint it would end the run
         raise CheckpointError(f"{dst} is a training run's own checkpoint; export to another file.")
     ckpt = load(source)
@@ -625,6 +629,19 @@ class RunDir:
         """Whether charrnn writes files of this name into a run folder."""
         return (name in (cls.BEST, cls.LATEST, cls.METRICS, cls.CORPUS_IDS, cls.CORPUS_META, cls.SAMPLES, cls.LOCK)
                 or bool(cls._SNAPSHOT.fullmatch(name)) or bool(cls._TEMP.fullmatch(name)))
+
+    def is_run(self) -> bool:
+        """Whether the folder is a training run's (it holds the lock or the corpus cache's
+        description, which every run writes first), not merely a folder with a best.pt."""
+        return self.lock.exists() or self.corpus_meta.exists()
+
+    def refuse_links(self) -> None:
+        """A run appends to its metrics and samples; under those names a symbolic link is not
+        charrnn's file, and it is refused before training starts rather than written through."""
+        for p in (self.metrics, self.samples):
+            if p.is_symlink():
+                raise ConfigError(f"{p} is a symbolic link, which charrnn does not write through; "
+                                  f"remove it to go on.")
 
     def has_run(self) -> bool:
         return self.latest.exists() or self.best.exists()

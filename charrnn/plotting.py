@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def save_png(curves: Curves, path: str | os.PathLike, title: str = "", force: bo
     if not os.fspath(path):
         raise CharrnnError("The picture's path is empty; name a file such as loss.png.")
     path = Path(path)
-    if path.exists() and not path.is_symlink() and not path.is_file():
+    if path.exists() and not path.is_file():  # (through a link too: /dev/stdout is one)
         raise CharrnnError(f"{path} exists and is not a regular file; choose another file for the picture.")
     if (path.exists() or path.is_symlink()) and not force:
         raise CharrnnError(f"{path} already exists; pass --force to replace it.")
@@ -96,13 +97,17 @@ def save_png(curves: Curves, path: str | os.PathLike, title: str = "", force: bo
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = None
     try:
-        fig.savefig(tmp, format=path.suffix.lower().lstrip("."))
+        # a new file of its own (O_EXCL, a short name), then renamed over the destination
+        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=".charrnn-", suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format=path.suffix.lower().lstrip("."))
         os.replace(tmp, path)
     except OSError as exc:
         raise CharrnnError(f"Cannot write {path}: {exc.strerror or exc}.") from None
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
+        if tmp is not None and os.path.lexists(tmp):
+            os.unlink(tmp)
     return path

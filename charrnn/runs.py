@@ -400,6 +400,8 @@ class Run:
                 self._lock = RunLock(self.run_dir.path).acquire()
                 self._kept = self.run_dir.own_files()  # what a failed set-up must not remove
                 self.run_dir.remove_stale_temp_files()
+                if not self.request.overwrite:  # (--overwrite removes them with the old run)
+                    self.run_dir.refuse_links()
                 self.plan = make_plan(self.request, self.stdin, report=self.report)
                 self.trainer = self._build()
         except BaseException:
@@ -465,6 +467,8 @@ class Run:
                 self._lock = RunLock(self.run_dir.path).acquire()
                 self._kept = self.run_dir.own_files()  # what a failed set-up must not remove
                 self.run_dir.remove_stale_temp_files()
+                if not self.request.overwrite:  # (--overwrite removes them with the old run)
+                    self.run_dir.refuse_links()
                 self.plan = make_plan(self.request, report=self.report)
             except BaseException as exc:  # shared below so that no process waits for ever
                 error = exc

@@ -115,6 +115,29 @@ def test_run_files_are_never_written_through_a_link(tmp_path):
     assert result.exit_code == 1 and ".lock is a symbolic link, which charrnn does not follow" in result.stderr
 
 
+def test_resume_refuses_a_linked_metrics_file_before_training(tmp_path):
+    (tmp_path / "c.txt").write_text("the cat sat on the mat.\n" * 200)
+    small = ["--hidden-size", "8", "--num-layers", "1", "--embedding-size", "4", "-b", "4", "-t", "16", "-q"]
+    out = tmp_path / "r"
+    assert CliRunner().invoke(main, ["train", str(tmp_path / "c.txt"), "--out", str(out), "--max-steps", "2",
+                                     *small]).exit_code == 0
+    kept = tmp_path / "kept.jsonl"
+    (out / "metrics.jsonl").rename(kept)
+    (out / "metrics.jsonl").symlink_to(kept)
+    before, latest = kept.read_bytes(), (out / "latest.pt").read_bytes()
+    result = CliRunner().invoke(main, ["train", str(tmp_path / "c.txt"), "--out", str(out), "--resume",
+                                       "--max-steps", "4", *small])
+    assert result.exit_code == 1 and "metrics.jsonl is a symbolic link" in result.stderr
+    assert kept.read_bytes() == before and (out / "latest.pt").read_bytes() == latest
+
+
+def test_an_export_named_best_pt_outside_a_run_can_be_replaced(random_checkpoint, tmp_path):
+    dst = tmp_path / "deploy" / "best.pt"
+    for extra in ([], ["--force"]):
+        result = CliRunner().invoke(main, ["export", str(random_checkpoint), str(dst), *extra])
+        assert result.exit_code == 0, result.stderr
+
+
 def test_metrics_are_appended_on_resume(run):
     root, _, _ = run
     rows = [json.loads(l) for l in (root / "run" / "metrics.jsonl").read_text().splitlines()]

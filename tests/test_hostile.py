@@ -56,6 +56,9 @@ def world(tmp_path, random_checkpoint, resumable_run, monkeypatch):
     (tmp_path / "other.txt").write_text("a different text entirely! " * 300)
     (tmp_path / "alien.txt").write_text("xyzxyz")  # nothing inside the random run's vocabulary
     (tmp_path / "hollow").mkdir()  # a folder without text files or checkpoints
+    (tmp_path / "loop").mkdir()  # two symbolic links that point at each other
+    (tmp_path / "loop" / "l1").symlink_to("l2")
+    (tmp_path / "loop" / "l2").symlink_to("l1")
     (tmp_path / "hollow-run").mkdir()  # a run folder (it has a lock) whose only text is a user's file
     (tmp_path / "hollow-run" / ".lock").write_text("")
     (tmp_path / "hollow-run" / "notes.txt").write_text("a user's notes\n" * 50)
@@ -268,6 +271,7 @@ CASES = [
     ("export-onto-its-source", lambda w: ["export", "real/latest.pt", "real/latest.pt", "--force"], 1,
      "is the checkpoint being exported"),
     ("export-empty-destination", lambda w: ["export", "run", ""], 1, "destination path is empty"),
+    ("export-through-a-link-loop", lambda w: ["export", "run", "loop/l1/x.pt"], 1, "loop of symbolic links"),
     ("export-over-a-runs-checkpoint", lambda w: ["export", "run", "real/latest.pt", "--force"], 1,
      "is a training run's own checkpoint"),  # an export cannot be resumed: the run would end
 ]
