@@ -473,12 +473,22 @@ def find(path: str | os.PathLike | None, root: str | os.PathLike = "checkpoints"
     )
 
 
+def stands_for_a_stream(path: Path) -> bool:
+    """Whether `path` is a link to a process's open file (/dev/stdout -> /proc/self/fd/1):
+    a regular file when output is redirected, but replacing the link itself would break the
+    system's /dev, so it is never a destination."""
+    try:
+        return path.is_symlink() and os.readlink(path).startswith("/proc/")
+    except OSError:
+        return False
+
+
 def check_destination(dst: Path, force: bool = False) -> None:
     """Refuse a destination that would lose something: an existing file (unless `force`),
     anything that is not a regular file (a device, a folder), a folder that is a file."""
     dst = _path(dst, "destination", "a file to write")
     if dst.is_symlink() or dst.exists():
-        if dst.exists() and not dst.is_file():  # (through a link too: /dev/stdout is one)
+        if dst.exists() and not dst.is_file() or stands_for_a_stream(dst):  # (/dev/stdout is a link)
             raise CheckpointError(f"{dst} exists and is not a regular file; choose another destination.")
         if not force:
             raise CheckpointError(f"{dst} already exists; pass --force to replace it.")

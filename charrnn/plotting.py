@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import checkpoint
-from .checkpoint import RunDir
+from .checkpoint import RunDir, stands_for_a_stream
 from .errors import CharrnnError
 from .metrics import read_rows
 
@@ -68,7 +68,7 @@ def save_png(curves: Curves, path: str | os.PathLike, title: str = "", force: bo
     if not os.fspath(path):
         raise CharrnnError("The picture's path is empty; name a file such as loss.png.")
     path = Path(path)
-    if path.exists() and not path.is_file():  # (through a link too: /dev/stdout is one)
+    if path.exists() and not path.is_file() or stands_for_a_stream(path):  # (/dev/stdout is a link)
         raise CharrnnError(f"{path} exists and is not a regular file; choose another file for the picture.")
     if (path.exists() or path.is_symlink()) and not force:
         raise CharrnnError(f"{path} already exists; pass --force to replace it.")

@@ -1,6 +1,7 @@
 """The Python API and the CLI's feel: train()/load(), plot, environment defaults, docs."""
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -136,6 +137,19 @@ def test_an_export_named_best_pt_outside_a_run_can_be_replaced(random_checkpoint
     for extra in ([], ["--force"]):
         result = CliRunner().invoke(main, ["export", str(random_checkpoint), str(dst), *extra])
         assert result.exit_code == 0, result.stderr
+
+
+def test_a_link_to_a_process_stream_is_never_replaced(random_checkpoint, run, tmp_path):
+    """/dev/stdout is a link to /proc/self/fd/1: a regular file when output is redirected,
+    but --force must not replace the link (it would break the system's /dev)."""
+    link = tmp_path / "out.png"
+    link.symlink_to("/proc/self/fd/1")
+    root, _, _ = run
+    for argv in (["export", str(random_checkpoint), str(link), "--force"],
+                 ["plot", str(root / "run"), "-o", str(link), "--force"]):
+        result = CliRunner().invoke(main, argv)
+        assert result.exit_code == 1 and "not a regular file" in result.stderr, result.stderr
+        assert link.is_symlink() and os.readlink(link) == "/proc/self/fd/1"
 
 
 def test_metrics_are_appended_on_resume(run):
