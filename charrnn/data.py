@@ -35,6 +35,7 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 import numpy as np
 import torch
 
+from .checkpoint import RunDir
 from .config import TOKENIZERS, CorpusOptions, TrainConfig
 from .errors import CharrnnError, ConfigError, CorpusError
 from .vocab import CharCounter
@@ -90,13 +91,10 @@ class _Source:
         return "from stdin" if self.stdin else self.spec
 
 
-RUN_MARKERS = (".lock", "corpus.json")  # files every charrnn run folder holds (see checkpoint.RunDir)
-
-
 def is_run_folder(folder: Path) -> bool:
     """Whether `folder` is a charrnn run folder: its checkpoints, metrics and id cache are
     never part of a corpus, even when the run lives inside the folder it trains on."""
-    return any((folder / name).exists() for name in RUN_MARKERS)
+    return RunDir(folder).is_run()
 
 
 def text_files(folder: Path) -> list[Path]:

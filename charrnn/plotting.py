@@ -100,7 +100,7 @@ def save_png(curves: Curves, path: str | os.PathLike, title: str = "", force: bo
     tmp = None
     try:
         # a new file of its own (O_EXCL, a short name), then renamed over the destination
-        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=".charrnn-", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".charrnn-", suffix=".tmp")
         with os.fdopen(fd, "wb") as fh:
             fig.savefig(fh, format=path.suffix.lower().lstrip("."))
         os.replace(tmp, path)

@@ -389,19 +389,13 @@ class Run:
         return self.request.run_dir
 
     def __enter__(self) -> "Run":
-        from .runlock import RunLock
-
         try:
             if self.world.main:
                 self._refuse_foreign_folder()
             if self.world.active:
                 self._enter_distributed()
             else:
-                self._lock = RunLock(self.run_dir.path).acquire()
-                self._kept = self.run_dir.own_files()  # what a failed set-up must not remove
-                self.run_dir.remove_stale_temp_files()
-                if not self.request.overwrite:  # (--overwrite removes them with the old run)
-                    self.run_dir.refuse_links()
+                self._take_lock()
                 self.plan = make_plan(self.request, self.stdin, report=self.report)
                 self.trainer = self._build()
         except BaseException:
@@ -414,6 +408,17 @@ class Run:
             self.__exit__(None, None, None)
             raise
         return self
+
+    def _take_lock(self) -> None:
+        """Lock the run folder (process 0 only), note charrnn's files already there (a failed
+        set-up removes only what it wrote) and tidy what a killed save left."""
+        from .runlock import RunLock
+
+        self._lock = RunLock(self.run_dir.path).acquire()
+        self._kept = self.run_dir.own_files()
+        self.run_dir.remove_stale_temp_files()
+        if not self.request.overwrite:  # (--overwrite removes them with the old run)
+            self.run_dir.refuse_links()
 
     def _refuse_foreign_folder(self) -> None:
         """A new run goes only into a folder that is empty or holds charrnn's own files,
@@ -455,7 +460,6 @@ class Run:
 
         from . import distributed as dist_utils
         from .devices import resolve_device
-        from .runlock import RunLock
         from .vocab import vocab_from_dict
 
         if self.request.corpus == "-":
@@ -464,11 +468,7 @@ class Run:
         error = None
         if self.world.main:
             try:
-                self._lock = RunLock(self.run_dir.path).acquire()
-                self._kept = self.run_dir.own_files()  # what a failed set-up must not remove
-                self.run_dir.remove_stale_temp_files()
-                if not self.request.overwrite:  # (--overwrite removes them with the old run)
-                    self.run_dir.refuse_links()
+                self._take_lock()
                 self.plan = make_plan(self.request, report=self.report)
             except BaseException as exc:  # shared below so that no process waits for ever
                 error = exc
