@@ -61,7 +61,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
 
     from charrnn import load
-    from charrnn.quantize import QuantizedStepper
+    from charrnn.quantize import Int8Stepper
     from charrnn.sampling import Sampler
 
     model = load(args.checkpoint)
@@ -70,7 +70,7 @@ def main(argv=None) -> dict:
 
     held_out = split_text(text)[1][: args.chars]  # the tail training held out
     ids = model.vocab.encode(held_out)
-    q = QuantizedStepper(model.net)
+    q = Int8Stepper(model.net)
     rows = {}
     for rnd in range(2):  # alternate to share machine noise
         rows.setdefault("fp32", []).append(speed(Sampler, model.net, model.vocab, False, args.length))

@@ -1,111 +1,261 @@
-"""Sampling speed: charrnn's streaming sampler against a bare loop of the model's own step,
-for 1 stream and for 64 streams, and at two output lengths.
+"""Generation speed against its yardsticks: onnxruntime on the same graph, the machine's
+read bandwidth (the roofline), int8 against float32, and many samples against one.
 
-    python benchmarks/sampling.py            # 2x512 LSTM (the default size), random weights
-    python benchmarks/sampling.py --quick
+    python benchmarks/sampling.py            # the bundled model, about 2 minutes
+    python benchmarks/sampling.py --quick    # a check that it runs
     python benchmarks/sampling.py -c checkpoints/tinyshakespeare
 
-Both loops include drawing the next character (softmax + multinomial); charrnn's also
-decodes and checks stop and length conditions, so their ratio is the sampler's own
-overhead. The step itself runs PyTorch's fused single-step cell kernels
-(`torch.lstm_cell` and kin, the kernels `nn.LSTMCell` calls), the fastest plain loop we know
-on a CPU. Weights do not change speed, so random weights of the default shape stand in
-when no checkpoint is given.
+Sampling one stream reads every weight once per character, so its ceiling is the rate at
+which this machine reads that many bytes. The script measures the read bandwidth over a
+working set of the model's size (in cache: the same buffer read again and again, as the
+sampler does) and over 512 MB (from memory), with the fastest readers it has (a BLAS
+matrix-vector product on all cores, torch's parallel sum), and divides it by the bytes one
+step reads (`CpuStepper.bytes_per_step`) to get the ceiling in characters per second.
+
+Each route runs in a child process of its own, the routes alternated round by round, so
+that one engine's spinning thread pool (onnxruntime's, OpenBLAS's) never runs beside
+another's:
+- charrnn float32: `Model.generate` (the sampler, the draw, decoding: what `charrnn sample` runs);
+- charrnn int8: the same with `quantize=True`;
+- onnxruntime float32: the exported single-step graph, one `session.run` per character,
+  softmax and draw in numpy (the loop a user without charrnn would write);
+- torch step: the sampler over `CharRNN.step` (PyTorch's fused cells), the route charrnn
+  used before, for scale;
+- 64 samples: `Model.stream(num_samples=64)` against one stream, and the same ratio for a
+  bare loop of the stepper and the draw (what the sampler's own work costs on top).
+All start from the model's default start (a newline) at temperature 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 from machine import describe, line  # noqa: E402
 
+ROUTES = ("float32", "int8", "onnxruntime", "torch-step")
 
-def model_and_vocab(path: str | None):
-    import torch
 
+# -- the children ------------------------------------------------------------------------
+
+def route_rate(route: str, checkpoint: str, onnx: str, length: int, streams: int = 1) -> float:
+    """Characters per second of one route (in this process)."""
+    if route == "onnxruntime":
+        return onnx_rate(onnx, length)
     from charrnn import load
-    from charrnn.config import ModelConfig
-    from charrnn.model import CharRNN
-    from charrnn.vocab import CharVocab
 
-    if path:
-        m = load(path)
-        return m.net, m.vocab
-    text = (HERE.parent / "corpora" / "tinyshakespeare.txt").read_text(encoding="utf-8")
-    vocab = CharVocab.from_text(text)
-    torch.manual_seed(0)
-    return CharRNN(ModelConfig(vocab_size=vocab.size)).eval(), vocab
+    model = load(checkpoint)
+    if route in ("bare", "bare-int8"):
+        return bare_rate(model, streams, length, route == "bare-int8")
+    if route == "torch-step":
+        from charrnn.sampling import Sampler, SampleConfig, StepLoop
 
+        sampler = Sampler(model.net, model.vocab)
+        cells = model.net.cells()
+        sampler.stepper = StepLoop(lambda ids, state: model.net.step(ids, state, cells=cells))
 
-def charrnn_rate(net, vocab, streams: int, length: int) -> float:
-    from charrnn.sampling import Sampler, SampleConfig
-
-    cfg = SampleConfig(length=length, temperature=1.0, seed=0, num_samples=streams, chunk_chars=64)
-    sampler = Sampler(net, vocab)
+        def run(n):
+            cfg = SampleConfig(length=n, temperature=1.0, seed=0, num_samples=streams)
+            return sum(len(t) for c in sampler.generate("", cfg) for t in c.texts)
+    else:
+        def run(n):
+            chunks = model.stream("", temperature=1.0, length=n, seed=0, num_samples=streams, quantize=route == "int8")
+            return sum(len(t) for c in chunks for t in c.texts)
+    run(100)
     t0 = time.perf_counter()
-    chars = sum(len(t) for chunk in sampler.generate("\n", cfg) for t in chunk.texts)
+    chars = run(length)
     return chars / (time.perf_counter() - t0)
 
 
-def bare_rate(net, streams: int, length: int) -> float:
-    """`net.step` and the draw, nothing else: the loop charrnn's sampler wraps."""
+def bare_rate(model, streams: int, length: int, quantize: bool) -> float:
+    """The stepper and the draw with nothing around them, `streams` at once."""
     import torch
 
-    g = torch.Generator().manual_seed(0)
-    cells = net.cells()  # bound once, as the sampler does
-    with torch.no_grad():
-        state = net.init_state(streams)
-        token = torch.zeros(streams, dtype=torch.long)
-        t0 = time.perf_counter()
-        for _ in range(length):
-            logits, state = net.step(token, state, cells=cells)  # (B, V)
-            probs = torch.softmax(logits, dim=-1)
-            token = torch.multinomial(probs, 1, generator=g).squeeze(-1)
-        return streams * length / (time.perf_counter() - t0)
+    from charrnn.cpustep import CpuStepper
+    from charrnn.quantize import Int8Stepper
+    from charrnn.sampling import SampleConfig, Uniforms, choose
 
+    stepper = (Int8Stepper if quantize else CpuStepper)(model.net)
+    stepper.load(model.net.init_state(streams))
+    cfg = SampleConfig(temperature=1.0)
+    uniforms = Uniforms(torch.Generator().manual_seed(0), streams)
+    token = torch.zeros(streams, dtype=torch.long)
+    for _ in range(50):
+        token = choose(stepper.advance(token), cfg, uniforms)
+    t0 = time.perf_counter()
+    for _ in range(length):
+        token = choose(stepper.advance(token), cfg, uniforms)
+    return streams * length / (time.perf_counter() - t0)
+
+
+def onnx_rate(path: str, length: int, temperature: float = 1.0, seed: int = 0) -> float:
+    """A plain numpy + onnxruntime sampling loop over the exported step graph."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    vocab = [t.encode() if isinstance(t, str) else bytes([t]) for t in json.loads(meta["vocab"])]
+    banned = json.loads(meta["banned_ids"])
+    shape = (int(meta["num_layers"]), 1, int(meta["hidden_size"]))
+    rng = np.random.default_rng(seed)
+
+    def run(n):
+        state = {name: np.zeros(shape, np.float32) for name in json.loads(meta["state_inputs"])}
+        for i in json.loads(meta["start_ids"]):
+            logits, *new = session.run(None, {"input_ids": np.array([i], np.int64), **state})
+            state = dict(zip(state, new))
+        out = []
+        for _ in range(n):
+            z = logits[0] / temperature
+            z[banned] = -np.inf
+            p = np.exp(z - z.max()).cumsum()
+            i = min(int(np.searchsorted(p, rng.random() * p[-1], side="right")), len(p) - 1)
+            out.append(vocab[i])
+            logits, *new = session.run(None, {"input_ids": np.array([i], np.int64), **state})
+            state = dict(zip(state, new))
+        return len(b"".join(out).decode("utf-8", "replace"))
+
+    run(100)
+    t0 = time.perf_counter()
+    chars = run(length)
+    return chars / (time.perf_counter() - t0)
+
+
+def bandwidth(nbytes: int, seconds: float = 0.5) -> dict:
+    """Read bandwidth (bytes/s) over a working set of `nbytes`, by each reader."""
+    import numpy as np
+    import torch
+
+    cols = 1024
+    rows = max(1, nbytes // (4 * cols))
+    w = np.random.default_rng(0).standard_normal((rows, cols), dtype=np.float32)
+    x = np.ones(cols, np.float32)
+    out = np.empty(rows, np.float32)
+    flat = torch.from_numpy(w).reshape(-1)
+    readers = {
+        "BLAS GEMV (numpy)": lambda: np.dot(w, x, out=out),
+        "torch.sum": lambda: flat.sum(),
+    }
+    result = {}
+    for name, read in readers.items():
+        for _ in range(3):
+            read()
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            read()
+            n += 1
+        result[name] = w.nbytes * n / (time.perf_counter() - t0)
+    return result
+
+
+def child_main(spec: dict) -> None:
+    kind = spec.pop("kind")
+    if kind == "bandwidth":
+        print(json.dumps(bandwidth(**spec)))
+    else:
+        print(json.dumps(route_rate(**spec)))
+
+
+def in_child(**spec):
+    """Run `child_main(spec)` in a fresh interpreter and return what it printed."""
+    code = (f"import json, sys; sys.path[:0] = [{str(ROOT)!r}, {str(HERE)!r}]\n"
+            "import sampling; sampling.child_main(json.loads(sys.argv[1]))")
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True, cwd=ROOT)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# -- the parent ---------------------------------------------------------------------------
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-c", "--checkpoint")
-    p.add_argument("--quick", action="store_true")
+    p.add_argument("-c", "--checkpoint", help="checkpoint file or run folder [default: the bundled model]")
+    p.add_argument("--length", type=int, default=4000, help="characters per single-stream run")
+    p.add_argument("--rounds", type=int, default=3, help="rounds, each running every route once")
+    p.add_argument("--quick", action="store_true", help="short runs, one round")
     p.add_argument("--json")
     args = p.parse_args(argv)
+    length, rounds = (400, 1) if args.quick else (args.length, args.rounds)
+    batch_length = max(50, length // 16)
 
-    net, vocab = model_and_vocab(args.checkpoint)
-    short, long = (300, 1500) if args.quick else (1000, 10000)
-    batch_len = 200 if args.quick else 500
-    rows = {}
-    # Interleave the two loops so that machine noise hits both alike.
-    rows["b1_charrnn"] = charrnn_rate(net, vocab, 1, short)
-    rows["b1_bare"] = bare_rate(net, 1, short)
-    rows["b1_charrnn_long"] = charrnn_rate(net, vocab, 1, long)
-    rows["b64_charrnn"] = charrnn_rate(net, vocab, 64, batch_len)
-    rows["b64_bare"] = bare_rate(net, 64, batch_len)
-    result = {
-        "machine": describe(),
-        "model": f"{net.config.cell} {net.config.num_layers}x{net.config.hidden_size}",
-        "chars_per_sec": rows,
-        "ratio_b1_vs_bare": rows["b1_charrnn"] / rows["b1_bare"],
-        "ratio_b64_vs_b1": rows["b64_charrnn"] / rows["b1_charrnn"],
-        "ratio_long_vs_short": rows["b1_charrnn_long"] / rows["b1_charrnn"],
+    from charrnn import checkpoint, load
+    from charrnn.cpustep import CpuStepper
+    from charrnn.quantize import Int8Stepper
+
+    source = args.checkpoint or str(checkpoint.BUNDLED)
+    model = load(source)
+    mc = model.checkpoint.model_config
+    bytes_f32 = CpuStepper(model.net).bytes_per_step()
+    bytes_int8 = Int8Stepper(model.net).bytes_per_step()
+    with tempfile.TemporaryDirectory() as folder:
+        onnx = str(checkpoint.export(source, Path(folder) / "model.onnx"))
+        in_cache = in_child(kind="bandwidth", nbytes=bytes_f32)
+        from_memory = in_child(kind="bandwidth", nbytes=512 * 2**20)
+        rates: dict[str, list[float]] = {r: [] for r in ROUTES}
+        batch: dict[str, list[float]] = {k: [] for k in ("sampler-1", "sampler-64", "bare-1", "bare-64")}
+        for _ in range(rounds):
+            for route in ROUTES:
+                rates[route].append(in_child(kind="route", route=route, checkpoint=source, onnx=onnx, length=length))
+            batch["sampler-1"].append(in_child(kind="route", route="float32", checkpoint=source, onnx=onnx, length=length))
+            batch["sampler-64"].append(in_child(kind="route", route="float32", checkpoint=source, onnx=onnx,
+                                                length=batch_length, streams=64))
+            batch["bare-1"].append(in_child(kind="route", route="bare", checkpoint=source, onnx=onnx, length=length))
+            batch["bare-64"].append(in_child(kind="route", route="bare", checkpoint=source, onnx=onnx,
+                                             length=batch_length, streams=64))
+    mean = {k: sum(v) / len(v) for k, v in rates.items()}
+    bmean = {k: sum(v) / len(v) for k, v in batch.items()}
+    cache_bw = max(in_cache.values())
+    ceiling_f32, ceiling_int8 = cache_bw / bytes_f32, cache_bw / bytes_int8
+    ratios = {
+        "float32_vs_onnxruntime": mean["float32"] / mean["onnxruntime"],
+        "float32_vs_roofline": mean["float32"] / ceiling_f32,
+        "int8_vs_roofline": mean["int8"] / ceiling_int8,
+        "int8_vs_float32": mean["int8"] / mean["float32"],
+        "float32_vs_torch_step": mean["float32"] / mean["torch-step"],
+        "n64_vs_1": bmean["sampler-64"] / bmean["sampler-1"],
+        "bare_n64_vs_1": bmean["bare-64"] / bmean["bare-1"],
     }
-    print(f"machine: {line(result['machine'])}; model {result['model']}")
-    print("| sampling | chars/s |\n|---|---:|")
-    print(f"| charrnn, 1 stream, {short} chars | {rows['b1_charrnn']:,.0f} |")
-    print(f"| bare step loop, 1 stream | {rows['b1_bare']:,.0f} |")
-    print(f"| charrnn, 1 stream, {long} chars | {rows['b1_charrnn_long']:,.0f} |")
-    print(f"| charrnn, 64 streams | {rows['b64_charrnn']:,.0f} |")
-    print(f"| bare step loop, 64 streams | {rows['b64_bare']:,.0f} |")
-    print(f"charrnn / bare (1 stream): {result['ratio_b1_vs_bare']:.2f}; 64 streams / 1 stream: "
-          f"{result['ratio_b64_vs_b1']:.1f}x; {long} vs {short} chars: {result['ratio_long_vs_short']:.2f}")
+    machine = describe()
+    result = {"machine": machine, "checkpoint": source, "model": f"{mc.cell.upper()} {mc.num_layers} x {mc.hidden_size}",
+              "length": length, "rounds": rounds, "bytes_per_step": {"float32": bytes_f32, "int8": bytes_int8},
+              "bandwidth_in_cache": in_cache, "bandwidth_from_memory": from_memory,
+              "ceiling_chars_per_sec": {"float32": ceiling_f32, "int8": ceiling_int8},
+              "chars_per_sec": mean, "per_round": rates, "batch": bmean, "ratios": ratios}
+    print(f"machine: {line(machine)}")
+    print(f"model: {result['model']} from {source}; {length:,} characters per single-stream run, mean of {rounds} "
+          f"round(s), each route in its own process")
+    print(f"read bandwidth over {bytes_f32 / 1e6:.1f} MB (in cache): "
+          + ", ".join(f"{k} {v / 1e9:.0f} GB/s" for k, v in in_cache.items())
+          + "; over 512 MB (from memory): " + ", ".join(f"{k} {v / 1e9:.0f} GB/s" for k, v in from_memory.items()))
+    print(f"bytes read per step: float32 {bytes_f32 / 1e6:.2f} MB, int8 {bytes_int8 / 1e6:.2f} MB; "
+          f"ceiling at {cache_bw / 1e9:.0f} GB/s: float32 {ceiling_f32:,.0f}, int8 {ceiling_int8:,.0f} chars/s")
+    print("| single-stream sampling | chars/s |\n|---|---:|")
+    names = {"float32": "charrnn float32", "int8": "charrnn int8 (--quantize)", "onnxruntime": "onnxruntime float32",
+             "torch-step": "charrnn over CharRNN.step (the former route)"}
+    for route in ROUTES:
+        print(f"| {names[route]} | {mean[route]:,.0f} |")
+    print(f"| 64 samples at once (-N 64), all streams | {bmean['sampler-64']:,.0f} |")
+    print(f"| bare stepper + draw, 1 / 64 streams | {bmean['bare-1']:,.0f} / {bmean['bare-64']:,.0f} |")
+    print(f"charrnn float32 / onnxruntime: {ratios['float32_vs_onnxruntime']:.2f}x; float32 / roofline: "
+          f"{ratios['float32_vs_roofline']:.2f}; int8 / roofline: {ratios['int8_vs_roofline']:.2f}; int8 / float32: "
+          f"{ratios['int8_vs_float32']:.2f}x; float32 / former route: {ratios['float32_vs_torch_step']:.2f}x")
+    print(f"-N 64 / 1 stream: {ratios['n64_vs_1']:.1f}x (bare loop: {ratios['bare_n64_vs_1']:.1f}x)")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return result

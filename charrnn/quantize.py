@@ -1,60 +1,61 @@
-"""int8 weights for single-stream sampling on a CPU.
+"""int8 weights for sampling on a CPU.
 
-Sampling one stream reads every weight once per character, so on a CPU it is bound by
-memory traffic; int8 weights (PyTorch's dynamic quantization: weights stored as int8,
-activations quantized on the fly) read four times fewer bytes. Only the step path used
-by the sampler is quantized; the prime still goes through the float32 network.
+Sampling reads every weight once per character, so on a CPU it is bound by memory
+traffic; int8 weights read four times fewer bytes than float32. `Int8Stepper` is
+`charrnn.cpustep.CpuStepper` (same folded layout, same loop, same buffers) with its large
+products done by PyTorch's fbgemm/qnnpack kernels on int8 weights, one scale per output
+row, the activations quantized on the fly. What stays float32, because it is small or
+read a row at a time: layer 0's per-token table, the biases, and the output head (V x H,
+a few hundred KB, where a quantized call would cost more than it saves). The prime still
+goes through the float32 network.
 """
 
 from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import torch
-from torch import nn
 
-from .model import CharRNN, State
+from .cpustep import CpuStepper, _matmul
+from .errors import ConfigError
+from .model import CharRNN
 
 
-class QuantizedStepper:
-    """`step(ids, state) -> logits, state` with the contract of `CharRNN.step`, on int8 weights.
-
-    Only the arithmetic differs: the per-layer loop is the model's own (`CharRNN.step` with
-    quantized cells and head), so the two paths cannot drift apart.
-    """
+class Int8Stepper(CpuStepper):
+    """`CpuStepper` with int8 recurrent and input matrices."""
 
     def __init__(self, net: CharRNN):
-        c = net.config
-        self.net = net
-        cells = []
-        for layer in range(c.num_layers):
-            w_ih, w_hh, b_ih, b_hh = net.layer_weights(layer)
-            size_in = w_ih.size(1)
-            if c.cell == "lstm":
-                cell = nn.LSTMCell(size_in, c.hidden_size)
-            elif c.cell == "gru":
-                cell = nn.GRUCell(size_in, c.hidden_size)
-            else:
-                cell = nn.RNNCell(size_in, c.hidden_size, nonlinearity=c.nonlinearity)
-            with torch.no_grad():
-                cell.weight_ih.copy_(w_ih)
-                cell.weight_hh.copy_(w_hh)
-                cell.bias_ih.copy_(b_ih)
-                cell.bias_hh.copy_(b_hh)
-            cells.append(cell)
-        head = nn.Linear(c.hidden_size, c.vocab_size)
-        with torch.no_grad():
-            head.weight.copy_(net.head.weight)
-            head.bias.copy_(net.head.bias)
+        super().__init__(net)
+        self._packed: dict[int, object] = {}  # id of a float32 matrix in self.layers -> its packed int8 form
+        for layer in self.layers:
+            for w in layer:
+                if isinstance(w, np.ndarray) and w.ndim == 2:
+                    self._packed[id(w)] = _pack(w)
+
+    def _bytes(self, a: np.ndarray) -> int:
+        """An int8 matrix reads one byte per weight and a float32 scale per row."""
+        return a.size + 4 * a.shape[0] if id(a) in self._packed else a.nbytes
+
+    def _product(self, x: np.ndarray, w: np.ndarray, out: np.ndarray) -> None:
+        packed = self._packed.get(id(w))
+        if packed is None:  # the head
+            _matmul(x, w, out)
+            return
+        y = torch.ops.quantized.linear_dynamic(torch.from_numpy(np.ascontiguousarray(x)), packed)  # (B, G)
+        np.copyto(out, y.numpy())
+
+
+def _pack(w: np.ndarray):
+    """A (G, K) float32 matrix as the quantized engine's packed int8 weight, one symmetric
+    scale per row (per output), so a row of small weights keeps its resolution."""
+    weight = torch.from_numpy(w)
+    scale = weight.abs().amax(dim=1).clamp_min(1e-12) / 127  # (G,)
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # eager-mode quantization announces its successor
-            modules = torch.ao.quantization.quantize_dynamic(
-                nn.ModuleList([*cells, head]), {nn.LSTMCell, nn.GRUCell, nn.RNNCell, nn.Linear}, dtype=torch.qint8
-            ).eval()
-        # Quantized cells take and return hx as the float cells do: (h, c) for an LSTM, h otherwise.
-        self.cells, self.head = list(modules[:-1]), modules[-1]
-
-    @torch.no_grad()
-    def step(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """ids (B,) -> logits (B, V), new state, as `CharRNN.step`."""
-        return self.net.step(ids, state, cells=self.cells, head=self.head)
+            q = torch.quantize_per_channel(weight, scale.double(), torch.zeros(len(scale), dtype=torch.long), 0, torch.qint8)
+            return torch.ops.quantized.linear_prepack(q, None)
+    except RuntimeError:
+        raise ConfigError(f"--quantize needs int8 kernels, which this PyTorch build lacks "
+                          f"(quantized engine {torch.backends.quantized.engine!r}).") from None

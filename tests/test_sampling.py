@@ -83,10 +83,10 @@ def test_batched_samples_are_independent_and_reproducible(sampler):
 
 def test_quantized_steps_follow_the_float_model(sampler):
     """int8 weights change logits a little, not the model: greedy text mostly agrees."""
-    from charrnn.quantize import QuantizedStepper
+    from charrnn.quantize import Int8Stepper
 
     net = sampler.model
-    q = QuantizedStepper(net)
+    q = Int8Stepper(net)
     ids = torch.randint(0, VOCAB.size, (3,))
     state = net.init_state(3)
     exact, _ = net.step(ids, state)
