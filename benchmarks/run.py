@@ -4,8 +4,9 @@
     python benchmarks/run.py --quick    # a smoke run, about a minute
     python benchmarks/run.py --device cuda
 
-Parts: training throughput against a bare loop (training.py), sampling speed against a
-bare loop (sampling.py), corpus ingest speed and peak memory, peak memory of training on
+Parts: training throughput against a bare loop (training.py), sampling speed against
+onnxruntime, the roofline and a bare loop, int8 and -N 64 (sampling.py), `charrnn serve`
+with 1 client against 16 (serve.py), corpus ingest speed and peak memory, peak memory of training on
 a 200 MB corpus against a 2 MB one, and CPU threads 1 against all cores.
 """
 
@@ -25,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 import sampling  # noqa: E402
+import serve  # noqa: E402
 import training  # noqa: E402
 from machine import describe, line  # noqa: E402
 
@@ -100,8 +102,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=str(HERE / "results"))
-    p.add_argument("--parts", default="training,sampling,ingest,memory,threads",
-                   help="comma-separated subset of: training, sampling, ingest, memory, threads")
+    p.add_argument("--parts", default="training,sampling,serve,ingest,memory,threads",
+                   help="comma-separated subset of: training, sampling, serve, ingest, memory, threads")
     args = p.parse_args(argv)
     parts = set(args.parts.split(","))
     quick = ["--quick"] if args.quick else []
@@ -115,6 +117,9 @@ def main(argv=None) -> int:
     if "sampling" in parts:
         print("\n== sampling speed ==", flush=True)
         report["sampling"] = sampling.main(quick)
+    if "serve" in parts:
+        print("\n== charrnn serve: 1 client against 16 ==", flush=True)
+        report["serve"] = serve.main(quick)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if "ingest" in parts:
@@ -138,7 +143,7 @@ def main(argv=None) -> int:
     report["seconds"] = time.time() - started
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = "quick.json" if args.quick else f"{args.device}{'' if len(parts) == 5 else '-' + '-'.join(sorted(parts))}.json"
+    name = "quick.json" if args.quick else f"{args.device}{'' if len(parts) == 6 else '-' + '-'.join(sorted(parts))}.json"
     (out / name).write_text(json.dumps(report, indent=2, default=str))
     print(f"\nwrote {out / name} in {report['seconds']:.0f} s")
     return 0

@@ -5,6 +5,8 @@ streaming and not, against the same model sampled directly in-process.
     python benchmarks/serve.py --quick
     python benchmarks/serve.py -c checkpoints/tinyshakespeare --length 2000
 
+All clients' requests run in the model's one batch loop (charrnn.batching), so the
+concurrent rounds measure how much a shared step gains over one stream at a time.
 The server runs as its own process (`python -m charrnn serve --port 0`), as a user would
 start it, so the clients' threads here do not share its interpreter. Each client sends
 requests one after another; a rate is all characters received divided by the wall time
@@ -129,6 +131,13 @@ def main(argv=None) -> dict:
         print(f"| {clients} client{'s' if clients != '1' else ''}, {'streaming' if kind == 'stream' else 'plain'} "
               f"| {row['chars_per_sec']:,.0f} | {first} |")
     print(f"| in-process Model.stream, 1 stream (no server) | {direct:,.0f} | |")
+    many, one = rows[f"{args.clients}_stream"], rows["1_stream"]
+    result["ratios"] = {"clients_vs_1": many["chars_per_sec"] / one["chars_per_sec"],
+                        "first_chunk_median_ms": many["first_chunk_s"] * 1000,
+                        "one_client_vs_direct": one["chars_per_sec"] / direct}
+    print(f"{args.clients} streaming clients / 1: {result['ratios']['clients_vs_1']:.1f}x; first chunk at "
+          f"{args.clients} clients (median): {result['ratios']['first_chunk_median_ms']:,.0f} ms; 1 client through "
+          f"the server / in-process: {result['ratios']['one_client_vs_direct']:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return result

@@ -228,7 +228,7 @@ def onnx_bytes(ckpt, source: str | None = None) -> bytes:
 
     from . import __version__
     from .model import CharRNN
-    from .sampling import Sampler
+    from .sampling import prime_ids
 
     config = ckpt.model_config
     net = CharRNN(config)
@@ -272,7 +272,7 @@ def onnx_bytes(ckpt, source: str | None = None) -> bytes:
         "vocab_kind": vocab.kind,
         "vocab_size": str(vocab.size),
         "banned_ids": json.dumps(list(vocab.banned_ids)),
-        "start_ids": json.dumps(Sampler(net, vocab).default_prime_ids()),  # what charrnn primes with by default
+        "start_ids": json.dumps(prime_ids(vocab, "").tolist()),  # what charrnn primes with by default
         "cell": config.cell,
         "nonlinearity": config.nonlinearity,
         "num_layers": str(config.num_layers),

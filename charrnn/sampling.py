@@ -305,6 +305,118 @@ class StepLoop:
         return self._state
 
 
+def make_stepper(model: CharRNN, device: torch.device, quantize: bool = False):
+    """The fastest stepper for the device: `CpuStepper` on a CPU (numpy's BLAS reads the
+    weights several times faster at batch 1 than torch's single-threaded product;
+    charrnn.cpustep says why and how), `Int8Stepper` for int8 weights, else `CharRNN.step`
+    through `StepLoop`."""
+    if quantize:
+        if device.type != "cpu":
+            raise ConfigError("--quantize (int8 weights) works on the CPU only.")
+        from .quantize import Int8Stepper
+
+        return Int8Stepper(model)
+    if device.type == "cpu":
+        from .cpustep import CpuStepper
+
+        return CpuStepper(model)
+    cells = model.cells()  # bound once: per-step weight look-ups cost a percent or two at batch 1
+    return StepLoop(lambda ids, state: model.step(ids, state, cells=cells))
+
+
+def prime_ids(vocab, prime: str) -> torch.Tensor:
+    """The prime's ids (P,); a newline when there is no prime (most corpora begin text
+    after one), else id 0 for a vocabulary without one."""
+    ids = vocab.encode(prime) if prime else []
+    if len(ids) == 0:
+        ids = [int(i) for i in vocab.encode("\n")] if not vocab.unknown_chars("\n")[0] else [0]
+    return torch.as_tensor(np.asarray(ids, dtype=np.int64))
+
+
+class Samples:
+    """The N samples of one request while they are drawn: their configuration, random
+    generator, UTF-8 guard, decoding, length and stop checks, and the text not yet handed
+    out. `choose` draws the next token of each sample from its logits, `take` accounts for
+    the tokens drawn and returns a `Chunk` when one is due; `finished` says when all N are.
+
+    The sampler drives one `Samples` at a time; the server's batch loop
+    (charrnn.batching) drives one per request, each over its own rows of a shared batch.
+    """
+
+    def __init__(self, vocab, prime: str, cfg: SampleConfig, device: torch.device):
+        n = self.n = cfg.num_samples
+        self.cfg = cfg
+        generator = torch.Generator(device=device)
+        if cfg.seed is not None:
+            generator.manual_seed(cfg.seed)
+        else:
+            generator.seed()
+        self.uniforms = Uniforms(generator, n)
+        self.banned = list(vocab.banned_ids)
+        self.decoder = StreamDecoder(vocab, n)
+        self.guard = Utf8Guard.for_vocab(vocab, n, device)  # None for characters
+        self.deadline = None if cfg.max_time is None else time.monotonic() + cfg.max_time
+        self.count = [0] * n  # characters produced per sample
+        self.keep = max((len(s) for s in cfg.stop), default=1)
+        # The last characters of the text so far, enough to see a stop sequence. It starts
+        # with the end of the user's prime, since a stop sequence may begin there ("\n\n"
+        # after a prime ending in "\n"); the default newline prime is no text the user
+        # sees, so it does not count.
+        self.tail = [prime[max(0, len(prime) - (self.keep - 1)) :]] * n
+        self.pending = [""] * n  # text not yet handed out
+        self.done = [False] * n
+        self.steps = 0
+
+    @property
+    def finished(self) -> bool:
+        return all(self.done)
+
+    def choose(self, logits: torch.Tensor) -> torch.Tensor:
+        """The next token of each sample (N,) from its logits (N, V), which are masked in place."""
+        if self.guard is not None:
+            logits = self.guard.mask(logits)  # banned ids and bytes that would break UTF-8
+        elif self.banned:
+            logits[:, self.banned] = float("-inf")
+        token = choose(logits, self.cfg, self.uniforms)  # (N,)
+        if self.guard is not None:
+            self.guard.advance(token)
+        return token
+
+    def take(self, token: torch.Tensor) -> Chunk | None:
+        """Account for the tokens just drawn; a chunk when one is due (every `chunk_chars`
+        steps, at a newline, and at the end), else None."""
+        cfg, done = self.cfg, self.done
+        for i, piece in enumerate(self.decoder.push(token.tolist())):
+            if done[i]:
+                continue
+            piece, done[i] = _clip(self.count[i], self.tail[i], piece, cfg)
+            self.count[i] += len(piece)
+            self.tail[i] = (self.tail[i] + piece)[-self.keep :]
+            self.pending[i] += piece
+        self.steps += 1
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.done = done = [True] * self.n
+        if all(done) or self.steps % cfg.chunk_chars == 0 or any("\n" in p for p in self.pending):
+            chunk, self.pending = Chunk(self.pending, list(done)), [""] * self.n
+            return chunk
+        return None
+
+
+def _clip(count: int, tail: str, piece: str, cfg: SampleConfig) -> tuple[str, bool]:
+    """Cut `piece` at the length limit or right after the first stop sequence."""
+    room = cfg.length - count
+    finished = len(piece) >= room
+    piece = piece[:room]
+    if cfg.stop:
+        text = tail + piece
+        # Only matches that end inside the new piece are new.
+        ends = [text.find(s, max(0, len(tail) - len(s) + 1)) for s in cfg.stop]
+        ends = [e + len(s) for e, s in zip(ends, cfg.stop) if e >= 0]
+        if ends:
+            return piece[: min(ends) - len(tail)], True
+    return piece, finished
+
+
 class Sampler:
     """Generates text from a model and its vocabulary."""
 
@@ -312,27 +424,7 @@ class Sampler:
         self.model = model.eval()
         self.vocab = vocab
         self.device = torch.device(device)
-        if quantize:
-            if self.device.type != "cpu":
-                raise ConfigError("--quantize (int8 weights) works on the CPU only.")
-            from .quantize import Int8Stepper
-
-            self.stepper = Int8Stepper(model)
-        elif self.device.type == "cpu":
-            # numpy's BLAS reads the weights several times faster at batch 1 than torch's
-            # single-threaded product (charrnn.cpustep says why and how).
-            from .cpustep import CpuStepper
-
-            self.stepper = CpuStepper(model)
-        else:
-            cells = model.cells()  # bound once: per-step weight look-ups cost a percent or two at batch 1
-            self.stepper = StepLoop(lambda ids, state: model.step(ids, state, cells=cells))
-
-    def default_prime_ids(self) -> list[int]:
-        """Start from a newline when no prime is given: most corpora begin text after one."""
-        if not self.vocab.unknown_chars("\n")[0]:
-            return [int(i) for i in self.vocab.encode("\n")]
-        return [0]
+        self.stepper = make_stepper(model, self.device, quantize)
 
     @torch.no_grad()
     def generate(self, prime: str, cfg: SampleConfig) -> Iterator[Chunk]:
@@ -343,97 +435,39 @@ class Sampler:
         `Utf8Guard` keeps every sample valid UTF-8 (see `StreamDecoder` for its end).
         """
         n = cfg.num_samples
-        generator = torch.Generator(device=self.device)
-        if cfg.seed is not None:
-            generator.manual_seed(cfg.seed)
-        else:
-            generator.seed()
-        uniforms = Uniforms(generator, n)
-        ids = torch.as_tensor(np.asarray(self.vocab.encode(prime) if prime else [], dtype=np.int64))  # (P,)
-        if ids.numel() == 0:
-            ids = torch.tensor(self.default_prime_ids(), dtype=torch.long)
-        banned = list(self.vocab.banned_ids)
-        decoder = StreamDecoder(self.vocab, n)
+        samples = Samples(self.vocab, prime, cfg, self.device)
         # The N samples share the prime: warm up one copy and give each sample the result.
-        logits, state = warm_up(self.model, ids.to(self.device).unsqueeze(0))  # (1, V)
+        logits, state = warm_up(self.model, prime_ids(self.vocab, prime).to(self.device).unsqueeze(0))  # (1, V)
         logits = logits.expand(n, -1).clone()  # (N, V), writable: banned ids are masked in place
-        state = tuple(s.expand(-1, n, -1).contiguous() for s in state)  # (L, N, H)
-        self.stepper.load(state)
-        deadline = None if cfg.max_time is None else time.monotonic() + cfg.max_time
-        one_char_tokens = bool((self.vocab.char_lengths() == 1).all())
-        if not cfg.stop and one_char_tokens:
-            yield from self._fixed_length(logits, cfg, uniforms, decoder, banned, deadline)
+        self.stepper.load(tuple(s.expand(-1, n, -1).contiguous() for s in state))  # (L, N, H)
+        if not cfg.stop and bool((self.vocab.char_lengths() == 1).all()):
+            yield from self._fixed_length(logits, samples)
             return
+        while True:
+            token = samples.choose(logits)  # (N,)
+            chunk = samples.take(token)
+            if chunk is not None:
+                yield chunk
+            if samples.finished:
+                return
+            logits = self.stepper.advance(token)
 
-        guard = Utf8Guard.for_vocab(self.vocab, n, self.device)  # None for characters
-        count = [0] * n  # characters produced per sample
-        keep = max((len(s) for s in cfg.stop), default=1)
-        # The last characters of the text so far, enough to see a stop sequence. It starts
-        # with the end of the user's prime, since a stop sequence may begin there ("\n\n"
-        # after a prime ending in "\n"); the default newline prime is no text the user
-        # sees, so it does not count.
-        tail = [prime[max(0, len(prime) - (keep - 1)) :]] * n
-        pending = [""] * n  # text not yet yielded
-        done = [False] * n
-        steps = 0
-        while not all(done):
-            if guard is not None:
-                logits = guard.mask(logits)  # banned ids and bytes that would break UTF-8
-            elif banned:
-                logits[:, banned] = float("-inf")
-            token = choose(logits, cfg, uniforms)  # (N,)
-            if guard is not None:
-                guard.advance(token)
-            for i, piece in enumerate(decoder.push(token.tolist())):
-                if done[i]:
-                    continue
-                piece, finished = self._clip(count[i], tail[i], piece, cfg)
-                count[i] += len(piece)
-                tail[i] = (tail[i] + piece)[-keep:]
-                pending[i] += piece
-                done[i] = finished
-            steps += 1
-            if deadline is not None and time.monotonic() >= deadline:
-                done = [True] * n
-            if all(done) or steps % cfg.chunk_chars == 0 or any("\n" in p for p in pending):
-                yield Chunk(pending, list(done))
-                pending = [""] * n
-            if not all(done):
-                logits = self.stepper.advance(token)
-        if any(pending):
-            yield Chunk(pending, list(done))
-
-    def _fixed_length(self, logits, cfg, uniforms, decoder, banned, deadline) -> Iterator[Chunk]:
+    def _fixed_length(self, logits, samples: Samples) -> Iterator[Chunk]:
         """Every sample ends after exactly `length` one-character tokens: no per-sample checks
         are needed at each step, so tokens are decoded a chunk at a time."""
-        n = cfg.num_samples
+        cfg, n, banned, deadline = samples.cfg, samples.n, samples.banned, samples.deadline
         chunk: list[torch.Tensor] = []
         for step in range(cfg.length):
             if banned:
                 logits[:, banned] = float("-inf")
-            token = choose(logits, cfg, uniforms)  # (N,)
+            token = choose(logits, cfg, samples.uniforms)  # (N,)
             chunk.append(token)
             last = step == cfg.length - 1 or (deadline is not None and time.monotonic() >= deadline)
             if last or len(chunk) == cfg.chunk_chars:
                 rows = torch.stack(chunk, dim=1).tolist()  # (N, k)
-                yield Chunk(["".join(decoder.push_one(i, row)) for i, row in enumerate(rows)], [last] * n)
+                yield Chunk(["".join(samples.decoder.push_one(i, row)) for i, row in enumerate(rows)], [last] * n)
                 chunk = []
             if last:
                 return
             logits = self.stepper.advance(token)
         yield Chunk([""] * n, [True] * n)  # length 0
-
-    @staticmethod
-    def _clip(count: int, tail: str, piece: str, cfg: SampleConfig) -> tuple[str, bool]:
-        """Cut `piece` at the length limit or right after the first stop sequence."""
-        room = cfg.length - count
-        finished = len(piece) >= room
-        piece = piece[:room]
-        if cfg.stop:
-            text = tail + piece
-            # Only matches that end inside the new piece are new.
-            ends = [text.find(s, max(0, len(tail) - len(s) + 1)) for s in cfg.stop]
-            ends = [e + len(s) for e, s in zip(ends, cfg.stop) if e >= 0]
-            if ends:
-                return piece[: min(ends) - len(tail)], True
-        return piece, finished

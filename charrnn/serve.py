@@ -9,9 +9,11 @@ with uvicorn. The routes:
     POST /v1/completions      OpenAI's legacy completions, streamed as server-sent events
                               with "stream": true; "tokens" are characters
 
-Sampling is CPU-bound torch work, so it runs in worker threads one chunk (about 32
-characters) at a time, and between chunks the event loop sees a client that went away or
-a server that is stopping; both end the generation there. At most `Limits.concurrency`
+Each model has one generation loop (charrnn.batching.BatchLoop) in a thread of its own:
+every running request of that model steps with the others as one batch, joining at the
+next step and leaving when it finishes or its client goes away. The event loop only
+passes chunks (about 32 characters, or a line) from that thread to the clients; a client
+that went away or a server that is stopping ends the request's part of the batch. At most `Limits.concurrency`
 generations run at once; a request waits up to `Limits.queue_timeout` seconds for a slot
 and is then refused with 429.
 
@@ -345,10 +347,16 @@ class Service:
             raise ConfigError(f"Model names must be unique, not {', '.join(names)}.")
         self.by_name = {s.name: s for s in self.models}
         self.slots = Slots(self.limits.concurrency)
+        self.loops: dict = {}  # model name -> its BatchLoop
+        self._loops_lock = threading.Lock()
 
     def stop(self) -> None:
-        """Refuse new generations and end the running ones at their next chunk."""
+        """Refuse new generations and end the running ones at their next step."""
         self.stopping.set()
+        with self._loops_lock:
+            loops = list(self.loops.values())
+        for loop in loops:
+            loop.stop(timeout=0)
 
     def health(self) -> dict:
         return {"status": "stopping" if self.stopping.is_set() else "ok", "models": list(self.by_name),
@@ -372,26 +380,55 @@ class Service:
                                 f"shortly.", None, "server_busy", "rate_limit_error")
 
     async def chunks(self, request: CompletionRequest, cfg, gone=None) -> AsyncIterator[tuple[list[str], list[bool]]]:
-        """The sampler's chunks, each computed in a worker thread; ends early when the server
-        stops (raising Stopping) or `gone()` says the client left. The caller holds a slot."""
-        import anyio
+        """The request's chunks from its model's batch loop (charrnn.batching), where it steps
+        together with every other running request; ends early when the server stops
+        (raising Stopping) or `gone()` says the client left, and leaves the batch however
+        it ends. The caller holds a slot."""
+        import asyncio
 
-        model = self.by_name[request.model].model
-        samples = model.stream(request.prompt, temperature=cfg.temperature, length=cfg.length, seed=cfg.seed,
-                               top_k=cfg.top_k, top_p=cfg.top_p, stop=cfg.stop, num_samples=cfg.num_samples)
+        from .batching import END, Stopped
+
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def deliver(item) -> None:  # called from the batch loop's thread
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the event loop is closed: nobody is waiting
+                pass
+
+        try:
+            job = self.loop_of(request.model).submit(request.prompt, cfg, deliver)
+        except Stopped:
+            raise Stopping() from None
         try:
             while True:
                 if self.stopping.is_set():
                     raise Stopping()
-                chunk = await anyio.to_thread.run_sync(next, samples, None)
-                if chunk is None:
+                item = await queue.get()
+                if item is END:
                     return
-                self.generated_chars += sum(len(t) for t in chunk.texts)
-                yield chunk.texts, chunk.done
+                if isinstance(item, Stopped):
+                    raise Stopping()
+                if isinstance(item, BaseException):
+                    raise item
+                job.taken()
+                self.generated_chars += sum(len(t) for t in item.texts)
+                yield item.texts, item.done
                 if gone is not None and await gone():
                     return
         finally:
-            samples.close()  # the thread has returned: cancellation waits for it
+            job.cancel()  # leaves the batch at its next step (a finished job has left already)
+
+    def loop_of(self, name: str):
+        """The batch loop of a model, made on its first request."""
+        from .batching import BatchLoop
+
+        with self._loops_lock:
+            if name not in self.loops:
+                served = self.by_name[name].model
+                self.loops[name] = BatchLoop(served.net, served.vocab, served.device)
+            return self.loops[name]
 
 
 def shutting_down() -> APIError:

@@ -333,12 +333,52 @@ def test_many_concurrent_requests_all_complete_with_their_length(models):
         assert wait_until(lambda: service.slots.active == 0)  # a stream's slot is freed after its last byte
 
 
+def test_sixteen_concurrent_seeded_streams_are_complete_and_step_as_one_batch(models):
+    """Each of 16 streaming clients gets a well-formed stream of its length; they share the
+    batch loop's steps; a seeded request alone gives the same text every time."""
+    limits = serve.Limits(concurrency=16, queue_timeout=60)
+    with live(models, limits) as (base, service):
+        def stream(i: int, length: int = 300) -> tuple[str, list]:
+            body = {"model": NAME, "prompt": "ab", "max_tokens": length, "seed": i, "temperature": 0.9, "stream": True}
+            with httpx.Client(timeout=60) as http, http.stream("POST", f"{base}/v1/completions", json=body) as r:
+                assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+                events = sse_events(r.iter_lines())
+            return "".join(e["choices"][0]["text"] for e in events[:-1]), events
+
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(stream, range(16)))
+        for text, events in results:
+            assert events[-1] == "[DONE]" and len(text) == 300
+            assert [e["choices"][0]["finish_reason"] for e in events[:-1]][-1] == "length"
+            assert all(e["choices"][0]["finish_reason"] is None for e in events[:-2])
+        loop = service.loops[NAME]
+        assert loop.steps < 16 * 300  # the clients shared steps
+        assert stream(3, 200)[0] == stream(3, 200)[0]  # alone: the same text every time
+        assert wait_until(lambda: loop.rows == 0 and service.slots.active == 0)
+
+
+def test_a_client_that_disconnects_leaves_the_batch_at_once(models):
+    with live(models, serve.Limits(max_tokens=10**7, concurrency=4)) as (base, service):
+        with httpx.Client(timeout=10) as http:
+            body = {"model": NAME, "prompt": "a", "max_tokens": 10**7, "n": 3, "stream": True}
+            with http.stream("POST", f"{base}/v1/completions", json=body) as r:
+                lines = r.iter_lines()
+                next(lines)
+                loop = service.loops[NAME]
+                assert wait_until(lambda: loop.rows == 3)
+        assert wait_until(lambda: loop.rows == 0 and service.slots.active == 0, 2.0)
+        steps = loop.steps
+        time.sleep(0.2)
+        assert loop.steps == steps
+
+
 def test_over_the_concurrency_limit_a_request_gets_429_and_a_closed_stream_frees_its_slot(models):
     with live(models, BIG) as (base, service):
         with httpx.Client(timeout=10) as http:
             body = {"model": NAME, "prompt": "a", "max_tokens": 10**7, "stream": True}
             with http.stream("POST", f"{base}/v1/completions", json=body) as r:
-                next(r.iter_lines())  # generating
+                lines = r.iter_lines()  # kept: a dropped line iterator closes the connection
+                next(lines)  # generating
                 assert service.slots.active == 1
                 busy = http.post(f"{base}/v1/completions", json={"model": NAME, "max_tokens": 5})
                 assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
