@@ -31,10 +31,11 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
+import numpy as np
 import torch
 
 from .model import CharRNN
-from .sampling import SampleConfig, Samples, make_stepper, prime_ids, warm_up
+from .sampling import SampleConfig, Samples, draw, make_stepper, prime_ids, warm_up
 
 END = object()  # delivered after a request's last chunk
 
@@ -198,26 +199,28 @@ class BatchLoop:
     def _step(self, logits):
         """Draw one token for every row, hand out due chunks, drop the rows of finished and
         cancelled requests, advance the rest, and set aside those whose readers are behind."""
-        tokens, keep, rows, start = [], [], [], 0
+        spans, start = [], 0  # each running request's rows: [start, start + n)
         for job in self._running:
-            n = job.cfg.num_samples
-            token = job.samples.choose(logits[start : start + n])  # (n,)
-            chunk = job.samples.take(token)
+            spans.append((start, start + job.cfg.num_samples))
+            start += job.cfg.num_samples
+        tokens = self._draw(logits, spans)  # (B,)
+        keep, rows = [], []
+        for job, (a, b) in zip(self._running, spans):
+            chunk = job.samples.take(tokens[a:b])
             if chunk is not None:
                 job._delivered(chunk)
             if job.samples.finished:
                 job.deliver(END)
             elif not job.cancelled.is_set():
                 keep.append(job)
-                tokens.append(token)
-                rows.append(torch.arange(start, start + n))
-            start += n
+                rows.append((a, b))
         self.steps += 1
         if len(keep) != len(self._running):
-            self._keep(keep, rows)
+            tokens = torch.cat([tokens[a:b] for a, b in rows]) if rows else tokens[:0]
+            self._keep(keep, [torch.arange(a, b) for a, b in rows])
         if not keep:
             return None
-        logits = self.stepper.advance(torch.cat(tokens))  # (B, V)
+        logits = self.stepper.advance(tokens)  # (B, V)
         behind = [i for i, job in enumerate(keep) if job.behind >= AHEAD]
         if not behind:
             return logits
@@ -237,6 +240,30 @@ class BatchLoop:
             start += n
         self._keep(stay, rows)
         return logits[torch.cat(rows).to(logits.device)] if rows else None
+
+    def _draw(self, logits: torch.Tensor, spans: list[tuple[int, int]]) -> torch.Tensor:
+        """The next token of every row (B,). Requests drawn by temperature alone
+        (`Samples.plain`) are drawn together in one vectorised `draw` on the CPU, each row
+        with its request's temperature and uniform number; the others each by their own
+        `Samples.choose` (top-k, top-p, greedy, the UTF-8 guard)."""
+        banned = list(self.vocab.banned_ids)
+        if banned:
+            logits[:, banned] = float("-inf")
+        plain = [i for i, job in enumerate(self._running) if job.samples.plain]
+        if logits.device.type != "cpu" or len(plain) < 2:
+            plain = []
+        tokens = torch.empty(logits.size(0), dtype=torch.long, device=logits.device)
+        if plain:
+            jobs = [self._running[i] for i in plain]
+            index = np.concatenate([np.arange(*spans[i]) for i in plain])
+            inv_t = np.concatenate([np.full(job.cfg.num_samples, 1.0 / job.cfg.temperature, np.float32) for job in jobs])
+            u = np.concatenate([job.samples.uniforms.next() for job in jobs])
+            tokens[torch.from_numpy(index)] = torch.from_numpy(draw(logits.numpy()[index] * inv_t[:, None], u))
+        rest = set(range(len(self._running))) - set(plain)
+        for i in rest:
+            a, b = spans[i]
+            tokens[a:b] = self._running[i].samples.choose(logits[a:b])
+        return tokens
 
     def _keep(self, jobs: list[Job], rows: list[torch.Tensor]) -> None:
         """Keep only these requests' rows (`rows`, their indices in the batch) in the batch."""

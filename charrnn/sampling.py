@@ -111,13 +111,18 @@ def choose(logits: torch.Tensor, cfg: SampleConfig, generator: torch.Generator |
     else:
         u = torch.rand(logits.size(0), generator=generator, device=generator.device).cpu().numpy()
     if logits.device.type == "cpu" and cfg.top_k is None and cfg.top_p is None:
-        z = logits.numpy() * np.float32(1.0 / cfg.temperature)  # (N, V)
-        z -= z.max(axis=-1)[:, None]
-        np.exp(z, out=z)
-        return torch.from_numpy(_invert(np.cumsum(z, axis=-1, out=z), u))
+        return torch.from_numpy(draw(logits.numpy() * np.float32(1.0 / cfg.temperature), u))
     z = filter_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p)
     cdf = torch.softmax(z, dim=-1).cumsum(dim=-1)  # (N, V)
     return torch.from_numpy(_invert(cdf.cpu().numpy(), u)).to(logits.device)
+
+
+def draw(z: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """One id per row of temperature-scaled logits z (N, V), a new array this changes,
+    at the uniform numbers u (N,)."""
+    z -= z.max(axis=-1)[:, None]
+    np.exp(z, out=z)
+    return _invert(np.cumsum(z, axis=-1, out=z), u)
 
 
 def _invert(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -370,6 +375,13 @@ class Samples:
     @property
     def finished(self) -> bool:
         return all(self.done)
+
+    @property
+    def plain(self) -> bool:
+        """Drawn by temperature alone, with no per-sample masking: the batch loop draws such
+        samples of many requests in one vectorised `draw` (they need only `banned` masked)."""
+        cfg = self.cfg
+        return self.guard is None and cfg.top_k is None and cfg.top_p is None and cfg.temperature >= GREEDY_BELOW
 
     def choose(self, logits: torch.Tensor) -> torch.Tensor:
         """The next token of each sample (N,) from its logits (N, V), which are masked in place."""

@@ -8,11 +8,10 @@ import time
 import pytest
 import torch
 
-from charrnn import sampling
-from charrnn.batching import AHEAD, END, BatchLoop, Stopped
+from charrnn.batching import AHEAD, END, BatchLoop, Job, Stopped
 from charrnn.config import ModelConfig
 from charrnn.model import CharRNN
-from charrnn.sampling import Sampler, SampleConfig
+from charrnn.sampling import Sampler, SampleConfig, Samples
 from charrnn.vocab import CharVocab
 
 VOCAB = CharVocab.from_text("abcdefghij \n")
@@ -89,13 +88,14 @@ def test_requests_in_one_batch_see_their_alone_logits(net, monkeypatch):
     """Sixteen requests of different settings run at once: each one's logits, step by step,
     equal its logits alone within 1e-4, and each text keeps its own length and stops."""
     seen: dict[int, list[torch.Tensor]] = {}
-    real_choose = sampling.Samples.choose
+    real_draw = BatchLoop._draw
 
-    def recording(self, logits):
-        seen.setdefault(self.cfg.seed, []).append(logits.clone())
-        return real_choose(self, logits)
+    def recording(self, logits, spans):
+        for job, (a, b) in zip(self._running, spans):
+            seen.setdefault(job.cfg.seed, []).append(logits[a:b].clone())
+        return real_draw(self, logits, spans)
 
-    monkeypatch.setattr(sampling.Samples, "choose", recording)
+    monkeypatch.setattr(BatchLoop, "_draw", recording)
     specs = [(prime, SampleConfig(**{**settings, "seed": settings["seed"] + 100 * k}))
              for k in range(2) for prime, settings in CONFIGS]
     alone_logits = {}
@@ -213,3 +213,29 @@ def test_readers_in_threads_all_complete(net):
         assert [len(r[0]) for r in results] == [100 + i for i in range(16)]
     finally:
         loop.stop()
+
+
+def test_the_vectorised_draw_equals_each_request_s_own_choice(net):
+    """Requests drawn by temperature alone share one numpy draw in the batch loop; on the
+    same logits it picks exactly what each request's own `Samples.choose` picks."""
+    configs = [SampleConfig(temperature=t, seed=s, num_samples=n)
+               for t, s, n in ((0.5, 1, 1), (1.0, 2, 3), (1.7, 3, 1), (0, 4, 2), (0.9, 5, 1))]
+    configs.append(SampleConfig(temperature=1.0, top_k=3, seed=6))
+    loop = BatchLoop(net, VOCAB)
+    jobs = []
+    for cfg in configs:  # jobs made by hand: no thread is started
+        job = Job(loop, "", cfg, lambda item: None)
+        job.samples = Samples(VOCAB, "", cfg, torch.device("cpu"))
+        jobs.append(job)
+    loop._running = jobs
+    spans, start = [], 0
+    for cfg in configs:
+        spans.append((start, start + cfg.num_samples))
+        start += cfg.num_samples
+    own = [Samples(VOCAB, "", cfg, torch.device("cpu")) for cfg in configs]
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        logits = torch.randn(start, VOCAB.size, generator=gen) * 3
+        together = loop._draw(logits.clone(), spans)
+        alone_tokens = torch.cat([s.choose(logits[a:b].clone()) for s, (a, b) in zip(own, spans)])
+        assert torch.equal(together, alone_tokens)
