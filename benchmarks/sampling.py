@@ -163,10 +163,27 @@ def bandwidth(nbytes: int, seconds: float = 0.5) -> dict:
     return result
 
 
+def peak_flops(size: int = 2048, seconds: float = 1.0) -> float:
+    """Float32 multiply-add rate (FLOP/s) of a large square matrix product through numpy's
+    BLAS on all cores: the compute ceiling of a step at large batch."""
+    import numpy as np
+
+    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+    b = a.T.copy()
+    a @ b
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        n += 1
+    return 2 * size**3 * n / (time.perf_counter() - t0)
+
+
 def child_main(spec: dict) -> None:
     kind = spec.pop("kind")
     if kind == "bandwidth":
         print(json.dumps(bandwidth(**spec)))
+    elif kind == "flops":
+        print(json.dumps(peak_flops()))
     else:
         print(json.dumps(route_rate(**spec)))
 
@@ -207,6 +224,7 @@ def main(argv=None) -> dict:
         onnx = str(checkpoint.export(source, Path(folder) / "model.onnx"))
         in_cache = in_child(kind="bandwidth", nbytes=bytes_f32)
         from_memory = in_child(kind="bandwidth", nbytes=512 * 2**20)
+        flops = in_child(kind="flops")
         rates: dict[str, list[float]] = {r: [] for r in ROUTES}
         batch: dict[str, list[float]] = {k: [] for k in ("sampler-1", "sampler-64", "bare-1", "bare-64")}
         for _ in range(rounds):
@@ -222,6 +240,8 @@ def main(argv=None) -> dict:
     bmean = {k: sum(v) / len(v) for k, v in batch.items()}
     cache_bw = max(in_cache.values())
     ceiling_f32, ceiling_int8 = cache_bw / bytes_f32, cache_bw / bytes_int8
+    # At batch B a step multiplies every weight by B rows: 2 FLOP per weight and row.
+    ceiling_n64 = min(flops / (2 * bytes_f32 / 4), 64 * ceiling_f32)
     ratios = {
         "float32_vs_onnxruntime": mean["float32"] / mean["onnxruntime"],
         "float32_vs_roofline": mean["float32"] / ceiling_f32,
@@ -229,13 +249,15 @@ def main(argv=None) -> dict:
         "int8_vs_float32": mean["int8"] / mean["float32"],
         "float32_vs_torch_step": mean["float32"] / mean["torch-step"],
         "n64_vs_1": bmean["sampler-64"] / bmean["sampler-1"],
+        "n64_vs_compute_ceiling": bmean["sampler-64"] / ceiling_n64,
         "bare_n64_vs_1": bmean["bare-64"] / bmean["bare-1"],
     }
     machine = describe()
     result = {"machine": machine, "checkpoint": source, "model": f"{mc.cell.upper()} {mc.num_layers} x {mc.hidden_size}",
               "length": length, "rounds": rounds, "bytes_per_step": {"float32": bytes_f32, "int8": bytes_int8},
               "bandwidth_in_cache": in_cache, "bandwidth_from_memory": from_memory,
-              "ceiling_chars_per_sec": {"float32": ceiling_f32, "int8": ceiling_int8},
+              "peak_flops": flops,
+              "ceiling_chars_per_sec": {"float32": ceiling_f32, "int8": ceiling_int8, "n64_compute": ceiling_n64},
               "chars_per_sec": mean, "per_round": rates, "batch": bmean, "ratios": ratios}
     print(f"machine: {line(machine)}")
     print(f"model: {result['model']} from {source}; {length:,} characters per single-stream run, mean of {rounds} "
@@ -255,7 +277,10 @@ def main(argv=None) -> dict:
     print(f"charrnn float32 / onnxruntime: {ratios['float32_vs_onnxruntime']:.2f}x; float32 / roofline: "
           f"{ratios['float32_vs_roofline']:.2f}; int8 / roofline: {ratios['int8_vs_roofline']:.2f}; int8 / float32: "
           f"{ratios['int8_vs_float32']:.2f}x; float32 / former route: {ratios['float32_vs_torch_step']:.2f}x")
-    print(f"-N 64 / 1 stream: {ratios['n64_vs_1']:.1f}x (bare loop: {ratios['bare_n64_vs_1']:.1f}x)")
+    print(f"-N 64 / 1 stream: {ratios['n64_vs_1']:.1f}x (bare loop: {ratios['bare_n64_vs_1']:.1f}x); at 64 rows a "
+          f"step is bound by arithmetic: {flops / 1e9:.0f} GFLOP/s (numpy's BLAS, a 2048 x 2048 product) allow "
+          f"{ceiling_n64:,.0f} chars/s ({ceiling_n64 / ceiling_f32:.1f}x the single-stream roofline); -N 64 reaches "
+          f"{ratios['n64_vs_compute_ceiling']:.2f} of it")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return result
