@@ -18,6 +18,7 @@ from . import checkpoint
 from .data import as_streams
 from .devices import resolve_device
 from .checkpoint import Checkpoint
+from .config import MAX_BATCH, MAX_SEQ_LEN, shown
 from .errors import CheckpointError, ConfigError, CorpusError
 from .model import CharRNN
 from .sampling import Chunk, Sampler, SampleConfig
@@ -89,9 +90,9 @@ class Model:
         """Cross-entropy of `text` under the model with carried state, in nats per character;
         characters outside the vocabulary are counted and left out."""
         text = _text(text, "text")
-        for name, value in (("seq_len", seq_len), ("streams", streams)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name} must be an integer at least 1, not {value!r}.")
+        for name, value, most in (("seq_len", seq_len, MAX_SEQ_LEN), ("streams", streams, MAX_BATCH)):
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+                raise ConfigError(f"{name} must be an integer at least 1 and at most {most:,}, not {shown(value)}.")
         unknown, excluded = self.vocab.unknown_chars(text)
         if unknown:
             table = {ord(c): None for c in unknown}

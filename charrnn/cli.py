@@ -11,6 +11,7 @@ import errno
 import json
 import math
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ import click as classic_click
 import rich_click as click
 
 from . import __version__
-from .config import CELLS, MAX_SAMPLES, MAX_SEED, OPTIMIZERS, TrainConfig
+from .config import CELLS, MAX_BATCH, MAX_PRIME_BYTES, MAX_SAMPLES, MAX_SEED, MAX_SEQ_LEN, OPTIMIZERS, TrainConfig
 from .durations import parse_duration
 from .errors import CharrnnError, Interrupted
 from .serve import Limits as ServeLimits  # neither torch nor starlette: --help stays fast
@@ -51,6 +52,19 @@ checkpoints_option = click.option(
     type=click.Path(file_okay=False), help="Folder that holds runs (new runs go to <folder>/<corpus name>).")
 
 
+def _short_numbers(message: str) -> str:
+    """A message with every run of more than 30 digits quoted in short: a value of
+    hundreds of digits is one sentence, not a screenful."""
+    return re.sub(r"\d{31,}", lambda m: f"{m.group()[:6]}... ({len(m.group()):,} digits)", message)
+
+
+class IntRange(click.IntRange):
+    """click's IntRange, quoting a value of many digits in short."""
+
+    def fail(self, message, param=None, ctx=None):
+        super().fail(_short_numbers(message), param, ctx)
+
+
 class FiniteFloat(click.FloatRange):
     """click's FloatRange, except that NaN and infinities are refused: they are never a
     number a user meant (FloatRange lets NaN through every bound)."""
@@ -60,6 +74,9 @@ class FiniteFloat(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
         return number
+
+    def fail(self, message, param=None, ctx=None):
+        super().fail(_short_numbers(message), param, ctx)
 
 
 class Duration(click.ParamType):
@@ -235,39 +252,39 @@ def explicit_options(ctx: click.Context, names) -> set[str]:
 @click.option("--init-from", metavar="CKPT", shell_complete=complete_checkpoints, help="Start a new run from a checkpoint's weights: a file, a run folder, a run's name, or bundled (the shipped model); characters the model lacks are added to its vocabulary.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run in the output folder instead of refusing.")
 @click.option("--cell", type=click.Choice(CELLS), default="lstm", show_default=True, help="Recurrent cell.")
-@click.option("--hidden-size", type=click.IntRange(min=1), help="Units per recurrent layer [default: sized to the corpus and budget].")
-@click.option("--num-layers", type=click.IntRange(min=1), default=2, show_default=True, help="Stacked recurrent layers.")
-@click.option("--embedding-size", type=click.IntRange(min=1), default=64, show_default=True, help="Size of the learned character embedding.")
+@click.option("--hidden-size", type=IntRange(min=1), help="Units per recurrent layer [default: sized to the corpus and budget].")
+@click.option("--num-layers", type=IntRange(min=1), default=2, show_default=True, help="Stacked recurrent layers.")
+@click.option("--embedding-size", type=IntRange(min=1), default=64, show_default=True, help="Size of the learned character embedding.")
 @click.option("--nonlinearity", type=click.Choice(["tanh", "relu"]), default="tanh", show_default=True, help="Activation of the vanilla rnn cell.")
 @click.option("--one-hot", is_flag=True, help="Feed one-hot characters (classic char-rnn) instead of a learned embedding.")
 @click.option("--tie-weights", is_flag=True, help="Share the embedding table with the output layer (needs --embedding-size equal to --hidden-size).")
 @click.option("--dropout", type=FiniteFloat(0, 1, max_open=True), help="Dropout on the embedding, between layers and before the head; naming it sets --weight-drop to 0 [default: from the passes over the text the budget allows].")
 @click.option("--weight-drop", type=FiniteFloat(0, 1, max_open=True), help="Share of each recurrent layer's hidden-to-hidden weights dropped, one mask per window (AWD-LSTM's weight drop); naming it sets --dropout to 0 [default: from the passes over the text the budget allows].")
 @click.option("--tokenizer", type=click.Choice(["char", "sentencepiece"]), default="char", show_default=True, help="Characters, or subword pieces trained with sentencepiece on the corpus.")
-@click.option("--vocab-size", type=click.IntRange(min=260), default=2000, show_default=True, help="Pieces in a sentencepiece vocabulary (at least 260: 256 byte pieces come first).")
+@click.option("--vocab-size", type=IntRange(min=260), default=2000, show_default=True, help="Pieces in a sentencepiece vocabulary (at least 260: 256 byte pieces come first).")
 @click.option("--sp-model-type", type=click.Choice(["unigram", "bpe"]), default="unigram", show_default=True, help="sentencepiece algorithm.")
-@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=TrainConfig.batch_size, show_default=True, help="Parallel streams B.")
-@click.option("--seq-len", "-t", type=click.IntRange(min=1), default=TrainConfig.seq_len, show_default=True, help="Window length T for truncated backpropagation through time.")
+@click.option("--batch-size", "-b", type=IntRange(1, MAX_BATCH), default=TrainConfig.batch_size, show_default=True, help="Parallel streams B.")
+@click.option("--seq-len", "-t", type=IntRange(1, MAX_SEQ_LEN), default=TrainConfig.seq_len, show_default=True, help="Window length T for truncated backpropagation through time.")
 @click.option("--lr", type=FiniteFloat(min=0, min_open=True), help="Peak learning rate [default: 5e-3 with muon; with adamw 1e-2 for lstm, 5e-3 for gru, 3e-3 for rnn].")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), help="muon: orthogonalised momentum for the recurrent matrices, AdamW for the rest; or adamw [default: muon for lstm, adamw for gru and rnn].")
 @click.option("--weight-decay", type=FiniteFloat(min=0), default=TrainConfig.weight_decay, show_default=True, help="Decoupled weight decay on weight matrices.")
-@click.option("--warmup-steps", type=click.IntRange(min=0), default=TrainConfig.warmup_steps, show_default=True, help="Linear learning-rate warmup steps before the cosine decay.")
+@click.option("--warmup-steps", type=IntRange(min=0), default=TrainConfig.warmup_steps, show_default=True, help="Linear learning-rate warmup steps before the cosine decay.")
 @click.option("--grad-clip", type=FiniteFloat(min=0), default=TrainConfig.grad_clip, show_default=True, help="Clip the gradient norm to this value (0 turns clipping off).")
-@click.option("--max-steps", type=click.IntRange(min=1), help="Stop after this many optimizer steps.")
+@click.option("--max-steps", type=IntRange(min=1), help="Stop after this many optimizer steps.")
 @click.option("--max-epochs", type=FiniteFloat(min=0, min_open=True), help="Stop after this many passes over the training text.")
 @click.option("--max-time", type=Duration(), help="Stop after this long, e.g. 90s, 10m, 1h [default: 10m when no budget is given].")
-@click.option("--eval-every", type=click.IntRange(min=1), default=TrainConfig.eval_every, show_default=True, help="Evaluate on validation text and checkpoint every N steps.")
-@click.option("--log-every", type=click.IntRange(min=1), default=TrainConfig.log_every, show_default=True, help="Read back the training loss every N steps.")
-@click.option("--sample-every", type=click.IntRange(min=1), metavar="N", help="Show a short sample at every Nth evaluation and append it to <run>/samples.txt [default: off].")
-@click.option("--sample-length", type=click.IntRange(1, 100_000), default=200, show_default=True, help="Characters in each --sample-every sample.")
+@click.option("--eval-every", type=IntRange(min=1), default=TrainConfig.eval_every, show_default=True, help="Evaluate on validation text and checkpoint every N steps.")
+@click.option("--log-every", type=IntRange(min=1), default=TrainConfig.log_every, show_default=True, help="Read back the training loss every N steps.")
+@click.option("--sample-every", type=IntRange(min=1), metavar="N", help="Show a short sample at every Nth evaluation and append it to <run>/samples.txt [default: off].")
+@click.option("--sample-length", type=IntRange(1, 100_000), default=200, show_default=True, help="Characters in each --sample-every sample.")
 @click.option("--sample-temp", type=FiniteFloat(min=0), default=0.8, show_default=True, help="Temperature of the --sample-every samples.")
 @click.option("--val-fraction", type=FiniteFloat(0, 1, max_open=True), default=TrainConfig.val_fraction, show_default=True, help="Tail of the text held out for validation.")
-@click.option("--patience", type=click.IntRange(min=1), help="Stop after N evaluations without a better validation loss [default: off].")
-@click.option("--keep-every", type=click.IntRange(min=1), help="Also keep a step-NNNNNNNN.pt snapshot every N steps [default: off].")
-@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=TrainConfig.seed, show_default=True, help="Random seed (initialisation and dropout).")
+@click.option("--patience", type=IntRange(min=1), help="Stop after N evaluations without a better validation loss [default: off].")
+@click.option("--keep-every", type=IntRange(min=1), help="Also keep a step-NNNNNNNN.pt snapshot every N steps [default: off].")
+@click.option("--seed", type=IntRange(0, MAX_SEED), default=TrainConfig.seed, show_default=True, help="Random seed (initialisation and dropout).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True, envvar="CHARRNN_DEVICE", show_envvar=True, help="Where to train; auto prefers cuda, then mps, then cpu.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True, help="auto uses bf16 autocast on CUDA GPUs that support it, float32 elsewhere.")
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for PyTorch [default: PyTorch's choice].")
+@click.option("--threads", type=IntRange(min=1), help="CPU threads for PyTorch [default: PyTorch's choice].")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the corpus.")
 @click.option("--errors", type=click.Choice(["strict", "replace", "ignore"]), default="strict", show_default=True, help="What to do with bytes that do not decode.")
 @click.option("--newline", type=click.Choice(["keep", "lf"]), default="keep", show_default=True, help="keep line endings as they are, or turn CRLF/CR into LF.")
@@ -384,13 +401,23 @@ def read_prime(prime: str, prime_file: str | None) -> str:
         where = "standard input" if prime_file == "-" else prime_file
         try:
             with click.open_file(prime_file, "rb") as fh:
-                data = fh.read()
+                data = _bounded(fh, where)
         except OSError as exc:
             raise click.ClickException(f"Cannot read the prime from {where}: {exc.strerror or exc}.") from None
         return _utf8(data, where)
     if prime == "-":
-        return _utf8(sys.stdin.buffer.read(), "standard input")
+        return _utf8(_bounded(sys.stdin.buffer, "standard input"), "standard input")
     return prime
+
+
+def _bounded(fh, where: str) -> bytes:
+    """At most MAX_PRIME_BYTES from `fh`: /dev/zero or an endless pipe is one sentence,
+    not a process growing until the machine runs out of memory."""
+    data = fh.read(MAX_PRIME_BYTES + 1)
+    if len(data) > MAX_PRIME_BYTES:
+        raise click.ClickException(f"The prime in {where} is longer than {MAX_PRIME_BYTES // 2**20} MiB, charrnn's "
+                                   f"limit on a prime; pass a shorter one.")
+    return data
 
 
 def _utf8(data: bytes, where: str) -> str:
@@ -403,19 +430,19 @@ def _utf8(data: bytes, where: str) -> str:
 @main.command(context_settings=CONTEXT)
 @click.option("-c", "--checkpoint", "ckpt", shell_complete=complete_checkpoints, help="Checkpoint file, run folder, run name, or bundled [default: newest best.pt under ./checkpoints].")
 @click.option("--temp", "--temperature", "temperature", type=FiniteFloat(min=0), default=0.8, show_default=True, help="Sampling temperature; 0 is greedy (always the most likely character).")
-@click.option("--top-k", type=click.IntRange(min=1), help="Sample only among the K most likely characters.")
+@click.option("--top-k", type=IntRange(min=1), help="Sample only among the K most likely characters.")
 @click.option("--top-p", type=FiniteFloat(0, 1, min_open=True), help="Nucleus sampling: only the most likely characters holding probability P.")
-@click.option("--length", "-n", type=click.IntRange(min=0), default=1000, show_default=True, help="Characters to generate per sample (the prime is not counted).")
+@click.option("--length", "-n", type=IntRange(min=0), default=1000, show_default=True, help="Characters to generate per sample (the prime is not counted).")
 @click.option("--prime", default="", help="Text the model continues; - reads it from stdin.")
 @click.option("--prime-file", type=click.Path(dir_okay=False, allow_dash=True), help="Read the prime from a file (- for stdin).")
 @click.option("--echo-prime/--no-echo-prime", default=True, show_default=True, help="Write the prime to stdout before its continuation.")
 @click.option("--unknown", type=click.Choice(["error", "skip"]), default="error", show_default=True, help="Prime characters outside the vocabulary: fail, or drop them with a note.")
 @click.option("--stop", multiple=True, help="Stop right after this text appears (repeatable; \\n and \\t are understood).")
 @click.option("--max-time", type=Duration(), help="Stop generating after this long, e.g. 30s.")
-@click.option("--num-samples", "-N", type=click.IntRange(1, MAX_SAMPLES), default=1, show_default=True, help=f"Generate N samples together in one batch (at most {MAX_SAMPLES:,}).")
+@click.option("--num-samples", "-N", type=IntRange(1, MAX_SAMPLES), default=1, show_default=True, help=f"Generate N samples together in one batch (at most {MAX_SAMPLES:,}).")
 @click.option("--separator", default="\\n\\n", show_default=True, help="Written between samples (\\n understood).")
 @click.option("--jsonl", is_flag=True, help='One JSON object per sample: {"sample": i, "prime": ..., "text": ...}.')
-@click.option("--seed", type=click.IntRange(0, MAX_SEED), help="Random seed: same checkpoint, seed and options give the same text [default: random].")
+@click.option("--seed", type=IntRange(0, MAX_SEED), help="Random seed: same checkpoint, seed and options give the same text [default: random].")
 @click.option("-q", "--quiet", is_flag=True, help="Do not say on stderr which checkpoint is used.")
 @click.option("--quantize", is_flag=True, help="int8 weights for the per-character steps (CPU): faster single-stream sampling.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu", show_default=True, envvar="CHARRNN_DEVICE", show_envvar=True, help="Where to run the model.")
@@ -481,8 +508,8 @@ def sample(ckpt, temperature, top_k, top_p, length, prime, prime_file, echo_prim
 @click.argument("file", type=click.Path(allow_dash=True))
 @click.option("-c", "--checkpoint", "ckpt", shell_complete=complete_checkpoints, help="Checkpoint file, run folder, run name, or bundled [default: newest best.pt under ./checkpoints].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a sentence.")
-@click.option("--seq-len", type=click.IntRange(min=1), default=256, show_default=True, help="Window length; the state is carried across windows.")
-@click.option("--streams", type=click.IntRange(min=1), default=16, show_default=True, help="Parallel streams the file is cut into.")
+@click.option("--seq-len", type=IntRange(1, MAX_SEQ_LEN), default=256, show_default=True, help="Window length; the state is carried across windows.")
+@click.option("--streams", type=IntRange(1, MAX_BATCH), default=16, show_default=True, help="Parallel streams the file is cut into.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu", show_default=True, envvar="CHARRNN_DEVICE", show_envvar=True, help="Where to run the model.")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of FILE.")
 @click.option("-q", "--quiet", is_flag=True, help="Do not say on stderr which checkpoint is used.")
@@ -709,11 +736,11 @@ def export(ckpt, output, fmt, half, force):
 @main.command(context_settings=CONTEXT)
 @click.option("-c", "--checkpoint", "ckpts", multiple=True, shell_complete=complete_checkpoints, help="Checkpoint file, run folder or run name to serve (repeatable) [default: newest best.pt under ./checkpoints, else the bundled model].")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on; 0.0.0.0 lets other machines connect.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on (0 picks a free one).")
-@click.option("--max-prompt", type=click.IntRange(min=1), default=ServeLimits.max_prompt_chars, show_default=True, help="Longest prompt a request may send, in characters.")
-@click.option("--max-tokens", type=click.IntRange(min=1), default=ServeLimits.max_tokens, show_default=True, help="Most characters a request may ask for per choice.")
-@click.option("--max-n", type=click.IntRange(1, MAX_SAMPLES), default=ServeLimits.max_n, show_default=True, help="Most choices (n) per request.")
-@click.option("--concurrency", type=click.IntRange(1, 1024), default=ServeLimits.concurrency, show_default=True, help="Generations running at once; further requests wait.")
+@click.option("--port", type=IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on (0 picks a free one).")
+@click.option("--max-prompt", type=IntRange(min=1), default=ServeLimits.max_prompt_chars, show_default=True, help="Longest prompt a request may send, in characters.")
+@click.option("--max-tokens", type=IntRange(min=1), default=ServeLimits.max_tokens, show_default=True, help="Most characters a request may ask for per choice.")
+@click.option("--max-n", type=IntRange(1, MAX_SAMPLES), default=ServeLimits.max_n, show_default=True, help="Most choices (n) per request.")
+@click.option("--concurrency", type=IntRange(1, 1024), default=ServeLimits.concurrency, show_default=True, help="Generations running at once; further requests wait.")
 @click.option("--queue-timeout", type=FiniteFloat(min=0), default=ServeLimits.queue_timeout, show_default=True, help="Seconds a request waits for a free slot before it gets 429.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu", show_default=True, envvar="CHARRNN_DEVICE", show_envvar=True, help="Where to run the models.")
 @click.option("--access-log", is_flag=True, help="Log every request on stderr.")

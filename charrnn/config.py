@@ -22,7 +22,22 @@ TOKENIZERS = ("char", "sentencepiece")
 
 MAX_HIDDEN = 16384
 MAX_SEED = 2**64 - 1
+MAX_BATCH = 2**24  # parallel streams (--batch-size, eval's --streams)
+MAX_SEQ_LEN = 2**24  # window length (--seq-len)
+MAX_PRIME_BYTES = 16 * 2**20  # a prime read from a file or stdin
 MAX_SAMPLES = 100_000  # samples generated together share one batch: their states must fit in memory
+
+
+_FLOAT_MAX = 1.7976931348623157e308
+
+
+def shown(value) -> str:
+    """A value as a message quotes it: repr, with an integer of many digits shortened."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**30:
+        digits = len(str(abs(value)))
+        return f"{'-' if value < 0 else ''}{str(abs(value))[:6]}... (an integer of {digits:,} digits)"
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def check_number(obj, name: str, kind: type, lo=None, hi=None, *, lo_open=False, hi_open=False, optional=False) -> None:
@@ -31,7 +46,11 @@ def check_number(obj, name: str, kind: type, lo=None, hi=None, *, lo_open=False,
     if value is None and optional:
         return
     ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
-    ok = ok and math.isfinite(value)
+    # An int is always finite (math.isfinite would overflow on one of hundreds of digits);
+    # comparing it with a bound is exact whatever its size.
+    if ok and isinstance(value, int) and kind is float:
+        ok = abs(value) <= _FLOAT_MAX  # a float field takes an int only where a float can hold it
+    ok = ok and (isinstance(value, int) or math.isfinite(value))
     if ok and lo is not None:
         ok = value > lo if lo_open else value >= lo
     if ok and hi is not None:
@@ -43,7 +62,7 @@ def check_number(obj, name: str, kind: type, lo=None, hi=None, *, lo_open=False,
             bounds.append(f"{'above' if lo_open else 'at least'} {lo:g}" if kind is float else f"at least {lo}")
         if hi is not None:
             bounds.append(f"{'below' if hi_open else 'at most'} {hi:g}" if kind is float else f"at most {hi}")
-        raise ConfigError(f"{name} must be {what}{' ' + ' and '.join(bounds) if bounds else ''}, not {value!r}.")
+        raise ConfigError(f"{name} must be {what}{' ' + ' and '.join(bounds) if bounds else ''}, not {shown(value)}.")
 
 
 def _choice(obj, name: str, choices: tuple) -> None:
@@ -149,7 +168,9 @@ class TrainConfig:
     BUDGETS = ("max_steps", "max_epochs", "max_time")
 
     def __post_init__(self):
-        for name in ("batch_size", "seq_len", "eval_every", "log_every", "eval_max_tokens", "max_bad_steps"):
+        check_number(self, "batch_size", int, 1, MAX_BATCH)
+        check_number(self, "seq_len", int, 1, MAX_SEQ_LEN)
+        for name in ("eval_every", "log_every", "eval_max_tokens", "max_bad_steps"):
             check_number(self, name, int, 1)
         check_number(self, "warmup_steps", int, 0)
         for name in ("max_steps", "patience", "keep_every", "sample_every"):

@@ -25,6 +25,7 @@ from charrnn.errors import ConfigError
 from charrnn.cli import main
 
 TEXT = "the cat sat on the mat.\n" * 300
+BIG = "1" + "0" * 400  # an integer of 401 digits
 SMALL = ["--hidden-size", "16", "--num-layers", "1", "--embedding-size", "8", "--batch-size", "4",
          "--seq-len", "16", "--threads", "1", "-q"]
 
@@ -120,6 +121,25 @@ CASES = [
     ("hidden-too-big-for-memory", lambda w: ["train", "c.txt", "--out", "h", "--hidden-size", "16384", "--num-layers",
                                              "8", "--dropout", "0", "--max-steps", "1"], 1, "GB to train"),
     ("max-time-words", lambda w: ["train", "c.txt", "--max-time", "forever"], 2, "not a duration"),
+    # integers of hundreds of digits: one short sentence, never an overflow
+    ("top-k-400-digits", lambda w: ["sample", "-c", "run", "--top-k", BIG, "--length", "5"], 0, ""),
+    ("temp-400-digits", lambda w: ["sample", "--temp", BIG], 2, "(401 digits)' is not a finite number"),
+    ("length-5000-digits", lambda w: ["sample", "--length", "1" + "0" * 5000], 2, "(5,001 digits)"),
+    ("eval-seq-len-400-digits", lambda w: ["eval", "c.txt", "-c", "run", "--seq-len", BIG], 2, "(401 digits) is not in"),
+    ("eval-streams-400-digits", lambda w: ["eval", "c.txt", "-c", "run", "--streams", BIG], 2, "(401 digits) is not in"),
+    ("batch-size-400-digits", lambda w: ["train", "c.txt", "--out", "h", "--batch-size", BIG], 2, "(401 digits) is not in the range"),
+    ("seq-len-400-digits", lambda w: ["train", "c.txt", "--out", "h", "--seq-len", BIG], 2, "(401 digits)"),
+    ("hidden-400-digits", lambda w: ["train", "c.txt", "--out", "h", "--hidden-size", BIG], 1,
+     "hidden_size must be an integer at least 1 and at most 16384, not 100000... (an integer of 401 digits)."),
+    ("layers-400-digits", lambda w: ["train", "c.txt", "--out", "h", "--num-layers", BIG], 1, "num_layers must be"),
+    ("max-steps-400-digits", lambda w: ["train", "c.txt", "--out", "h", "--max-steps", BIG, "--max-time", "1s",
+                                        *SMALL], 0, ""),
+    ("serve-max-tokens-5000-digits", lambda w: ["serve", "--max-tokens", "1" + "0" * 5000], 2, "(5,001 digits)"),
+    # a prime that never ends
+    ("prime-file-dev-zero", lambda w: ["sample", "-c", "run", "--prime-file", "/dev/zero"], 1,
+     "longer than 16 MiB, charrnn's limit on a prime"),
+    ("prime-stdin-endless", lambda w: (["sample", "-c", "run", "--prime", "-"], b"a" * (16 * 2**20 + 1)), 1,
+     "limit on a prime"),
     # sources
     ("corpus-missing", lambda w: ["train", "nope.txt"], 1, "does not exist"),
     ("corpus-empty", lambda w: ["train", "empty.txt", "--out", "e"], 1, "is empty"),
@@ -311,6 +331,10 @@ API_CASES = [
     ("generate-top-k-0", lambda w: list(_model(w).generate(top_k=0)), "top_k must be"),
     ("generate-top-p-0", lambda w: list(_model(w).generate(top_p=0)), "top_p must be"),
     ("generate-seed-huge", lambda w: list(_model(w).generate(seed=2**70)), "seed must be"),
+    ("generate-temperature-400-digits", lambda w: list(_model(w).generate(temperature=10**400)),
+     "not 100000... (an integer of 401 digits)"),
+    ("loss-seq-len-400-digits", lambda w: _model(w).loss("abc abc", seq_len=10**400), "seq_len must be an integer"),
+    ("train-batch-400-digits", lambda w: charrnn.train("c.txt", out="a", batch_size=10**400), "batch_size must be"),
     ("generate-max-time-0", lambda w: list(_model(w).generate(max_time=0)), "max_time must be"),
     ("generate-max-time-words", lambda w: list(_model(w).generate(max_time="forever")), "not a duration"),
     ("generate-stop-empty", lambda w: list(_model(w).generate(stop=("",))), "non-empty strings"),
