@@ -116,14 +116,14 @@ def fail_on_library_errors(fn):
         except KeyboardInterrupt:
             raise SystemExit(130) from None  # Ctrl-C while sampling or scoring: stop quietly
         except Interrupted as exc:
-            click.echo(f"Error: {exc}", err=True)
+            click.echo(f"Error: {safe_text(str(exc))}", err=True)
             raise SystemExit(128 + exc.signum) from None
         except CharrnnError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(safe_text(str(exc))) from None
         except OSError as exc:
             # A path the file system cannot take at all, wherever it is first touched.
             if exc.errno in (errno.ENAMETOOLONG, errno.ELOOP) and exc.filename is not None:
-                raise click.ClickException(f"Cannot use {os.fsdecode(exc.filename)}: {exc.strerror}.") from None
+                raise click.ClickException(safe_text(f"Cannot use {os.fsdecode(exc.filename)}: {exc.strerror}.")) from None
             raise
 
     return wrapper
@@ -155,6 +155,21 @@ class StdoutWriter:
         output holds exactly the generated characters."""
         if self.stream.isatty() and last and not last.endswith("\n"):
             self.write("\n")
+
+
+def safe_text(text: str) -> str:
+    """Text that came from a file (a corpus or model name, a path, a vocabulary), made safe
+    to print on a terminal: control characters (escape sequences could move the cursor,
+    forge lines or set the window title), line breaks and bidirectional overrides are
+    shown as escapes (\\x1b, \\n, \\u202e) instead of acting."""
+    return "".join(c if c.isprintable() or c == " " else _escape(c) for c in text)
+
+
+def _escape(c: str) -> str:
+    code = ord(c)
+    if code < 0x100:
+        return {"\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(c, f"\\x{code:02x}")
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def echo(text: str) -> None:
@@ -606,7 +621,7 @@ def info(ckpt, as_json, checkpoints_dir):
         lines.append(f"best val     {best / ln2:.4f} bits/char ({best:.4f} nats/char)")
         if model.vocab.kind != "char":
             lines.append(f"             {best * cpt:.4f} nats/token ({cpt:.2f} characters per token)")
-    echo("\n".join(lines))
+    echo("\n".join(safe_text(line) for line in lines))  # names, sources and pieces come from the file
     history = summary["history"]
     if history["train"] or history["val"]:
         echo("\nloss (bits/char) by step:")
@@ -693,6 +708,7 @@ def list_models(as_json, checkpoints_dir):
         name = r["name"] + (" (bundled)" if r["bundled"] else "")
         table.append((name, f"{r['cell'].upper()} {r['num_layers']} x {r['hidden_size']}", bpc, r["corpus"] or "",
                       f"{r['steps']:,}", changed))
+    table = [tuple(safe_text(cell) for cell in row) for row in table]  # names and corpora come from files
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     echo("\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table))
 
@@ -743,11 +759,16 @@ def export(ckpt, output, fmt, half, force):
 @click.option("--concurrency", type=IntRange(1, 1024), default=ServeLimits.concurrency, show_default=True, help="Generations running at once; further requests wait.")
 @click.option("--queue-timeout", type=FiniteFloat(min=0), default=ServeLimits.queue_timeout, show_default=True, help="Seconds a request waits for a free slot before it gets 429.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu", show_default=True, envvar="CHARRNN_DEVICE", show_envvar=True, help="Where to run the models.")
+@click.option("--read-timeout", type=FiniteFloat(min=0, min_open=True), default=ServeLimits.read_timeout, show_default=True, help="Seconds a client may take to send a request's headers, and its body.")
+@click.option("--write-timeout", type=FiniteFloat(min=0, min_open=True), default=ServeLimits.write_timeout, show_default=True, help="Seconds a client may take to accept the next piece of a stream; then the stream ends and frees its slot.")
+@click.option("--api-key", envvar="CHARRNN_API_KEY", show_envvar=True, help="Require Authorization: Bearer KEY on every route but /health and the playground page.")
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME", help="Also answer requests whose Host header names NAME (repeatable); others get 400 [default: the address bound to, and localhost].")
+@click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN", help="Let web pages from ORIGIN call the API from a browser (repeatable) [default: none].")
 @click.option("--access-log", is_flag=True, help="Log every request on stderr.")
 @checkpoints_option
 @fail_on_library_errors
-def serve(ckpts, host, port, max_prompt, max_tokens, max_n, concurrency, queue_timeout, device, access_log,
-          checkpoints_dir):
+def serve(ckpts, host, port, max_prompt, max_tokens, max_n, concurrency, queue_timeout, device, read_timeout,
+          write_timeout, api_key, allow_hosts, cors_origins, access_log, checkpoints_dir):
     """Serve models over an OpenAI-compatible HTTP API, with a playground page at /.
 
     POST /v1/completions takes OpenAI's fields (model, prompt, max_tokens counted in
@@ -760,7 +781,8 @@ def serve(ckpts, host, port, max_prompt, max_tokens, max_n, concurrency, queue_t
     Examples:
       charrnn serve
       charrnn serve -c checkpoints/tinyshakespeare -c checkpoints/notes --port 8080
-      curl -s localhost:8000/v1/completions -d '{"prompt": "ROMEO:"}'
+      curl -s localhost:8000/v1/completions -H 'Content-Type: application/json' -d '{"prompt": "ROMEO:"}'
+      CHARRNN_API_KEY=secret charrnn serve --host 0.0.0.0
     """
     from . import serve as server
 
@@ -768,12 +790,20 @@ def serve(ckpts, host, port, max_prompt, max_tokens, max_n, concurrency, queue_t
     if missing:
         raise click.ClickException(missing)
     limits = server.Limits(max_prompt_chars=max_prompt, max_tokens=max_tokens, max_n=max_n,
-                           concurrency=concurrency, queue_timeout=queue_timeout)
+                           concurrency=concurrency, queue_timeout=queue_timeout, read_timeout=read_timeout,
+                           write_timeout=write_timeout)
+    access = server.Access.bound_to(host, api_key or None, allow_hosts, cors_origins)
     models = server.load_models(ckpts, checkpoints_dir, device)
     sock = server.bind(host, port)  # after loading: a slow load does not hold the port
-    app = server.create_app(models, limits)
+    app = server.create_app(models, limits, access)
     names = ", ".join(f"{s.name} ({'bundled' if s.model.bundled else s.model.path})" for s in models)
-    click.echo(f"Serving {names} at {server.url(sock)} (OpenAI API at {server.url(sock)}v1); Ctrl-C stops.", err=True)
+    line = f"Serving {names} at {server.url(sock)} (OpenAI API at {server.url(sock)}v1); Ctrl-C stops."
+    if access.api_key is not None:
+        line += " Requests need the API key."
+    elif not server.is_loopback(host):
+        line += (f" Warning: {host} is reachable from other machines and no --api-key is set: anyone who can "
+                 f"reach it can use the models.")
+    click.echo(safe_text(line), err=True)
     server.serve(app, sock, access_log=access_log)
 
 

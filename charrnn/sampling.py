@@ -67,6 +67,7 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None, t
         # Drop a token when the tokens ranked above it already hold top_p of the mass;
         # the most likely token always stays.
         drop_sorted = probs.cumsum(dim=-1) - probs >= top_p
+        drop_sorted[..., 0] = False  # kept even when top_p is below what float32 can tell from 0
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
@@ -112,15 +113,25 @@ def choose(logits: torch.Tensor, cfg: SampleConfig, generator: torch.Generator |
         u = torch.rand(logits.size(0), generator=generator, device=generator.device).cpu().numpy()
     if logits.device.type == "cpu" and cfg.top_k is None and cfg.top_p is None:
         return torch.from_numpy(draw(logits.numpy() * np.float32(1.0 / cfg.temperature), u))
-    z = filter_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p)
-    cdf = torch.softmax(z, dim=-1).cumsum(dim=-1)  # (N, V)
-    return torch.from_numpy(_invert(cdf.cpu().numpy(), u)).to(logits.device)
+    z = filter_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p)  # (N, V), a new tensor
+    return torch.from_numpy(draw(z.cpu().numpy(), u)).to(logits.device)
 
 
 def draw(z: np.ndarray, u: np.ndarray) -> np.ndarray:
     """One id per row of temperature-scaled logits z (N, V), a new array this changes,
-    at the uniform numbers u (N,)."""
-    z -= z.max(axis=-1)[:, None]
+    at the uniform numbers u (N,).
+
+    Logits from a model with enormous weights can be infinite or NaN: NaN counts as
+    impossible, +inf as certain (an argmax among the infinite ones), so a hostile model
+    still gives ids inside the vocabulary."""
+    top = z.max(axis=-1)
+    if not np.isfinite(top).all() or np.isnan(z).any():
+        np.nan_to_num(z, copy=False, nan=-np.inf, posinf=np.finfo(np.float32).max)
+        top = z.max(axis=-1)
+        dead = ~np.isfinite(top)  # every logit NaN or -inf: any id, drawn uniformly
+        z[dead] = 0.0
+        top[dead] = 0.0
+    z -= top[:, None]
     np.exp(z, out=z)
     return _invert(np.cumsum(z, axis=-1, out=z), u)
 

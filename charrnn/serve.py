@@ -52,6 +52,8 @@ class Limits:
     max_n: int = 16  # choices per request (they are sampled together, as one batch)
     concurrency: int = 8  # generations running at once; more wait for a slot
     queue_timeout: float = 10.0  # seconds a request waits for a slot before 429
+    read_timeout: float = 10.0  # seconds a client may take to send a request's head, and its body
+    write_timeout: float = 30.0  # seconds a client may take to accept the next piece of its answer
 
     def __post_init__(self):
         check_number(self, "max_prompt_chars", int, 1)
@@ -59,6 +61,8 @@ class Limits:
         check_number(self, "max_n", int, 1, 100_000)
         check_number(self, "concurrency", int, 1, 1024)
         check_number(self, "queue_timeout", float, 0)
+        check_number(self, "read_timeout", float, 0, lo_open=True)
+        check_number(self, "write_timeout", float, 0, lo_open=True)
 
     @property
     def max_body_bytes(self) -> int:
@@ -67,7 +71,73 @@ class Limits:
 
     def as_dict(self) -> dict:
         return {"max_prompt_chars": self.max_prompt_chars, "max_tokens": self.max_tokens, "max_n": self.max_n,
-                "concurrency": self.concurrency, "queue_timeout": self.queue_timeout}
+                "concurrency": self.concurrency, "queue_timeout": self.queue_timeout,
+                "read_timeout": self.read_timeout, "write_timeout": self.write_timeout}
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+API_KEY_ENV = "CHARRNN_API_KEY"
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may use the server: an API key every route but /health and the playground page
+    requires (`Authorization: Bearer KEY`, as OpenAI's clients send it), the Host names it
+    answers for (a DNS-rebinding page names its own), and the web origins allowed to call
+    it from a browser (CORS; none unless asked for)."""
+
+    api_key: str | None = None
+    hosts: tuple[str, ...] = ()  # lower-case names without port; empty: any Host
+    cors_origins: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key.strip()
+                                         or not self.api_key.isprintable()):
+            raise ConfigError("The API key must be printable text that is not empty.")
+
+    @classmethod
+    def bound_to(cls, host: str, api_key: str | None = None, allow_hosts=(), cors_origins=()) -> "Access":
+        """The Host names a server bound to `host` answers for: the loopback names for a
+        loopback address, that address and the loopback names for another one, any name
+        for a wildcard address (0.0.0.0 or ::, reached by whatever name the network
+        gives it) unless `allow_hosts` names them; plus `allow_hosts`."""
+        host = host.strip("[]").lower()
+        extra = tuple(h.strip("[]").lower() for h in allow_hosts)
+        if host in ("0.0.0.0", "::", ""):
+            names = extra
+        else:
+            names = tuple(dict.fromkeys((host, *LOOPBACK_NAMES, *extra)))
+        return cls(api_key, names, tuple(cors_origins))
+
+    def host_allowed(self, header: str) -> bool:
+        if not self.hosts:
+            return True
+        name = header.strip().lower()
+        if name.startswith("["):  # [::1]:8000
+            name = name[1 : name.find("]")] if "]" in name else name
+        elif name.count(":") == 1:
+            name = name.split(":", 1)[0]
+        return name in self.hosts
+
+    def key_ok(self, authorization: str | None) -> bool:
+        import hmac
+
+        if self.api_key is None:
+            return True
+        scheme, _, token = (authorization or "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.api_key.encode())
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    host = host.strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class APIError(Exception):
@@ -431,16 +501,26 @@ class Service:
             return self.loops[name]
 
 
+def generation_failed(exc: Exception) -> APIError:
+    from .errors import CharrnnError
+
+    reason = str(exc) if isinstance(exc, CharrnnError) else f"{type(exc).__name__}"
+    return APIError(500, f"The generation failed ({reason[:200]}).", None, "generation_failed", "server_error")
+
+
 def shutting_down() -> APIError:
     return APIError(503, "The server is shutting down.", None, "shutting_down", "server_error")
 
 
 # -- the application ----------------------------------------------------------------------------
-def create_app(models: list[Served], limits: Limits | None = None):
-    """The ASGI application serving `models` (from `load_models`) under `limits`.
-    `app.state.service` is its `Service` (`.stop()` ends running generations)."""
+def create_app(models: list[Served], limits: Limits | None = None, access: Access | None = None):
+    """The ASGI application serving `models` (from `load_models`) under `limits`, to the
+    clients `access` lets in (default: any Host, no key, no CORS). `app.state.service` is
+    its `Service` (`.stop()` ends running generations)."""
     from contextlib import aclosing
     from importlib.resources import files
+
+    import anyio
 
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
@@ -458,7 +538,7 @@ def create_app(models: list[Served], limits: Limits | None = None):
     async def playground(request: Request):
         # Everything the page needs is in the page: the policy makes sure of it.
         csp = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-               "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'")
+               "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
         return HTMLResponse(page, headers={"Content-Security-Policy": csp})
 
     async def health(request: Request):
@@ -481,17 +561,30 @@ def create_app(models: list[Served], limits: Limits | None = None):
         if size.isdigit() and int(size) > limit:
             raise too_big
         body = bytearray()
-        async for part in request.stream():
-            body += part
-            if len(body) > limit:
-                raise too_big
+        try:
+            with anyio.fail_after(service.limits.read_timeout):
+                async for part in request.stream():
+                    body += part
+                    if len(body) > limit:
+                        raise too_big
+        except TimeoutError:
+            raise APIError(408, f"The request body did not arrive within {service.limits.read_timeout:g} seconds.",
+                           None, "timeout") from None
         try:
             return json.loads(body.decode("utf-8"), parse_constant=_refuse_constant)
         except (UnicodeDecodeError, ValueError) as exc:
             raise APIError(400, f"The request body is not valid JSON ({_json_reason(exc)}).") from None
+        except RecursionError:
+            raise APIError(400, "The request body is not valid JSON (it is nested too deeply).") from None
 
     async def completions(request: Request):
         try:
+            kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+            if kind != "application/json":
+                # A web page can send text/plain or a form to any address without asking the
+                # browser first (no CORS preflight); JSON needs one, which this server denies.
+                raise APIError(415, "The request body must be JSON, sent with Content-Type: application/json.",
+                               None, "unsupported_media_type")
             body = await read_json(request)
             req = CompletionRequest.parse(body, service.by_name, service.limits)
             service.check_prompt(req)
@@ -521,6 +614,8 @@ def create_app(models: list[Served], limits: Limits | None = None):
             })
         except Stopping:
             return error(shutting_down())
+        except Exception as exc:  # the generation failed: one sentence, never a traceback in the log
+            return error(generation_failed(exc))
         finally:
             service.slots.release()
 
@@ -538,6 +633,8 @@ def create_app(models: list[Served], limits: Limits | None = None):
                 yield event({**head, "choices": [], "usage": usage(req, choices)})
         except Stopping:
             yield event(shutting_down().body())
+        except Exception as exc:  # a stream that fails mid-way still ends well-formed
+            yield event(generation_failed(exc).body())
         yield "data: [DONE]\n\n"
 
     class Events(StreamingResponse):
@@ -550,10 +647,16 @@ def create_app(models: list[Served], limits: Limits | None = None):
             self._on_close = on_close
 
         async def __call__(self, scope, receive, send):
+            async def bounded_send(message):
+                # A client that stops reading would hold its slot for ever: each piece must
+                # be taken within write_timeout, else the stream ends and the slot is freed.
+                with anyio.fail_after(service.limits.write_timeout):
+                    await send(message)
+
             try:
-                await super().__call__(scope, receive, send)
-            except (ClientDisconnect, OSError):
-                pass  # the client left mid-stream; its generation has already stopped
+                await super().__call__(scope, receive, bounded_send)
+            except (ClientDisconnect, OSError, TimeoutError):
+                pass  # the client left mid-stream or stopped reading; its generation has stopped
             finally:
                 try:
                     await self.body_iterator.aclose()
@@ -574,7 +677,76 @@ def create_app(models: list[Served], limits: Limits | None = None):
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
     app.state.service = service
-    return app
+    access = access or Access()
+    outer = KeyCheck(app, access)
+    if access.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        outer = CORSMiddleware(outer, allow_origins=list(access.cors_origins), allow_methods=["GET", "POST"],
+                               allow_headers=["Authorization", "Content-Type"])
+    outer = HostCheck(outer, access)
+    outer.state = app.state  # callers reach the service as app.state.service
+    return outer
+
+
+class _Middleware:
+    """A pure ASGI layer in front of the application, answering some requests itself."""
+
+    def __init__(self, app, access: Access):
+        self.app, self.access = app, access
+
+    @staticmethod
+    async def refuse(send, exc: APIError, headers: list | None = None) -> None:
+        body = json.dumps(exc.body()).encode()
+        await send({"type": "http.response.start", "status": exc.status, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or [])]})
+        await send({"type": "http.response.body", "body": body})
+
+
+SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                    (b"referrer-policy", b"no-referrer")]
+
+
+class HostCheck(_Middleware):
+    """Refuses a Host header the server does not answer for (DNS rebinding: a page on an
+    attacker's name that resolves to this machine), and adds headers that stop browsers
+    from sniffing types or framing the pages, to every response."""
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def with_headers(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+            await send(message)
+
+        headers = dict(scope.get("headers") or [])
+        host = headers.get(b"host", b"").decode("latin-1")
+        if not self.access.host_allowed(host):
+            return await self.refuse(with_headers, APIError(
+                400, f"This server does not answer for the host {host[:100]!r}; start it with --allow-host to add one.",
+                None, "invalid_host"))
+        await self.app(scope, receive, with_headers)
+
+
+class KeyCheck(_Middleware):
+    """With an API key, every route but /health and the playground page (a static file
+    that asks for the key itself) needs `Authorization: Bearer KEY`; 401 otherwise."""
+
+    OPEN = ("/health", "/")
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or self.access.api_key is None or scope.get("path") in self.OPEN:
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        authorization = headers.get(b"authorization", b"").decode("latin-1")
+        if not self.access.key_ok(authorization):
+            message = ("This server needs an API key: send Authorization: Bearer KEY." if not authorization
+                       else "The API key is not valid.")
+            return await self.refuse(send, APIError(401, message, None, "invalid_api_key", "authentication_error"),
+                                     [(b"www-authenticate", b"Bearer")])
+        await self.app(scope, receive, send)
 
 
 def event(data: dict) -> str:
@@ -646,8 +818,50 @@ def serve(app, sock, access_log: bool = False, shutdown_timeout: float = 3.0) ->
             super().handle_exit(sig, frame)
 
     config = uvicorn.Config(app, log_level="warning", access_log=access_log, lifespan="off",
-                            timeout_graceful_shutdown=max(1, round(shutdown_timeout)), server_header=False)
+                            timeout_graceful_shutdown=max(1, round(shutdown_timeout)), server_header=False,
+                            http=head_timeout_protocol(service.limits.read_timeout))
     Server(config).run(sockets=[sock])
+
+
+def head_timeout_protocol(seconds: float):
+    """uvicorn's h11 protocol with a deadline on each request's head: a client that sends
+    its headers a byte at a time (slow-loris) is disconnected after `seconds`, instead of
+    holding a connection for as long as it likes. (uvicorn's keep-alive timeout stops at
+    the first byte of the next request.)"""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeadTimeout(H11Protocol):
+        _head_timer = None
+        _head_cycle = None
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._start_head_timer()
+
+        def data_received(self, data: bytes) -> None:
+            if self._head_timer is None and (self.cycle is None or self.cycle.response_complete):
+                self._start_head_timer()  # the next request on a kept-alive connection
+            super().data_received(data)
+            if self._head_timer is not None and self.cycle is not self._head_cycle:
+                self._head_timer.cancel()  # a new request's head is complete
+                self._head_timer = None
+
+        def _start_head_timer(self) -> None:
+            self._head_cycle = self.cycle
+            self._head_timer = self.loop.call_later(seconds, self._head_deadline)
+
+        def _head_deadline(self) -> None:
+            self._head_timer = None
+            if self.cycle is self._head_cycle and not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_lost(self, exc):
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+            super().connection_lost(exc)
+
+    return HeadTimeout
 
 
 def missing_extra() -> str | None:
@@ -661,5 +875,5 @@ def missing_extra() -> str | None:
     return None
 
 
-__all__ = ["APIError", "CompletionRequest", "Limits", "Served", "Service", "bind", "create_app", "load_models",
-           "missing_extra", "run_name", "serve", "url"]
+__all__ = ["API_KEY_ENV", "APIError", "Access", "CompletionRequest", "Limits", "Served", "Service", "bind", "create_app", "load_models",
+           "is_loopback", "missing_extra", "run_name", "serve", "url"]

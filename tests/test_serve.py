@@ -240,14 +240,14 @@ def test_bad_requests_get_one_clear_openai_error(client, body, status, message):
     (b"", "not valid JSON"),
 ])
 def test_bodies_that_are_not_json_are_refused(client, raw, message):
-    r = client.post("/v1/completions", content=raw)
+    r = client.post("/v1/completions", content=raw, headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and message in r.json()["error"]["message"]
 
 
 def test_a_body_over_the_limit_is_refused_unread(models):
     app = serve.create_app(models, serve.Limits(max_prompt_chars=10))
     with TestClient(app) as c:
-        r = c.post("/v1/completions", content=b"{" + b" " * 200_000 + b"}")
+        r = c.post("/v1/completions", content=b"{" + b" " * 200_000 + b"}", headers={"Content-Type": "application/json"})
     assert r.status_code == 413 and "larger than this server takes" in r.json()["error"]["message"]
 
 
