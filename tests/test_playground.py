@@ -129,3 +129,24 @@ def test_an_error_from_the_server_is_shown_on_the_page(browser, page_models):
         browser.find_element("id", "generate").click()
         WebDriverWait(browser, 15).until(lambda b: b.find_element("id", "error").text)
         assert "outside the model's vocabulary" in browser.find_element("id", "error").text
+
+
+def test_with_an_api_key_the_page_asks_for_it_and_then_works(browser, page_models):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with live(page_models, access=serve.Access(api_key="k3y")) as (base, _):
+        browser.get(base + "/")
+        wait = WebDriverWait(browser, 15)
+        wait.until(lambda b: b.find_element("id", "key-label").is_displayed())
+        assert "API key" in browser.find_element("id", "error").text
+        key = browser.find_element("id", "key")
+        key.send_keys("k3y")
+        browser.find_element("id", "prime").click()  # leaving the field commits it
+        wait.until(lambda b: b.execute_script("return document.getElementById('model').options.length"))
+        length = browser.find_element("id", "length")
+        length.clear()
+        length.send_keys("30")
+        browser.find_element("id", "generate").click()
+        wait.until(lambda b: b.find_element("id", "status").text.startswith("Done"))
+        assert len(browser.execute_script("return document.getElementById('out-text').textContent")) == 30
+        assert browser.find_element("id", "error").text == ""

@@ -45,11 +45,11 @@ def client(models):
 
 
 @contextlib.contextmanager
-def live(models, limits: serve.Limits | None = None):
+def live(models, limits: serve.Limits | None = None, access: serve.Access | None = None):
     """A real uvicorn server on a free port in a thread: yields (base URL, Service)."""
     import uvicorn
 
-    app = serve.create_app(models, limits)
+    app = serve.create_app(models, limits, access)
     sock = serve.bind("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
