@@ -22,8 +22,11 @@ a matrix-vector product), so a seeded request is reproducible alone and best-eff
 load, as OpenAI documents for its own seeds.
 
 `deliver` receives, in order: `Chunk`s, then `END` when the request is finished, or an
-exception (the request failed; others go on), or `Stopped` when the loop stops. Nothing
-here prints or knows about HTTP.
+exception, or `Stopped` when the loop stops. An exception comes alone when the request
+could not start (its prime, say: the others go on), or to every request in the batch when
+the batch itself failed. A cancelled request gets nothing more. A request's prime is run
+on the loop's thread between two steps, so a long prime holds the batch for that time
+(the server bounds primes: `--max-prompt`). Nothing here prints or knows about HTTP.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ class Job:
     def cancel(self) -> None:
         """Leave the batch at the next step (the client went away)."""
         self.cancelled.set()
-        self.loop._wake()
+        self.loop.wake()
 
     def taken(self) -> None:
         """The reader took one chunk: a request waiting for its reader may step again."""
@@ -69,7 +72,7 @@ class Job:
             self._outstanding -= 1
             behind = self._outstanding
         if self.parked is not None and behind < AHEAD:
-            self.loop._wake()
+            self.loop.wake()
 
     def _delivered(self, chunk) -> None:
         with self._lock:
@@ -110,7 +113,8 @@ class BatchLoop:
             self._cond.notify()
         return job
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
+        """Have the loop look at its requests again (one was cancelled or can go on)."""
         with self._cond:
             self._cond.notify()
 
@@ -141,10 +145,15 @@ class BatchLoop:
                         logits = self._admit(joining, logits)
                     if self._running:
                         logits = self._step(logits)
-                except Exception as exc:  # the step itself failed: its requests end with it, the loop goes on
-                    failed, self._running, self._parked, self.rows = self._running + self._parked, [], [], 0
+                except Exception as exc:
+                    # The batch itself failed (memory for a larger batch, the step): its state
+                    # is gone, so every request in it, joining, running or parked, ends with the
+                    # error; the loop goes on with the next requests.
+                    failed = list(dict.fromkeys(self._running + self._parked + joining))
+                    self._running, self._parked, self.rows, logits = [], [], 0, None
                     for job in failed:
-                        job.deliver(exc)
+                        if not job.cancelled.is_set():
+                            job.deliver(exc)
         finally:
             with self._cond:
                 self._stopping = True

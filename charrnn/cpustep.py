@@ -22,11 +22,13 @@ Folding is done in float64 and rounded once, so logits differ from `CharRNN.step
 float32 summation order (about 1e-6; tests/test_cpustep.py holds it to 1e-4 over 1,000
 fed-back steps for every cell). Any batch size works: at batch B the products become
 (B, K) x (K, G) matrix products. The step takes and returns the model's own state layout
-(torch tensors (L, B, H), float32) and gives logits as a torch tensor (B, V); both share
-memory with the numpy arrays, so nothing is copied at the boundary.
+(torch tensors (L, B, H), float32; `load` copies it in, `state` copies it out) and gives
+logits as a torch tensor (B, V) over a buffer that the next step overwrites.
 """
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import torch
@@ -75,13 +77,21 @@ class CpuStepper:
             table_bytes = c.vocab_size * w_ih0.size(0) * 4
             self.table = None
             if c.one_hot or table_bytes <= MAX_TABLE_BYTES:
-                inputs = torch.eye(c.vocab_size, dtype=torch.float64) if c.one_hot else net.embedding.weight.detach().double()
-                self.table = _f32(inputs @ w_ih0.T + b0)  # (V, G)
+                # One-hot: row i of the table is column i of W_ih (no bigger than W_ih itself).
+                rows_in = w_ih0.T if c.one_hot else net.embedding.weight.detach().double() @ w_ih0.T
+                self.table = _f32(rows_in + b0)  # (V, G)
                 w_hh0 = rows(net.layer_weights(0)[1])
                 self.layers[0] = (None, None, *self.layers[0][2:]) if c.cell == "gru" else (_f32(w_hh0), None, None, None)
             self.embedding = None if self.table is not None else _f32(net.embedding.weight.detach().double())
             self.head_weight = _f32(net.head.weight.detach().double())  # (V, H); the embedding's when tied
             self.head_bias = _f32(net.head.bias.detach().double())
+
+    def fork(self) -> "CpuStepper":
+        """A stepper over the same weights with buffers of its own, for a generation that
+        may run beside another (the weights are read only; the buffers are not shared)."""
+        twin = copy.copy(self)
+        twin._batch = None
+        return twin
 
     def bytes_per_step(self) -> int:
         """Bytes of weights one step reads at batch 1: every matrix and bias, one row of
@@ -99,8 +109,8 @@ class CpuStepper:
     # Each layer reads its input and its own h from one buffer, [x; h] (B, K + H), so the
     # product needs no concatenation; a layer's new h is written into its own slot and
     # copied into the next layer's input slot. Gate vectors, the LSTM's c and the logits
-    # have buffers too: a step allocates nothing, which at batch 1 is a sizeable share of
-    # its cost besides the products.
+    # have buffers too, so a step allocates little (a table row, a few temporaries): at
+    # batch 1 allocation is a sizeable share of its cost besides the products.
 
     def load(self, state: State) -> None:
         """Start from `state` ((L, B, H) tensors, float32; copied in)."""
@@ -213,7 +223,7 @@ class CpuStepper:
     def _product(self, x: np.ndarray, w: np.ndarray, out: np.ndarray) -> None:
         """out (B, G) = x (B, K) w.T: every product of a step goes through here, so that a
         subclass can swap the arithmetic (charrnn.quantize: int8 weights)."""
-        _matmul(x, w, out)
+        matmul(x, w, out)
 
     def step(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """ids (B,) -> logits (B, V), new state, as `CharRNN.step` (both new tensors)."""
@@ -222,7 +232,7 @@ class CpuStepper:
         return logits.clone(), self.state()
 
 
-def _matmul(x: np.ndarray, w: np.ndarray, out: np.ndarray) -> None:
+def matmul(x: np.ndarray, w: np.ndarray, out: np.ndarray) -> None:
     """out (B, G) = x (B, K) times w (G, K) transposed, float32. At B = 1 a GEMV over w's
     rows (BLAS's fastest layout for it); above, one GEMM with w read transposed in place."""
     if x.shape[0] == 1:

@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 import torch
 
-from .cpustep import CpuStepper, _matmul
+from .cpustep import CpuStepper, matmul
 from .errors import ConfigError
 from .model import CharRNN
 
@@ -40,9 +40,11 @@ class Int8Stepper(CpuStepper):
     def _product(self, x: np.ndarray, w: np.ndarray, out: np.ndarray) -> None:
         packed = self._packed.get(id(w))
         if packed is None:  # the head
-            _matmul(x, w, out)
+            matmul(x, w, out)
             return
-        y = torch.ops.quantized.linear_dynamic(torch.from_numpy(np.ascontiguousarray(x)), packed)  # (B, G)
+        # reduce_range: activations in 7 bits, so that fbgemm's 16-bit intermediate sums
+        # cannot overflow on CPUs without VNNI (AVX2, AVX-512 before Cascade Lake).
+        y = torch.ops.quantized.linear_dynamic(torch.from_numpy(np.ascontiguousarray(x)), packed, True)  # (B, G)
         np.copyto(out, y.numpy())
 
 

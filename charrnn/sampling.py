@@ -320,6 +320,9 @@ class StepLoop:
     def state(self) -> State:
         return self._state
 
+    def fork(self) -> "StepLoop":
+        return StepLoop(self._step)
+
 
 def make_stepper(model: CharRNN, device: torch.device, quantize: bool = False):
     """The fastest stepper for the device: `CpuStepper` on a CPU (numpy's BLAS reads the
@@ -395,7 +398,8 @@ class Samples:
         return self.guard is None and cfg.top_k is None and cfg.top_p is None and cfg.temperature >= GREEDY_BELOW
 
     def choose(self, logits: torch.Tensor) -> torch.Tensor:
-        """The next token of each sample (N,) from its logits (N, V), which are masked in place."""
+        """The next token of each sample (N,) from its logits (N, V); banned ids are masked
+        in place (with the UTF-8 guard, on a masked copy)."""
         if self.guard is not None:
             logits = self.guard.mask(logits)  # banned ids and bytes that would break UTF-8
         elif self.banned:
@@ -459,12 +463,13 @@ class Sampler:
         """
         n = cfg.num_samples
         samples = Samples(self.vocab, prime, cfg, self.device)
+        stepper = self.stepper.fork()  # buffers of its own: generations may run side by side
         # The N samples share the prime: warm up one copy and give each sample the result.
         logits, state = warm_up(self.model, prime_ids(self.vocab, prime).to(self.device).unsqueeze(0))  # (1, V)
         logits = logits.expand(n, -1).clone()  # (N, V), writable: banned ids are masked in place
-        self.stepper.load(tuple(s.expand(-1, n, -1).contiguous() for s in state))  # (L, N, H)
+        stepper.load(tuple(s.expand(-1, n, -1).contiguous() for s in state))  # (L, N, H)
         if not cfg.stop and bool((self.vocab.char_lengths() == 1).all()):
-            yield from self._fixed_length(logits, samples)
+            yield from self._fixed_length(logits, samples, stepper)
             return
         while True:
             token = samples.choose(logits)  # (N,)
@@ -473,9 +478,9 @@ class Sampler:
                 yield chunk
             if samples.finished:
                 return
-            logits = self.stepper.advance(token)
+            logits = stepper.advance(token)
 
-    def _fixed_length(self, logits, samples: Samples) -> Iterator[Chunk]:
+    def _fixed_length(self, logits, samples: Samples, stepper) -> Iterator[Chunk]:
         """Every sample ends after exactly `length` one-character tokens: no per-sample checks
         are needed at each step, so tokens are decoded a chunk at a time."""
         cfg, n, banned, deadline = samples.cfg, samples.n, samples.banned, samples.deadline
@@ -492,5 +497,5 @@ class Sampler:
                 chunk = []
             if last:
                 return
-            logits = self.stepper.advance(token)
+            logits = stepper.advance(token)
         yield Chunk([""] * n, [True] * n)  # length 0

@@ -417,15 +417,17 @@ class Service:
             raise ConfigError(f"Model names must be unique, not {', '.join(names)}.")
         self.by_name = {s.name: s for s in self.models}
         self.slots = Slots(self.limits.concurrency)
-        self.loops: dict = {}  # model name -> its BatchLoop
-        self._loops_lock = threading.Lock()
+        from .batching import BatchLoop
+
+        # One batch loop per model, made here (each thread starts on its first request): no
+        # lock is needed to find one, so `stop` can run from a signal handler at any moment.
+        self.loops: dict[str, BatchLoop] = {
+            s.name: BatchLoop(s.model.net, s.model.vocab, s.model.device) for s in self.models}
 
     def stop(self) -> None:
         """Refuse new generations and end the running ones at their next step."""
         self.stopping.set()
-        with self._loops_lock:
-            loops = list(self.loops.values())
-        for loop in loops:
+        for loop in self.loops.values():
             loop.stop(timeout=0)
 
     def health(self) -> dict:
@@ -468,7 +470,7 @@ class Service:
                 pass
 
         try:
-            job = self.loop_of(request.model).submit(request.prompt, cfg, deliver)
+            job = self.loops[request.model].submit(request.prompt, cfg, deliver)
         except Stopped:
             raise Stopping() from None
         try:
@@ -489,16 +491,6 @@ class Service:
                     return
         finally:
             job.cancel()  # leaves the batch at its next step (a finished job has left already)
-
-    def loop_of(self, name: str):
-        """The batch loop of a model, made on its first request."""
-        from .batching import BatchLoop
-
-        with self._loops_lock:
-            if name not in self.loops:
-                served = self.by_name[name].model
-                self.loops[name] = BatchLoop(served.net, served.vocab, served.device)
-            return self.loops[name]
 
 
 def generation_failed(exc: Exception) -> APIError:

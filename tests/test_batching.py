@@ -239,3 +239,29 @@ def test_the_vectorised_draw_equals_each_request_s_own_choice(net):
         together = loop._draw(logits.clone(), spans)
         alone_tokens = torch.cat([s.choose(logits[a:b].clone()) for s, (a, b) in zip(own, spans)])
         assert torch.equal(together, alone_tokens)
+
+
+def test_a_batch_that_fails_ends_every_request_in_it_and_the_loop_goes_on(net, monkeypatch):
+    """A failure while merging a new request into the batch (memory, say) reaches the
+    joining request and the running one: neither waits for ever; the next request runs."""
+    loop = BatchLoop(net, VOCAB)
+    try:
+        running = Reader(loop, "a", SampleConfig(length=10**6, seed=1), background=True)
+        assert _wait(lambda: loop.rows == 1)
+        real_load = loop.stepper.load
+        calls = []
+
+        def failing_load(state):
+            if not calls:
+                calls.append(1)
+                raise MemoryError("no room for a larger batch")
+            return real_load(state)
+
+        monkeypatch.setattr(loop.stepper, "load", failing_load)
+        with pytest.raises(MemoryError):
+            Reader(loop, "b", SampleConfig(length=50, seed=2)).read(timeout=10)
+        running.thread.join(10)
+        assert isinstance(running.result, MemoryError)
+        assert len(Reader(loop, "c", SampleConfig(length=50, seed=3)).read(timeout=10)[0]) == 50
+    finally:
+        loop.stop()

@@ -1,6 +1,8 @@
 """The sampler's CPU step (charrnn.cpustep) and its int8 variant (charrnn.quantize) against
 their references, over long fed-back runs, for every cell and input kind."""
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -26,9 +28,9 @@ KINDS = {  # name: model options
 }
 
 
-def make_net(seed=0, vocab_size=40, **options) -> CharRNN:
+def make_net(seed=0, vocab_size=40, hidden_size=24, **options) -> CharRNN:
     torch.manual_seed(seed)
-    config = dict(vocab_size=vocab_size, hidden_size=24, num_layers=2, embedding_size=10, dropout=0.0)
+    config = dict(vocab_size=vocab_size, hidden_size=hidden_size, num_layers=2, embedding_size=10, dropout=0.0)
     net = CharRNN(ModelConfig(**{**config, **options})).eval()
     if options.get("nonlinearity") == "relu":  # keep a relu RNN from growing without bound over 1,000 steps
         with torch.no_grad():
@@ -84,7 +86,8 @@ def int8_reference(net: CharRNN):
     quantized per row ([W_ih W_hh] together for LSTM and RNN, apart for a GRU), the output
     head in float32. Only the loop and the layout differ from `Int8Stepper`."""
     c = net.config
-    qlinear = torch.ops.quantized.linear_dynamic
+    def qlinear(x, packed):
+        return torch.ops.quantized.linear_dynamic(x, packed, True)  # reduce_range, as the stepper
 
     def cell_fn(layer):
         w_ih, w_hh, b_ih, b_hh = (t.detach() for t in net.layer_weights(layer))
@@ -147,3 +150,26 @@ def test_sampler_text_is_the_same_through_the_reference_step():
     text = "".join(c.texts[0] for c in fast.generate("ab", cfg))
     assert len(text) == 300
     assert text == "".join(c.texts[0] for c in reference.generate("ab", cfg))
+
+
+def test_one_hot_with_a_large_vocabulary_builds_no_square_matrix():
+    """The one-hot table is W_ih transposed: its size is W_ih's, whatever the vocabulary."""
+    net = make_net(vocab_size=3000, cell="gru", one_hot=True, hidden_size=8)
+    fast = CpuStepper(net)
+    assert fast.table.shape == (3000, 24)
+    assert run_both(net.step, fast.step, net, 2, steps=50) < 1e-4
+
+
+def test_two_generations_of_one_sampler_run_side_by_side():
+    vocab = CharVocab.from_text("abcdefghijklmnop \n")
+    net = make_net(vocab_size=vocab.size, cell="lstm")
+    sampler = Sampler(net, vocab)
+    cfg_a, cfg_b = SampleConfig(length=200, seed=1, chunk_chars=8), SampleConfig(length=200, seed=2, num_samples=3)
+    alone_a = "".join(c.texts[0] for c in sampler.generate("ab", cfg_a))
+    alone_b = ["".join(t) for t in zip(*(c.texts for c in sampler.generate("cd", cfg_b)))]
+    a, b = sampler.generate("ab", cfg_a), sampler.generate("cd", cfg_b)
+    got_a, got_b = "", [""] * 3
+    for chunk_a, chunk_b in itertools.zip_longest(a, b):  # interleaved, chunk by chunk
+        got_a += chunk_a.texts[0] if chunk_a else ""
+        got_b = [t + c for t, c in zip(got_b, chunk_b.texts)] if chunk_b else got_b
+    assert got_a == alone_a and got_b == alone_b
