@@ -213,13 +213,13 @@ def _from_payload(data: dict, path: Path | None) -> Checkpoint:
     weights = _section(data, "model")
     _expect(all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()),
             "its weights are not a table of tensors")
-    _expect(all(bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point()),
-            "its weights are not all finite numbers")
+    _check_weights(weights, model_config)
     vocab = _section(data, "vocab")
     train = _section(data, "train_config", required=False)
     train_config = None if train is None else from_known(TrainConfig, train)
     corpus = data.get("corpus") or {}
     _expect(isinstance(corpus, dict), "its corpus section is not a mapping")
+    _check_corpus(corpus)
     progress = RunState.from_dict(data)
     resume = None
     if all(k in data for k in ("optimizer", "state", "rng")):
@@ -241,6 +241,69 @@ def _from_payload(data: dict, path: Path | None) -> Checkpoint:
     _expect(num_parameters is None or _is_int(num_parameters), "num_parameters is not a count")
     return Checkpoint(model_config, weights, vocab, train_config, corpus, progress, resume,
                       data.get("device"), num_parameters, data.get("exported_from"), data["version"], path)
+
+
+def _check_corpus(corpus: dict) -> None:
+    """The corpus section's fields that commands show or compute with have their types:
+    names are text, counts are counts, the sizing and byte-fallback notes are flat
+    mappings of plain values (a file could hold anything there)."""
+    for key in ("name", "source", "sha256", "encoding"):
+        _expect(corpus.get(key) is None or isinstance(corpus[key], str), f"its corpus {key} is not text")
+    for key in ("chars", "bytes", "tokens"):
+        _expect(corpus.get(key) is None or (_is_int(corpus[key]) and corpus[key] >= 0), f"its corpus {key} is not a count")
+    for key in ("sizing", "byte_fallback"):
+        value = corpus.get(key)
+        _expect(value is None or (isinstance(value, dict) and _plain(value, 4)), f"its corpus {key} note is malformed")
+
+
+def _plain(value, depth: int) -> bool:
+    """Plain data (text, numbers, lists and string-keyed mappings of them) nested at most
+    `depth` levels: what charrnn writes in its notes, and nothing a printer could choke on."""
+    if value is None or isinstance(value, (str, bool)) or _is_number(value):
+        return True
+    if depth == 0:
+        return False
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v, depth - 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v, depth - 1) for k, v in value.items())
+    return False
+
+
+WEIGHT_DTYPES = ("float32", "float16", "bfloat16", "float64")
+MAX_WEIGHT = 1e6  # far beyond any trained weight; larger ones overflow float32 inside a step
+
+
+def _check_weights(weights: dict, config: ModelConfig) -> None:
+    """The weights are exactly the tensors the configured network has, in shape and kind,
+    checked against the configuration before anything is built from it: a file of a few
+    KB declaring an enormous network is refused here, not after allocating it. The
+    expected shapes come from the network built on the meta device (shapes, no memory)."""
+    import torch
+
+    from .model import CharRNN
+
+    for name, tensor in weights.items():
+        _expect(tensor.layout == torch.strided and tensor.device.type != "meta",
+                f"its weight {name[:60]!r} is not a dense tensor of numbers")
+        _expect(str(tensor.dtype).removeprefix("torch.") in WEIGHT_DTYPES,
+                f"its weight {name[:60]!r} has dtype {str(tensor.dtype).removeprefix('torch.')}, not one of "
+                f"{', '.join(WEIGHT_DTYPES)}")
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in CharRNN(config).state_dict().items()}
+    missing = sorted(set(expected) - set(weights))
+    extra = sorted(set(weights) - set(expected))
+    if missing or extra:
+        which = f"missing {missing[0][:60]!r}" if missing else f"unexpected {extra[0][:60]!r}"
+        _expect(False, f"its weights do not fit its model configuration ({which})")
+    for name, shape in expected.items():
+        _expect(tuple(weights[name].shape) == shape, f"its weights do not fit its model configuration ({name!r} has "
+                                                    f"shape {tuple(weights[name].shape)[:4]} where {shape} is needed)")
+    for tensor in weights.values():
+        _expect(bool(torch.isfinite(tensor).all()), "its weights are not all finite numbers")
+        _expect(tensor.numel() == 0 or float(tensor.abs().max()) <= MAX_WEIGHT,
+                f"its weights reach {float(tensor.abs().max()):.3g}, beyond what a trained network holds "
+                f"(at most {MAX_WEIGHT:g})")
 
 
 def _v1_to_v2(data: dict) -> dict:
@@ -388,6 +451,7 @@ def load(path: str | os.PathLike, map_location="cpu") -> Checkpoint:
     if path.suffix.lower() == formats.FORMATS["onnx"]:
         raise CheckpointError(f"{path} is an ONNX export, which runs in onnxruntime; charrnn reads .pt and "
                               f".safetensors checkpoints.")
+    _check_archive(path)
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
@@ -402,6 +466,27 @@ def load(path: str | os.PathLike, map_location="cpu") -> Checkpoint:
     except Exception:  # torch reports damaged archives with many exception types
         raise CheckpointError(f"Checkpoint {path} is truncated or corrupt.") from None
     return from_payload(data, path)
+
+
+def _check_archive(path: Path) -> None:
+    """Refuse a .pt archive that would inflate in memory: PyTorch writes every entry of its
+    zip archive uncompressed, so a compressed entry (a zip bomb: megabytes that unpack to
+    gigabytes) or an entry larger than the file itself is not one of its files. Checked on
+    the archive's directory before `torch.load` reads a byte of the entries."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return  # torch.load reports it (an old pickle-only file is refused there)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        raise CheckpointError(f"Checkpoint {path} is truncated or corrupt.") from None
+    size = path.stat().st_size
+    for entry in entries:
+        if entry.compress_type != zipfile.ZIP_STORED or entry.file_size > size:
+            raise CheckpointError(f"Refusing to load {path}: its archive holds compressed or oversized entries, "
+                                  f"which PyTorch never writes (it could unpack to far more than its size).")
 
 
 def _path(path, what: str, hint: str = "a checkpoint file or run folder") -> Path:

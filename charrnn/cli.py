@@ -613,7 +613,10 @@ def info(ckpt, as_json, checkpoints_dir):
     if corpus.get("sizing"):
         from .ui import sizing_line
 
-        lines.append(f"sizing       {sizing_line(corpus['sizing'])}")
+        try:
+            lines.append(f"sizing       {sizing_line(corpus['sizing'])}")
+        except (KeyError, TypeError, ValueError):  # a note from another version, or edited: not shown
+            pass
     if summary["step"]:
         lines.append(f"training     {summary['step']:,} steps, {summary['epoch']:.2f} epochs, "
                      f"{summary['train_time_s'] or 0:,.0f} s on {summary['device']}")

@@ -103,7 +103,13 @@ def vocab_from_dict(data: dict) -> Vocabulary:
     if kind not in _KINDS:
         known = ", ".join(sorted(set(_MODULES) | set(_KINDS)))
         raise VocabularyError(f"Unknown vocabulary kind {kind!r} in checkpoint (this charrnn knows {known}).")
-    return _KINDS[kind].from_dict(data)
+    try:
+        return _KINDS[kind].from_dict(data)
+    except VocabularyError:
+        raise
+    except Exception as exc:  # whatever bytes a file holds: sentencepiece, a missing key, a wrong type
+        raise VocabularyError(f"The checkpoint's {kind} vocabulary cannot be read "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else 'no detail'}).") from None
 
 
 def id_dtype(vocab_size: int) -> np.dtype:
