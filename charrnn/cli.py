@@ -25,6 +25,7 @@ from .durations import parse_duration
 from .errors import CharrnnError, Interrupted
 from .serve import Limits as ServeLimits  # neither torch nor starlette: --help stays fast
 from .formats import FORMATS as EXPORT_FORMATS
+from .terminal import safe_text
 
 DEFAULT_ROOT = "checkpoints"
 
@@ -155,21 +156,6 @@ class StdoutWriter:
         output holds exactly the generated characters."""
         if self.stream.isatty() and last and not last.endswith("\n"):
             self.write("\n")
-
-
-def safe_text(text: str) -> str:
-    """Text that came from a file (a corpus or model name, a path, a vocabulary), made safe
-    to print on a terminal: control characters (escape sequences could move the cursor,
-    forge lines or set the window title), line breaks and bidirectional overrides are
-    shown as escapes (\\x1b, \\n, \\u202e) instead of acting."""
-    return "".join(c if c.isprintable() or c == " " else _escape(c) for c in text)
-
-
-def _escape(c: str) -> str:
-    code = ord(c)
-    if code < 0x100:
-        return {"\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(c, f"\\x{code:02x}")
-    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def echo(text: str) -> None:

@@ -16,6 +16,7 @@ from rich.text import Text
 
 from .durations import format_duration
 from .events import LN2, Evaluated, Finished, Note, Progress as Step, Sampled, Saved, Started, Status
+from .terminal import safe_text
 
 
 def bits(nats: float) -> str:
@@ -135,7 +136,8 @@ class TrainView:
     def log(self, message: str) -> None:
         if not self.quiet:
             try:
-                self.console.print(message, highlight=False, markup=False)
+                # Notes and samples can carry text from files (names, a model's output).
+                self.console.print(safe_text(message, keep_lines=True), highlight=False, markup=False)
             except OSError:  # stderr closed (`2>&1 | head`): keep training, stop talking
                 self.quiet = True
 
