@@ -189,3 +189,18 @@ def test_a_closed_stderr_pipe_does_not_stop_training(tmp_path):
     proc.stderr.close()
     assert proc.wait(timeout=300) == 0
     assert checkpoint.load(tmp_path / "r" / "latest.pt").progress.step == 40
+
+
+def test_notes_and_samples_from_files_cannot_drive_the_terminal():
+    """A note quoting a checkpoint's corpus name and a sample of a model's text reach the
+    terminal with escape sequences shown, not acted on; the sample keeps its lines."""
+    from charrnn.terminal import safe_text
+
+    out = io.StringIO()
+    with TrainView(Console(file=out, force_terminal=True, width=400), clock=FakeClock()) as view:
+        view.handle(Note("init from \x1b]0;pwned\x07 corpus"))
+        view.handle(Sampled(step=5, val_loss=2.0, text="line one\x1b[2J\nline two"))
+    text = out.getvalue()
+    assert "\\x1b]0;pwned\\x07" in text and "\\x1b[2J" in text and "line one\\x1b[2J\nline two" in text
+    assert "]0;pwned" not in text.replace("\\x1b]0;pwned", "")
+    assert safe_text("a\u202eb\tc\nd") == "a\\u202eb\\tc\\nd" and safe_text("é 日本 ok") == "é 日本 ok"
