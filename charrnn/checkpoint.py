@@ -513,14 +513,23 @@ def resolve(path: str | os.PathLike) -> Path:
     return path
 
 
-def newest_best(root: str | os.PathLike) -> Path | None:
-    """The most recently written best checkpoint anywhere under `root`, or None."""
+def run_folders(root: str | os.PathLike) -> list[RunDir]:
+    """The runs under `root`: its direct subfolders holding a best or latest checkpoint.
+    The one rule for what counts as a run there, shared by `charrnn list` (`list_runs`)
+    and the default checkpoint of every command (`newest_best`), so a bare `charrnn
+    sample` never picks a run that `charrnn list` does not show."""
     root = Path(root)
     if not root.is_dir():
-        return None
-    found = [p for p in root.rglob(BEST) if p.is_file()]
-    if not found:
-        found = [p for p in root.rglob(LATEST) if p.is_file()]
+        return []
+    runs = (RunDir(folder) for folder in sorted(root.iterdir()) if folder.is_dir())
+    return [run for run in runs if run.best.is_file() or run.latest.is_file()]
+
+
+def newest_best(root: str | os.PathLike) -> Path | None:
+    """The most recently written best checkpoint of the runs under `root` (`run_folders`),
+    else their most recent latest checkpoint, or None."""
+    runs = run_folders(root)
+    found = [run.best for run in runs if run.best.is_file()] or [run.latest for run in runs if run.latest.is_file()]
     return max(found, key=lambda p: p.stat().st_mtime_ns, default=None)
 
 
@@ -610,18 +619,13 @@ class Listed:
 def list_runs(root: str | os.PathLike) -> list[Listed]:
     """The runs directly under `root` (each by its best, else latest checkpoint), most
     recently changed first, then the bundled model."""
-    root = Path(root)
     found = []
-    folders = sorted(root.iterdir()) if root.is_dir() else []
-    for folder in folders:
-        run = RunDir(folder)
-        path = run.best if run.best.is_file() else run.latest if run.latest.is_file() else None
-        if path is None:
-            continue
+    for run in run_folders(root):
+        path = run.best if run.best.is_file() else run.latest
         try:
-            found.append(Listed(folder.name, path, load(path)))
+            found.append(Listed(run.path.name, path, load(path)))
         except CheckpointError as exc:
-            found.append(Listed(folder.name, path, None, str(exc)))
+            found.append(Listed(run.path.name, path, None, str(exc)))
     found.sort(key=lambda item: item.path.stat().st_mtime, reverse=True)
     if BUNDLED.is_file():
         found.append(Listed(BUNDLED.stem, BUNDLED, load(BUNDLED), bundled=True))

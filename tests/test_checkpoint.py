@@ -175,3 +175,21 @@ def test_run_dir_and_the_corpus_cache_agree_on_file_names():
     from charrnn import data
 
     assert (checkpoint.RunDir.CORPUS_IDS, checkpoint.RunDir.CORPUS_META) == (data.CACHE_IDS, data.CACHE_META)
+
+
+def test_the_default_checkpoint_is_always_a_run_that_list_shows(tmp_path):
+    """A bare `charrnn sample` picks the newest run among those `charrnn list` shows: a
+    best.pt nested deeper (a copy kept in a subfolder of a run, an archive) is neither."""
+    root = tmp_path / "checkpoints"
+    for folder in ("older", "newer", "archive/2025", "newest"):
+        (root / folder).mkdir(parents=True)
+    save_model(root / "older" / "best.pt")
+    os.utime(root / "older" / "best.pt", (1_000_000, 1_000_000))
+    save_model(root / "newer" / "latest.pt")  # a run with no best yet: listed, but a best wins
+    save_model(root / "archive" / "2025" / "best.pt")  # nested: not a run under root
+    listed = {item.name for item in checkpoint.list_runs(root) if not item.bundled}
+    assert listed == {"older", "newer"}
+    assert checkpoint.find(None, root).path == (root / "older" / "best.pt")
+    assert checkpoint.find(None, root).path.parent.name in listed
+    save_model(root / "newest" / "best.pt")
+    assert checkpoint.find(None, root).path == root / "newest" / "best.pt"
