@@ -213,7 +213,7 @@ def _from_payload(data: dict, path: Path | None) -> Checkpoint:
     weights = _section(data, "model")
     _expect(all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()),
             "its weights are not a table of tensors")
-    _check_weights(weights, model_config)
+    _check_weights(weights, model_config, _file_size(path))
     vocab = _section(data, "vocab")
     train = _section(data, "train_config", required=False)
     train_config = None if train is None else from_known(TrainConfig, train)
@@ -256,25 +256,41 @@ def _check_corpus(corpus: dict) -> None:
         _expect(value is None or (isinstance(value, dict) and _plain(value, 4)), f"its corpus {key} note is malformed")
 
 
-def _plain(value, depth: int) -> bool:
+MAX_NOTE_ITEMS = 100_000
+
+
+def _plain(value, depth: int, budget: list | None = None) -> bool:
     """Plain data (text, numbers, lists and string-keyed mappings of them) nested at most
-    `depth` levels: what charrnn writes in its notes, and nothing a printer could choke on."""
+    `depth` levels and of at most MAX_NOTE_ITEMS items in all: what charrnn writes in its
+    notes, and nothing a printer could choke on (a pickle can repeat one list by reference
+    until walking it never ends)."""
+    budget = [MAX_NOTE_ITEMS] if budget is None else budget
+    budget[0] -= 1
+    if budget[0] < 0:
+        return False
     if value is None or isinstance(value, (str, bool)) or _is_number(value):
         return True
     if depth == 0:
         return False
     if isinstance(value, (list, tuple)):
-        return all(_plain(v, depth - 1) for v in value)
+        return all(_plain(v, depth - 1, budget) for v in value)
     if isinstance(value, dict):
-        return all(isinstance(k, str) and _plain(v, depth - 1) for k, v in value.items())
+        return all(isinstance(k, str) and _plain(v, depth - 1, budget) for k, v in value.items())
     return False
+
+
+def _file_size(path: Path | None) -> int | None:
+    try:
+        return None if path is None else Path(path).stat().st_size
+    except OSError:
+        return None
 
 
 WEIGHT_DTYPES = ("float32", "float16", "bfloat16", "float64")
 MAX_WEIGHT = 1e6  # far beyond any trained weight; larger ones overflow float32 inside a step
 
 
-def _check_weights(weights: dict, config: ModelConfig) -> None:
+def _check_weights(weights: dict, config: ModelConfig, file_bytes: int | None = None) -> None:
     """The weights are exactly the tensors the configured network has, in shape and kind,
     checked against the configuration before anything is built from it: a file of a few
     KB declaring an enormous network is refused here, not after allocating it. The
@@ -286,6 +302,10 @@ def _check_weights(weights: dict, config: ModelConfig) -> None:
     for name, tensor in weights.items():
         _expect(tensor.layout == torch.strided and tensor.device.type != "meta",
                 f"its weight {name[:60]!r} is not a dense tensor of numbers")
+        # A view that repeats a few stored numbers (stride 0) could declare gigabytes in a
+        # file of kilobytes: every weight's numbers must really be stored.
+        _expect(tensor.untyped_storage().nbytes() >= tensor.numel() * tensor.element_size(),
+                f"its weight {name[:60]!r} holds fewer numbers than its shape declares")
         _expect(str(tensor.dtype).removeprefix("torch.") in WEIGHT_DTYPES,
                 f"its weight {name[:60]!r} has dtype {str(tensor.dtype).removeprefix('torch.')}, not one of "
                 f"{', '.join(WEIGHT_DTYPES)}")
@@ -299,6 +319,13 @@ def _check_weights(weights: dict, config: ModelConfig) -> None:
     for name, shape in expected.items():
         _expect(tuple(weights[name].shape) == shape, f"its weights do not fit its model configuration ({name!r} has "
                                                     f"shape {tuple(weights[name].shape)[:4]} where {shape} is needed)")
+    if file_bytes is not None:
+        # Views sharing one stored tensor could still multiply it: the float32 network
+        # must stay within a small multiple of the file (float16 halves a file; tied
+        # weights count twice).
+        need = 4 * sum(t.numel() for t in weights.values())
+        _expect(need <= 8 * file_bytes + 2**20, f"its weights would take {need / 1e6:,.0f} MB in memory, far more "
+                                                 f"than the file's {file_bytes / 1e6:,.1f} MB hold")
     for tensor in weights.values():
         _expect(bool(torch.isfinite(tensor).all()), "its weights are not all finite numbers")
         _expect(tensor.numel() == 0 or float(tensor.abs().max()) <= MAX_WEIGHT,

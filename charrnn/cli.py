@@ -20,7 +20,7 @@ import click as classic_click
 import rich_click as click
 
 from . import __version__
-from .config import CELLS, MAX_BATCH, MAX_PRIME_BYTES, MAX_SAMPLES, MAX_SEED, MAX_SEQ_LEN, OPTIMIZERS, TrainConfig
+from .config import CELLS, MAX_BATCH, MAX_PRIME_BYTES, MAX_SAMPLES, MAX_SEED, MAX_SEQ_LEN, MAX_STEPS, OPTIMIZERS, TrainConfig
 from .durations import parse_duration
 from .errors import CharrnnError, Interrupted
 from .serve import Limits as ServeLimits  # neither torch nor starlette: --help stays fast
@@ -132,16 +132,25 @@ def fail_on_library_errors(fn):
 
 class StdoutWriter:
     """Writes to stdout as text arrives. A closed pipe (`| head`) ends the program quietly;
-    stdout that is closed or full is one sentence and exit 1."""
+    stdout that is closed or full is one sentence and exit 1. On a terminal, control
+    characters are shown as escapes (lines and tabs kept): a model, like any file, may
+    hold escape sequences, and they must not drive the terminal; piped or redirected
+    output holds exactly the generated characters."""
 
     def __init__(self):
         self.stream = sys.stdout
         if self.stream is None:  # started with stdout closed (`>&-`)
             raise click.ClickException("Standard output is closed; there is nowhere to write the result.")
+        try:
+            self.terminal = self.stream.isatty()
+        except (OSError, ValueError):
+            self.terminal = False
 
     def write(self, text: str) -> None:
         if not text:
             return
+        if self.terminal:
+            text = safe_text(text, keep_lines=True)
         try:
             self.stream.write(text)
             self.stream.flush()
@@ -154,7 +163,7 @@ class StdoutWriter:
     def end_line_on_terminal(self, last: str) -> None:
         """Leave the shell prompt on a line of its own, but only on a terminal: piped
         output holds exactly the generated characters."""
-        if self.stream.isatty() and last and not last.endswith("\n"):
+        if self.terminal and last and not last.endswith("\n"):
             self.write("\n")
 
 
@@ -271,7 +280,7 @@ def explicit_options(ctx: click.Context, names) -> set[str]:
 @click.option("--weight-decay", type=FiniteFloat(min=0), default=TrainConfig.weight_decay, show_default=True, help="Decoupled weight decay on weight matrices.")
 @click.option("--warmup-steps", type=IntRange(min=0), default=TrainConfig.warmup_steps, show_default=True, help="Linear learning-rate warmup steps before the cosine decay.")
 @click.option("--grad-clip", type=FiniteFloat(min=0), default=TrainConfig.grad_clip, show_default=True, help="Clip the gradient norm to this value (0 turns clipping off).")
-@click.option("--max-steps", type=IntRange(min=1), help="Stop after this many optimizer steps.")
+@click.option("--max-steps", type=IntRange(1, MAX_STEPS), help="Stop after this many optimizer steps.")
 @click.option("--max-epochs", type=FiniteFloat(min=0, min_open=True), help="Stop after this many passes over the training text.")
 @click.option("--max-time", type=Duration(), help="Stop after this long, e.g. 90s, 10m, 1h [default: 10m when no budget is given].")
 @click.option("--eval-every", type=IntRange(min=1), default=TrainConfig.eval_every, show_default=True, help="Evaluate on validation text and checkpoint every N steps.")

@@ -24,6 +24,7 @@ MAX_HIDDEN = 16384
 MAX_SEED = 2**64 - 1
 MAX_BATCH = 2**24  # parallel streams (--batch-size, eval's --streams)
 MAX_SEQ_LEN = 2**24  # window length (--seq-len)
+MAX_STEPS = 10**15  # optimizer steps: far beyond any run, small enough for float arithmetic
 MAX_PRIME_BYTES = 16 * 2**20  # a prime read from a file or stdin
 MAX_SAMPLES = 100_000  # samples generated together share one batch: their states must fit in memory
 
@@ -174,7 +175,7 @@ class TrainConfig:
             check_number(self, name, int, 1)
         check_number(self, "warmup_steps", int, 0)
         for name in ("max_steps", "patience", "keep_every", "sample_every"):
-            check_number(self, name, int, 1, optional=True)
+            check_number(self, name, int, 1, MAX_STEPS, optional=True)
         check_number(self, "sample_length", int, 1, 100_000)
         check_number(self, "sample_temp", float, 0)
         check_number(self, "ema", float, 0, 1, hi_open=True)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator
 
-from .config import MAX_SEED, check_number
+from .config import MAX_SEED, check_number, shown
 from .errors import ConfigError
 
 DEFAULT_MAX_TOKENS = 256  # when a request does not say; OpenAI's own default (16) is too short for text
@@ -92,8 +92,9 @@ class Access:
 
     def __post_init__(self):
         if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key.strip()
-                                         or not self.api_key.isprintable()):
-            raise ConfigError("The API key must be printable text that is not empty.")
+                                         or not self.api_key.isprintable() or not self.api_key.isascii()):
+            raise ConfigError("The API key must be printable ASCII text that is not empty (HTTP headers carry "
+                              "other characters differently from client to client).")
 
     @classmethod
     def bound_to(cls, host: str, api_key: str | None = None, allow_hosts=(), cors_origins=()) -> "Access":
@@ -110,13 +111,23 @@ class Access:
         return cls(api_key, names, tuple(cors_origins))
 
     def host_allowed(self, header: str) -> bool:
+        """Whether a Host header names this server: `name`, `name:port`, `[v6]` or
+        `[v6]:port`, exactly (anything else is refused)."""
         if not self.hosts:
             return True
-        name = header.strip().lower()
+        name, port = header.strip().lower(), ""
         if name.startswith("["):  # [::1]:8000
-            name = name[1 : name.find("]")] if "]" in name else name
+            close = name.find("]")
+            if close < 0:
+                return False
+            name, rest = name[1:close], name[close + 1 :]
+            if rest and not rest.startswith(":"):
+                return False
+            port = rest[1:]
         elif name.count(":") == 1:
-            name = name.split(":", 1)[0]
+            name, port = name.split(":", 1)
+        if port and not (port.isascii() and port.isdigit()):
+            return False
         return name in self.hosts
 
     def key_ok(self, authorization: str | None) -> bool:
@@ -282,9 +293,9 @@ class CompletionRequest:
     def check_limits(self, limits: Limits) -> None:
         if self.max_tokens > limits.max_tokens:
             raise APIError(400, f"max_tokens must be at most {limits.max_tokens:,} on this server, not "
-                                f"{self.max_tokens:,}.", "max_tokens", "limit_exceeded")
+                                f"{shown(self.max_tokens)}.", "max_tokens", "limit_exceeded")
         if self.n > limits.max_n:
-            raise APIError(400, f"n must be at most {limits.max_n:,} on this server, not {self.n:,}.", "n",
+            raise APIError(400, f"n must be at most {limits.max_n:,} on this server, not {shown(self.n)}.", "n",
                            "limit_exceeded")
 
     def sample_config(self):

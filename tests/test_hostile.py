@@ -132,8 +132,9 @@ CASES = [
     ("hidden-400-digits", lambda w: ["train", "c.txt", "--out", "h", "--hidden-size", BIG], 1,
      "hidden_size must be an integer at least 1 and at most 16384, not 100000... (an integer of 401 digits)."),
     ("layers-400-digits", lambda w: ["train", "c.txt", "--out", "h", "--num-layers", BIG], 1, "num_layers must be"),
-    ("max-steps-400-digits", lambda w: ["train", "c.txt", "--out", "h", "--max-steps", BIG, "--max-time", "1s",
-                                        *SMALL], 0, ""),
+    ("max-steps-400-digits", lambda w: ["train", "c.txt", "--out", "h", "--max-steps", BIG], 2,
+     "(401 digits) is not in the range"),
+    ("max-steps-nines", lambda w: ["train", "c.txt", "--out", "h", "--max-steps", "9" * 400], 2, "(400 digits)"),
     ("serve-max-tokens-5000-digits", lambda w: ["serve", "--max-tokens", "1" + "0" * 5000], 2, "(5,001 digits)"),
     # a prime that never ends
     ("prime-file-dev-zero", lambda w: ["sample", "-c", "run", "--prime-file", "/dev/zero"], 1,

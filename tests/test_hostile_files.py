@@ -139,6 +139,48 @@ def huge_integer(field: str):
     return build
 
 
+def stride_zero_views(path: Path) -> Path:
+    """Each weight a view repeating one stored number (stride 0), shaped for a network of
+    about a billion weights declared in the configuration: kilobytes on disk."""
+    data = payload()
+    data["model_config"].update(hidden_size=4096, num_layers=8)
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in CharRNN(ModelConfig(**data["model_config"])).state_dict().items()}
+    data["model"] = {k: torch.zeros(1, dtype=torch.float16).expand(shape) for k, shape in shapes.items()}
+    return save(data, path)
+
+
+def shared_views(path: Path) -> Path:
+    """Every weight a view into one stored tensor of the largest size: the file holds it
+    once, the network would need it about thirty times."""
+    data = payload()
+    data["model_config"].update(hidden_size=512, num_layers=8)
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in CharRNN(ModelConfig(**data["model_config"])).state_dict().items()}
+    store = torch.zeros(max(s.numel() for s in shapes.values()), dtype=torch.float16)
+    data["model"] = {k: store[: s.numel()].view(s) for k, s in shapes.items()}
+    return save(data, path)
+
+
+def shared_references(path: Path) -> Path:
+    """A note whose lists repeat one list by reference: a small file, 10^10 items to walk."""
+    data = payload()
+    inner = [1.0] * 2000
+    middle = [inner] * 2000
+    data["corpus"]["sizing"] = {"timed": [middle] * 2000}
+    return save(data, path)
+
+
+def vocabulary_with_escapes(path: Path) -> Path:
+    """A vocabulary holding ESC, and a model that writes nothing else."""
+    data = payload()
+    chars = list(data["vocab"]["chars"])
+    chars[2] = "\x1b"
+    data["vocab"]["chars"] = "".join(chars)
+    data["model"]["head.bias"][2] = 60.0
+    return save(data, path)
+
+
 def control_characters(path: Path) -> Path:
     data = payload()
     data["corpus"].update(name="\x1b]0;pwned\x07\x1b[2J\x1b[Hforged\nline", source="\x1b[31mred\x1b[0m.txt")
@@ -164,6 +206,10 @@ FILES = [
     ("huge-vocab-size", huge_integer("vocab_size"), "vocab_size must be an integer"),
     ("huge-step", huge_integer("step"), None),
     ("huge-corpus-chars", huge_integer("corpus.chars"), None),
+    ("stride-zero-views", stride_zero_views, "holds fewer numbers than its shape declares"),
+    ("shared-views", shared_views, "far more than the file"),
+    ("shared-references", shared_references, "sizing note is malformed"),
+    ("vocabulary-with-escapes", vocabulary_with_escapes, None),
     ("control-characters", control_characters, None),
 ]
 
@@ -194,7 +240,9 @@ def test_hostile_file(tmp_path, monkeypatch, build, message, command):
     result = CliRunner().invoke(main, COMMANDS[command](target), catch_exceptions=False)
     err = result.stderr
     assert "Traceback" not in err and len(err.splitlines()) <= 4, err
-    assert "\x1b" not in err and "\x1b" not in result.stdout  # nothing from the file acts on the terminal
+    assert "\x1b" not in err  # nothing from the file acts on the terminal
+    if command != "sample":  # sample's stdout here is no terminal: it holds exactly the text (see below)
+        assert "\x1b" not in result.stdout
     if command == "list":
         assert result.exit_code == 0, err  # a bad run is listed as unreadable, the rest still show
         if message is not None:
@@ -246,8 +294,9 @@ print("grew_mb", (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) /
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("build", [huge_declaration, huge_declaration_safetensors, zip_bomb],
-                         ids=["pt", "safetensors", "zip-bomb"])
+@pytest.mark.parametrize("build", [huge_declaration, huge_declaration_safetensors, zip_bomb, stride_zero_views,
+                                   shared_views, shared_references],
+                         ids=["pt", "safetensors", "zip-bomb", "stride-zero", "shared-views", "shared-references"])
 def test_crafted_files_load_within_a_small_memory_ceiling(tmp_path, build):
     """Under an address-space limit of what the interpreter has plus 256 MB, each crafted
     file (megabytes at most, declaring gigabytes) is refused with a sentence, quickly."""
@@ -261,3 +310,31 @@ def test_crafted_files_load_within_a_small_memory_ceiling(tmp_path, build):
     assert lines[0].startswith("refused:"), out.stdout
     grew_mb, seconds = float(lines[1].split()[1]), float(lines[1].split()[3])
     assert grew_mb < 32 and seconds < 10, out.stdout
+
+
+@pytest.mark.slow
+def test_generated_escape_sequences_are_shown_not_run_on_a_terminal(tmp_path):
+    """A model whose vocabulary holds ESC writes it raw into a pipe (the text is the text)
+    and as an escape on a terminal."""
+    import os
+    import pty
+
+    path = vocabulary_with_escapes(tmp_path / "esc.pt")
+    argv = [sys.executable, "-m", "charrnn", "sample", "-c", str(path), "--length", "10", "--seed", "1", "-q"]
+    piped = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert piped.returncode == 0 and "\x1b" in piped.stdout
+    main_fd, child_fd = pty.openpty()
+    shown = subprocess.run(argv, stdout=child_fd, stderr=subprocess.PIPE, timeout=120)
+    os.close(child_fd)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(main_fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(main_fd)
+    assert shown.returncode == 0, shown.stderr
+    assert b"\x1b" not in out and b"\\x1b" in out

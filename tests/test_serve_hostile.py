@@ -76,6 +76,10 @@ REQUESTS = [
     ("rebinding-host", "GET", "/v1/models", {**AUTH, "Host": "evil.example:8000"}, None, 400, "does not answer for"),
     ("rebinding-host-health", "GET", "/health", {"Host": "attacker.test"}, None, 400, "does not answer for"),
     ("localhost-host", "GET", "/v1/models", {**AUTH, "Host": "localhost:1234"}, None, 200, None),
+    ("host-v6-with-suffix", "GET", "/v1/models", {**AUTH, "Host": "[::1]evil.com"}, None, 400, "does not answer for"),
+    ("host-port-not-a-number", "GET", "/v1/models", {**AUTH, "Host": "localhost:abc"}, None, 400,
+     "does not answer for"),
+    ("max-tokens-4000-digits", "POST", "/v1/completions", JSON, body(max_tokens=10**3999), 400, "(an integer of 4,000"),
     ("max-tokens-400-digits", "POST", "/v1/completions", JSON, body(max_tokens=10**400), 400, "max_tokens must be"),
     ("temperature-400-digits", "POST", "/v1/completions", JSON, body(temperature=10**400), 400, "(an integer of 401"),
     ("seed-400-digits", "POST", "/v1/completions", JSON, body(seed=10**400), 400, "seed must be"),
@@ -122,6 +126,14 @@ def test_hostile_request(server, method, path, headers, raw, status, message):
 
 def test_the_request_table_is_wide():
     assert len(REQUESTS) >= 30
+
+
+def test_a_key_that_headers_cannot_carry_alike_is_refused_at_start():
+    from charrnn.errors import ConfigError
+    from charrnn.serve import Access
+
+    with pytest.raises(ConfigError, match="printable ASCII"):
+        Access(api_key="clé")
 
 
 def normal_request(base: str) -> str:
