@@ -126,7 +126,7 @@ def _duration(text: str) -> float:
         raise ConfigError(f"max_time: {exc}.") from None
 
 
-def load(path: str | os.PathLike | None = None, device: str = "cpu", root: str | os.PathLike = "checkpoints") -> Model:
+def load(path: str | os.PathLike | None = None, device: str = "cpu", root: str | os.PathLike = checkpoint.DEFAULT_ROOT) -> Model:
     """Load a checkpoint file or a run folder (its best checkpoint) onto `device`; with no
     path, the newest best checkpoint under `root`, else the bundled Tiny Shakespeare model."""
     found = checkpoint.find(path, root)

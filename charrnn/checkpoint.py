@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import ModelConfig, TrainConfig, from_known
+from .events import LN2
 from .errors import CheckpointError, CharrnnError, ConfigError
 
 FORMAT = "charrnn-checkpoint"
@@ -167,7 +168,7 @@ class Checkpoint:
             "step": p.step,
             "epoch": p.epoch,
             "best_val_loss": best,
-            "best_val_bits_per_char": None if best is None else best / math.log(2),
+            "best_val_bits_per_char": None if best is None else best / LN2,
             "best_val_loss_per_token": None if best is None else best * p.chars_per_token,
             "chars_per_token": p.chars_per_token,
             "val_loss": p.val_loss,
@@ -540,6 +541,10 @@ def resolve(path: str | os.PathLike) -> Path:
     return path
 
 
+DEFAULT_ROOT = "checkpoints"  # where runs live unless --checkpoints-dir or ROOT_ENV says otherwise
+ROOT_ENV = "CHARRNN_CHECKPOINTS"
+
+
 def run_folders(root: str | os.PathLike) -> list[RunDir]:
     """The runs under `root`: its direct subfolders holding a best or latest checkpoint.
     The one rule for what counts as a run there, shared by `charrnn list` (`list_runs`)
@@ -571,7 +576,7 @@ class Found:
 BUNDLED_NAME = "bundled"  # `-c bundled`, `--init-from bundled`: the model shipped with charrnn
 
 
-def find(path: str | os.PathLike | None, root: str | os.PathLike = "checkpoints") -> Found:
+def find(path: str | os.PathLike | None, root: str | os.PathLike = DEFAULT_ROOT) -> Found:
     """An explicit checkpoint or run folder (or the name of a run under `root`, or
     "bundled"), else the newest best.pt under `root`, else the bundled Tiny Shakespeare
     model. A file or folder of the user's always wins over a name."""
@@ -637,7 +642,7 @@ class Listed:
             c, p = self.checkpoint, self.checkpoint.progress
             out.update(cell=c.model_config.cell, num_layers=c.model_config.num_layers,
                        hidden_size=c.model_config.hidden_size,
-                       best_val_bits_per_char=None if p.best_val_loss is None else p.best_val_loss / math.log(2),
+                       best_val_bits_per_char=None if p.best_val_loss is None else p.best_val_loss / LN2,
                        best_val_loss=p.best_val_loss, corpus=c.corpus.get("name"), steps=p.step)
         out["modified"] = self.path.stat().st_mtime if self.path.exists() else None
         return out

@@ -20,14 +20,15 @@ import click as classic_click
 import rich_click as click
 
 from . import __version__
+from .checkpoint import DEFAULT_ROOT, ROOT_ENV
 from .config import CELLS, MAX_BATCH, MAX_PRIME_BYTES, MAX_SAMPLES, MAX_SEED, MAX_SEQ_LEN, MAX_STEPS, OPTIMIZERS, TrainConfig
 from .durations import parse_duration
 from .errors import CharrnnError, Interrupted
+from .events import LN2
 from .serve import Limits as ServeLimits  # neither torch nor starlette: --help stays fast
 from .formats import FORMATS as EXPORT_FORMATS
 from .terminal import safe_text
 
-DEFAULT_ROOT = "checkpoints"
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -40,7 +41,7 @@ def complete_checkpoints(ctx: click.Context, param, incomplete: str):
 
     from .checkpoint import BUNDLED_NAME
 
-    root = Path(ctx.params.get("checkpoints_dir") or os.environ.get("CHARRNN_CHECKPOINTS") or DEFAULT_ROOT)
+    root = Path(ctx.params.get("checkpoints_dir") or os.environ.get(ROOT_ENV) or DEFAULT_ROOT)
     names = []
     if root.is_dir():
         names = sorted(p.name for p in root.iterdir() if (p / "best.pt").is_file() or (p / "latest.pt").is_file())
@@ -49,7 +50,7 @@ def complete_checkpoints(ctx: click.Context, param, incomplete: str):
 
 
 checkpoints_option = click.option(
-    "--checkpoints-dir", default=DEFAULT_ROOT, envvar="CHARRNN_CHECKPOINTS", show_envvar=True, show_default=True,
+    "--checkpoints-dir", default=DEFAULT_ROOT, envvar=ROOT_ENV, show_envvar=True, show_default=True,
     type=click.Path(file_okay=False), help="Folder that holds runs (new runs go to <folder>/<corpus name>).")
 
 
@@ -584,7 +585,7 @@ def info(ckpt, as_json, checkpoints_dir):
     if as_json:
         echo(json.dumps(summary))
         return
-    ln2 = math.log(2)
+    ln2 = LN2
     corpus, best, cpt = summary["corpus"], summary["best_val_loss"], summary["chars_per_token"]
     mc = model.checkpoint.model_config
     lines = [

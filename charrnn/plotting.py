@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import checkpoint
+from .events import LN2
 from .checkpoint import RunDir, stands_for_a_stream
 from .errors import CharrnnError
 from .metrics import read_rows
 
-LN2 = math.log(2)
 
 
 @dataclass(frozen=True)

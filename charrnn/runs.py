@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import math
 import os
 import signal
 import threading
@@ -26,13 +25,12 @@ from pathlib import Path
 from typing import Callable, Collection, Iterator
 
 from . import checkpoint
-from .checkpoint import Checkpoint, RunDir
+from .checkpoint import DEFAULT_ROOT, ROOT_ENV, Checkpoint, RunDir
 from .config import CorpusOptions, ModelConfig, TrainConfig, field_names
 from .errors import ConfigError, Interrupted
-from .events import Note, Status
+from .events import LN2, Note, Status
 
 DEFAULT_MAX_TIME = 600.0  # seconds, when a new run is given no budget at all
-DEFAULT_ROOT = "checkpoints"
 MODEL_OPTIONS = tuple(n for n in field_names(ModelConfig) if n != "vocab_size")
 TRAIN_OPTIONS = field_names(TrainConfig)
 AUTO = ("hidden_size", "dropout", "weight_drop")  # sized to the corpus and budget unless given
@@ -579,7 +577,7 @@ class TrainResult:
 
     @property
     def best_val_bits_per_char(self) -> float:
-        return self.best_val_loss / math.log(2)
+        return self.best_val_loss / LN2
 
     def load(self, device: str = "cpu"):
         from .api import load
@@ -633,7 +631,7 @@ def train(
             options["max_time"] = parse_duration(options["max_time"])
         except ValueError as exc:
             raise ConfigError(f"max_time: {exc}.") from None
-    root = root if root is not None else os.environ.get("CHARRNN_CHECKPOINTS", DEFAULT_ROOT)
+    root = root if root is not None else os.environ.get(ROOT_ENV, DEFAULT_ROOT)
     corpus_options = CorpusOptions(tokenizer, vocab_size, sp_model_type, encoding, errors, newline)
     stopper = StopOnSignal() if handle_signals else None
     done = None

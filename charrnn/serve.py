@@ -187,12 +187,14 @@ def run_name(path: Path, bundled: bool = False) -> str:
     return path.stem
 
 
-def load_models(checkpoints=(), root="checkpoints", device: str = "cpu") -> list[Served]:
+def load_models(checkpoints=(), root=None, device: str = "cpu") -> list[Served]:
     """Load each checkpoint (file, run folder or run name) once; with none, the newest run
     under `root`, else the bundled model. Two files with the same run name are told apart
     as name-2, name-3; the same file named twice is refused."""
     from .api import load
+    from .checkpoint import DEFAULT_ROOT
 
+    root = DEFAULT_ROOT if root is None else root
     models: list[Served] = []
     seen: dict[Path, str] = {}
     for spec in list(checkpoints) or [None]:
