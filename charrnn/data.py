@@ -27,6 +27,8 @@ import io
 import itertools
 import json
 import os
+import select
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,10 +197,20 @@ def _codec(encoding: str) -> codecs.CodecInfo:
 
 
 def _reads(stream, where: str) -> Iterator[bytes]:
-    """Raw reads of up to `_READ_BYTES`; a text stream's str is taken as UTF-8."""
+    """Raw reads of up to `_READ_BYTES`; a text stream's str is taken as UTF-8.
+
+    A pipe, terminal or socket is read with `read1` once `select` says data is there, so
+    the main thread never sits in a read that only data can end: the kernel may hand
+    Ctrl-C to any of the process's threads (torch's and OpenBLAS's workers among them),
+    and only a main thread that returns to Python runs the handler."""
+    waiting = _is_stream(stream)
+    read = getattr(stream, "read1", stream.read) if waiting else stream.read
     while True:
         try:
-            data = stream.read(_READ_BYTES)
+            if waiting:
+                while not select.select([stream], [], [], _POLL_SECONDS)[0]:
+                    pass  # back in Python between waits: a pending signal's handler runs here
+            data = read(_READ_BYTES)
         except OSError as exc:
             raise CorpusError(f"Cannot read {where}: {exc.strerror or exc}.") from None
         if isinstance(data, str):
@@ -206,6 +218,19 @@ def _reads(stream, where: str) -> Iterator[bytes]:
         if not data:
             return
         yield data
+
+
+_POLL_SECONDS = 0.2
+
+
+def _is_stream(stream) -> bool:
+    """Whether reading `stream` can wait for data for ever (a pipe, terminal or socket, as
+    opposed to a regular file or an in-memory buffer)."""
+    try:
+        mode = os.fstat(stream.fileno()).st_mode
+    except (AttributeError, OSError, ValueError):
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISBLK(mode)
 
 
 def _decoded(reads: Iterable[bytes], where: str, codec: codecs.CodecInfo, errors: str, newline: str) -> Blocks:
