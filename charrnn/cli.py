@@ -423,12 +423,19 @@ def read_prime(prime: str, prime_file: str | None) -> str:
 
 def _bounded(fh, where: str) -> bytes:
     """At most MAX_PRIME_BYTES from `fh`: /dev/zero or an endless pipe is one sentence,
-    not a process growing until the machine runs out of memory."""
-    data = fh.read(MAX_PRIME_BYTES + 1)
+    not a process growing until the machine runs out of memory. (Read through the corpus
+    reader's stream reads, so that Ctrl-C while it waits for a pipe always stops it.)"""
+    from .data import stream_reads
+
+    data = bytearray()
+    for block in stream_reads(fh, where, MAX_PRIME_BYTES + 1 - len(data)):
+        data += block
+        if len(data) > MAX_PRIME_BYTES:
+            break
     if len(data) > MAX_PRIME_BYTES:
         raise click.ClickException(f"The prime in {where} is longer than {MAX_PRIME_BYTES // 2**20} MiB, charrnn's "
                                    f"limit on a prime; pass a shorter one.")
-    return data
+    return bytes(data)
 
 
 def _utf8(data: bytes, where: str) -> str:

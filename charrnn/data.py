@@ -196,8 +196,14 @@ def _codec(encoding: str) -> codecs.CodecInfo:
     return info
 
 
-def _reads(stream, where: str) -> Iterator[bytes]:
-    """Raw reads of up to `_READ_BYTES`; a text stream's str is taken as UTF-8.
+def stream_reads(stream, where: str, size: int = 0) -> Iterator[bytes]:
+    """`_reads` for other readers of files and pipes (the sampler's prime): reads of up
+    to `size` bytes (default `_READ_BYTES`)."""
+    return _reads(stream, where, size or _READ_BYTES)
+
+
+def _reads(stream, where: str, size: int = _READ_BYTES) -> Iterator[bytes]:
+    """Raw reads of up to `size` bytes; a text stream's str is taken as UTF-8.
 
     A pipe, terminal or socket is read with `read1` once `select` says data is there, so
     the main thread never sits in a read that only data can end: the kernel may hand
@@ -210,7 +216,7 @@ def _reads(stream, where: str) -> Iterator[bytes]:
             if waiting:
                 while not select.select([stream], [], [], _POLL_SECONDS)[0]:
                     pass  # back in Python between waits: a pending signal's handler runs here
-            data = read(_READ_BYTES)
+            data = read(size)
         except OSError as exc:
             raise CorpusError(f"Cannot read {where}: {exc.strerror or exc}.") from None
         if isinstance(data, str):
