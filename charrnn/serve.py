@@ -103,7 +103,7 @@ class Access:
         for a wildcard address (0.0.0.0 or ::, reached by whatever name the network
         gives it) unless `allow_hosts` names them; plus `allow_hosts`."""
         host = host.strip("[]").lower()
-        extra = tuple(h.strip("[]").lower() for h in allow_hosts)
+        extra = tuple(h.strip().strip("[]").lower() for h in allow_hosts if h.strip())
         if host in ("0.0.0.0", "::", ""):
             names = extra
         else:

@@ -1,5 +1,6 @@
 """The Python API and the CLI's feel: train()/load(), plot, environment defaults, docs."""
 
+import itertools
 import json
 import os
 import re
@@ -219,3 +220,16 @@ def test_bad_values_raise_the_library_error(tmp_path, options, message):
     corpus.write_text("abc " * 500)
     with pytest.raises(CharrnnError, match=message):
         train(corpus, out=tmp_path / "x", max_steps=1, **options)
+
+
+def test_streams_of_one_model_run_side_by_side(random_checkpoint):
+    """A Model makes its sampler once; two of its generations interleaved give the texts
+    each gives alone."""
+    model = load(random_checkpoint)
+    alone = ["".join(model.generate("ab", length=150, seed=s, temperature=1.0)) for s in (1, 2)]
+    a, b = (model.generate("ab", length=150, seed=s, temperature=1.0) for s in (1, 2))
+    got = ["", ""]
+    for pieces in itertools.zip_longest(a, b, fillvalue=""):  # interleaved, piece by piece
+        got = [g + p for g, p in zip(got, pieces)]
+    assert got == alone and len(alone[0]) == 150
+    assert model._sampler(False) is model._sampler(False)
