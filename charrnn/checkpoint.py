@@ -479,6 +479,9 @@ def load(path: str | os.PathLike, map_location="cpu") -> Checkpoint:
     if path.suffix.lower() == formats.FORMATS["onnx"]:
         raise CheckpointError(f"{path} is an ONNX export, which runs in onnxruntime; charrnn reads .pt and "
                               f".safetensors checkpoints.")
+    if path.suffix.lower() == formats.FORMATS["html"]:
+        raise CheckpointError(f"{path} is a web page export, which runs in a browser; charrnn reads .pt and "
+                              f".safetensors checkpoints.")
     _check_archive(path)
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
@@ -665,7 +668,7 @@ def list_runs(root: str | os.PathLike) -> list[Listed]:
 
 
 def export(src: str | os.PathLike, dst: str | os.PathLike, half: bool = False, force: bool = False,
-           format: str | None = None) -> Path:
+           format: str | None = None, precision: str | None = None, quantize: bool = False) -> Path:
     """Write a sampling-only copy of a checkpoint: no optimizer, hidden or RNG state (so it
     cannot be resumed), and with `half`, float16 weights (half the size; loading turns
     them back into float32). An existing destination is replaced only with `force`, and
@@ -673,7 +676,9 @@ def export(src: str | os.PathLike, dst: str | os.PathLike, half: bool = False, f
 
     `format` ("pt", "safetensors" or "onnx"; default: from the extension of `dst`) is
     described in `charrnn.formats`: a safetensors file loads like a `.pt` export, an ONNX
-    file holds the single-step graph for onnxruntime (float32 only)."""
+    file holds the single-step graph for onnxruntime (float32 only), an html file is a web
+    page that generates in the browser (`charrnn.webpage`), its weights stored at
+    `precision` ("float16", the default, or "float32") or as int8 with `quantize`."""
     from . import formats
     from .errors import ConfigError
 
@@ -684,6 +689,14 @@ def export(src: str | os.PathLike, dst: str | os.PathLike, half: bool = False, f
         if half:
             raise ConfigError("--half applies to .pt and .safetensors exports; an ONNX export keeps float32 weights.")
         formats.require_onnx()
+    if format == "html":
+        from . import webpage
+
+        if half:
+            raise ConfigError("--half applies to .pt and .safetensors exports; a web page stores float16 by default.")
+        page_precision = webpage.check_options(precision, quantize)
+    elif precision is not None or quantize:
+        raise ConfigError(f"--precision and --quantize apply to web page (.html) exports, not {format}.")
     source = resolve(src)
     try:
         same = dst.parent.resolve() / dst.name == source.resolve()  # (a link to it is replaced, not followed)
@@ -708,6 +721,8 @@ def export(src: str | os.PathLike, dst: str | os.PathLike, half: bool = False, f
         return write_atomic(dst, formats.safetensors_bytes(slim.to_payload()), "export")
     if format == "onnx":
         return write_atomic(dst, formats.onnx_bytes(slim, str(src)), "export")
+    if format == "html":
+        return write_atomic(dst, webpage.page_bytes(slim, page_precision, str(src)), "export")
     return save(slim, dst)
 
 

@@ -724,11 +724,14 @@ def list_models(as_json, checkpoints_dir):
 @click.argument("ckpt", metavar="CHECKPOINT", shell_complete=complete_checkpoints)
 @click.argument("output", type=click.Path(dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(list(EXPORT_FORMATS)),
-              help="File format [default: from OUTPUT's extension: .pt, .safetensors or .onnx].")
+              help="File format [default: from OUTPUT's extension: .pt, .safetensors, .onnx or .html].")
 @click.option("--half", is_flag=True, help="Store the weights as float16 (half the size; .pt and .safetensors).")
+@click.option("--precision", type=click.Choice(["float16", "float32"]), default=None,
+              help="How a web page stores its weights [default: float16].")
+@click.option("--quantize", is_flag=True, help="Store a web page's weight matrices as int8, one scale per row (a quarter of float32).")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @fail_on_library_errors
-def export(ckpt, output, fmt, half, force):
+def export(ckpt, output, fmt, half, precision, quantize, force):
     """Write a small sampling-only copy of CHECKPOINT (a file or run folder) to OUTPUT.
 
     The copy keeps the model, vocabulary, corpus and training summary, and drops the
@@ -738,7 +741,8 @@ def export(ckpt, output, fmt, half, force):
     OUTPUT's extension (or --format) chooses the format: .pt is charrnn's own; .safetensors
     holds the same without pickle and loads with -c like a .pt; .onnx holds the single-step
     graph with the vocabulary in its metadata, for onnxruntime (it needs
-    `pip install 'charrnn-cli[onnx]'`).
+    `pip install 'charrnn-cli[onnx]'`); .html is one self-contained web page that
+    generates in any browser, offline, with no server: send it or put it on any static host.
 
     \b
     Examples:
@@ -746,10 +750,11 @@ def export(ckpt, output, fmt, half, force):
       charrnn sample -c small.pt
       charrnn export checkpoints/tinyshakespeare shakespeare.safetensors
       charrnn export checkpoints/tinyshakespeare shakespeare.onnx
+      charrnn export checkpoints/tinyshakespeare shakespeare.html
     """
     from .checkpoint import export as export_checkpoint
 
-    path = export_checkpoint(ckpt, output, half=half, force=force, format=fmt)
+    path = export_checkpoint(ckpt, output, half=half, force=force, format=fmt, precision=precision, quantize=quantize)
     click.echo(f"Wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", err=True)
 
 

@@ -41,8 +41,12 @@ MAX_TABLE_BYTES = 64 * 2**20  # layer 0's per-token table is used up to this siz
 class CpuStepper:
     """`step(ids, state) -> logits, state` with the contract of `CharRNN.step`, on numpy's BLAS."""
 
-    def __init__(self, net: CharRNN):
+    def __init__(self, net: CharRNN, table_limit: int | None = None):
+        """Fold `net`'s weights; layer 0 reads a per-token table when it takes at most
+        `table_limit` bytes (default `MAX_TABLE_BYTES`; charrnn.webpage asks for the
+        smaller of the two layouts)."""
         c = net.config
+        table_limit = MAX_TABLE_BYTES if table_limit is None else table_limit
         self.cell = c.cell
         self.relu = c.cell == "rnn" and c.nonlinearity == "relu"
         self.num_layers, self.hidden_size, self.vocab_size = c.num_layers, c.hidden_size, c.vocab_size
@@ -76,7 +80,7 @@ class CpuStepper:
                 b0 = b0 + rows(net.layer_weights(0)[3])
             table_bytes = c.vocab_size * w_ih0.size(0) * 4
             self.table = None
-            if c.one_hot or table_bytes <= MAX_TABLE_BYTES:
+            if c.one_hot or table_bytes <= table_limit:
                 # One-hot: row i of the table is column i of W_ih (no bigger than W_ih itself).
                 rows_in = w_ih0.T if c.one_hot else net.embedding.weight.detach().double() @ w_ih0.T
                 self.table = _f32(rows_in + b0)  # (V, G)

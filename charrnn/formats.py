@@ -1,4 +1,4 @@
-"""Export formats besides charrnn's own `.pt`: safetensors and ONNX.
+"""Export formats besides charrnn's own `.pt`: safetensors, ONNX and a web page.
 
 - **safetensors** holds the same checkpoint as a sampling-only `.pt` export, without
   pickle: the weights are safetensors tensors, and every other section of the checkpoint
@@ -12,6 +12,7 @@
   ((B, V)) and the new state (`h_out`, `c_out`); B is dynamic. The model's metadata_props
   carry the vocabulary (`vocab`, see `onnx_vocab`) and what a runtime needs to drive the
   graph (`start_ids`, `banned_ids`, `state_inputs`, ...).
+- **html** is a self-contained web page that generates in the browser (charrnn.webpage).
 
 This module owns which formats exist and how a file name maps to one; `checkpoint.export`
 decides what is written and writes it atomically. It imports torch, safetensors and onnx
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from .errors import CharrnnError, CheckpointError, ConfigError
 
-FORMATS = {"pt": ".pt", "safetensors": ".safetensors", "onnx": ".onnx"}  # format -> file extension
+FORMATS = {"pt": ".pt", "safetensors": ".safetensors", "onnx": ".onnx", "html": ".html"}  # format -> file extension
 
 # safetensors metadata keys of their own; every other key is a section of the checkpoint payload
 ST_MARKER = "charrnn_format"  # value: checkpoint.FORMAT

@@ -1,5 +1,8 @@
 from pathlib import Path
 
+import os
+import shutil
+
 import pytest
 import torch
 
@@ -46,3 +49,15 @@ def random_checkpoint(tmp_path_factory) -> Path:
                                  progress, device="cpu", num_parameters=net.num_parameters())
     path = tmp_path_factory.mktemp("random") / "random.pt"
     return checkpoint.save(ckpt, path)
+
+
+def find_browser() -> tuple[str, str]:
+    """Chromium's binary and its chromedriver, or skip."""
+    driver = shutil.which("chromedriver") or next(
+        (p for p in ("/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver") if os.path.exists(p)), None)
+    browser = next((p for p in ("/usr/lib/chromium/chromium", shutil.which("chromium"),
+                                shutil.which("chromium-browser"), shutil.which("google-chrome")) if p and os.path.exists(p)),
+                   None)
+    if driver is None or browser is None:
+        pytest.skip("Chromium and chromedriver are needed (apt-get install chromium chromium-driver)")
+    return browser, driver

@@ -51,8 +51,8 @@ def test_the_format_follows_the_extension_or_the_option(name, given, expected):
 
 
 @pytest.mark.parametrize("name, given, message", [
-    ("m.bin", None, "Cannot tell the format of m.bin from its extension; name it .pt, .safetensors, .onnx "
-                    "or pass --format pt|safetensors|onnx."),
+    ("m.bin", None, "Cannot tell the format of m.bin from its extension; name it .pt, .safetensors, .onnx, "
+                    ".html or pass --format pt|safetensors|onnx|html."),
     ("m.pt", "onnx", "m.pt has the .pt extension but --format is onnx; name the output m.onnx or drop --format."),
 ])
 def test_an_unclear_or_contradicted_format_is_one_sentence(name, given, message):

@@ -7,7 +7,6 @@ written to docs/playground.png (the README's picture)."""
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
 
+from conftest import find_browser  # noqa: E402
 from test_serve import live  # noqa: E402
 
 from charrnn import serve  # noqa: E402
@@ -24,18 +24,6 @@ from charrnn import serve  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOT = os.environ.get("CHARRNN_SCREENSHOT") == "1"
 pytestmark = pytest.mark.slow  # a browser process per test
-
-
-def find_browser() -> tuple[str, str]:
-    """Chromium's binary and its chromedriver, or skip."""
-    driver = shutil.which("chromedriver") or next(
-        (p for p in ("/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver") if os.path.exists(p)), None)
-    browser = next((p for p in ("/usr/lib/chromium/chromium", shutil.which("chromium"),
-                                shutil.which("chromium-browser"), shutil.which("google-chrome")) if p and os.path.exists(p)),
-                   None)
-    if driver is None or browser is None:
-        pytest.skip("Chromium and chromedriver are needed (apt-get install chromium chromium-driver)")
-    return browser, driver
 
 
 @pytest.fixture
