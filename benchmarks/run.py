@@ -6,7 +6,7 @@
 
 Parts: training throughput against a bare loop (training.py), sampling speed against
 onnxruntime, the roofline and a bare loop, int8 and -N 64 (sampling.py), `charrnn serve`
-with 1 client against 16 (serve.py), corpus ingest speed and peak memory, peak memory of training on
+with 1 client against 16 (serve.py), the exported web page (webpage.py, with --parts webpage), corpus ingest speed and peak memory, peak memory of training on
 a 200 MB corpus against a 2 MB one, and CPU threads 1 against all cores.
 """
 
@@ -28,6 +28,7 @@ sys.path.insert(0, str(HERE))
 import sampling  # noqa: E402
 import serve  # noqa: E402
 import training  # noqa: E402
+import webpage  # noqa: E402
 from machine import describe, line  # noqa: E402
 
 SHAKESPEARE = ROOT / "corpora" / "tinyshakespeare.txt"
@@ -103,7 +104,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--parts", default="training,sampling,serve,ingest,memory,threads",
-                   help="comma-separated subset of: training, sampling, serve, ingest, memory, threads")
+                   help="comma-separated subset of: training, sampling, serve, ingest, memory, threads, "
+                        "webpage (the exported page in headless Chromium; not in the default set)")
     args = p.parse_args(argv)
     parts = set(args.parts.split(","))
     quick = ["--quick"] if args.quick else []
@@ -120,6 +122,9 @@ def main(argv=None) -> int:
     if "serve" in parts:
         print("\n== charrnn serve: 1 client against 16 ==", flush=True)
         report["serve"] = serve.main(quick)
+    if "webpage" in parts:
+        print("\n== the exported web page against charrnn ==", flush=True)
+        report["webpage"] = webpage.main(quick)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if "ingest" in parts:
