@@ -294,7 +294,7 @@ def explicit_options(ctx: click.Context, names) -> set[str]:
 @click.option("--keep-every", type=IntRange(min=1), help="Also keep a step-NNNNNNNN.pt snapshot every N steps [default: off].")
 @click.option("--seed", type=IntRange(0, MAX_SEED), default=TrainConfig.seed, show_default=True, help="Random seed (initialisation and dropout).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True, envvar="CHARRNN_DEVICE", show_envvar=True, help="Where to train; auto prefers cuda, then mps, then cpu.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True, help="auto uses bf16 autocast on CUDA GPUs that support it, float32 elsewhere.")
+@click.option("--precision", type=click.Choice(["auto", "float32", "bf16", "fp32"]), default="auto", show_default=True, help="bf16 autocast with float32 weights, or float32. auto uses bf16 on CUDA GPUs that support it and on CPUs that do bfloat16 natively and train faster for it (a probe in a child process decides, once per machine); fp32 = float32.")
 @click.option("--threads", type=IntRange(min=1), help="CPU threads for PyTorch [default: PyTorch's choice].")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the corpus.")
 @click.option("--errors", type=click.Choice(["strict", "replace", "ignore"]), default="strict", show_default=True, help="What to do with bytes that do not decode.")

@@ -189,7 +189,9 @@ class TrainConfig:
         check_number(self, "seed", int, 0, MAX_SEED)
         if not (isinstance(self.device, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device)):
             raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, not {self.device!r}.")
-        _choice(self, "precision", ("auto", "fp32", "bf16"))
+        if self.precision == "fp32":  # the name before float32; stored in older checkpoints
+            object.__setattr__(self, "precision", "float32")
+        _choice(self, "precision", ("auto", "float32", "bf16"))
         _choice(self, "schedule", SCHEDULES)
         _choice(self, "optimizer", OPTIMIZERS)
         if self.max_steps is None and self.max_epochs is None and self.max_time is None:

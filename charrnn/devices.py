@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
 from .errors import ConfigError
+
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # CPU flags that advertise native bfloat16 arithmetic
+BF16_MIN_SPEEDUP = 1.15  # auto trains a CPU in bf16 only when the probe's step is at least this much faster
+PROBE_TIMEOUT = 120  # seconds
 
 def resolve_device(name: str = "auto") -> torch.device:
     """'auto' prefers CUDA, then Apple's MPS, then the CPU; an explicit missing device is an error."""
@@ -79,13 +89,137 @@ def bf16_works(model: torch.nn.Module, device: torch.device) -> bool:
 
 
 def use_bf16(device: torch.device, precision: str = "auto") -> bool:
-    """bf16 autocast is used on CUDA GPUs that support it; the CPU always runs float32."""
-    if precision == "fp32" or device.type != "cuda":
+    """Whether to train under bf16 autocast (float32 master weights, optimizer state and
+    carried state either way).
+
+    - CUDA: on GPUs that support bfloat16.
+    - CPU: `auto` where the CPU does bfloat16 natively and a training step is faster for
+      it (`cpu_bf16`); `bf16` always (autocast works on every CPU, slowly without native
+      bfloat16).
+    - Apple's MPS: never."""
+    if precision in ("float32", "fp32"):
+        return False
+    if device.type == "cpu":
+        return precision == "bf16" or cpu_bf16()
+    if device.type != "cuda":
         return False
     supported = torch.cuda.is_bf16_supported()
     if precision == "bf16" and not supported:
         raise ConfigError("--precision bf16 was requested but this GPU does not support bfloat16.")
     return supported
+
+
+def precision_name(bf16: bool) -> str:
+    """What a run's start line and checkpoint say it trained in."""
+    return "bf16 autocast" if bf16 else "float32"
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux reports them (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+# Run in a child process: one training step of a 2 x 512 LSTM (the default width) in
+# float32 and under bf16 autocast. A CPU that advertises bfloat16 but faults on it kills
+# the child, not the run; one that computes it wrongly fails the comparison.
+_PROBE = """
+import json, math, sys, time, torch
+torch.set_num_threads(int(sys.argv[1]))
+torch.manual_seed(0)
+net, head = torch.nn.LSTM(64, 512, 2, batch_first=True), torch.nn.Linear(512, 96)
+x = torch.randn(16, 64, 64)
+def step(bf16):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        out, _ = net(x)
+        loss = head(out).float().logsumexp(-1).mean()
+    loss.backward()
+    return loss.item()
+def seconds(bf16, n=3):
+    t = time.perf_counter()
+    for _ in range(n):
+        step(bf16)
+    return (time.perf_counter() - t) / n
+full, half = step(False), step(True)
+ok = math.isfinite(half) and abs(half - full) <= 0.02 * abs(full) + 0.02
+t32 = t16 = float("inf")
+if ok:
+    for _ in range(2):
+        t32, t16 = min(t32, seconds(False)), min(t16, seconds(True))
+print(json.dumps({"ok": ok, "speedup": t32 / t16 if ok else 0.0}))
+"""
+
+
+def _cache_file() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "charrnn" / "cpu-bf16.json"
+
+
+def _cpu_key(flags: set[str]) -> str:
+    name = ""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            name = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "")
+    except OSError:
+        pass
+    import hashlib
+
+    digest = hashlib.sha256(" ".join(sorted(flags)).encode()).hexdigest()[:16]
+    return f"{name}|flags {digest}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+
+
+@functools.cache
+def cpu_bf16() -> bool:
+    """Whether this CPU trains faster under bf16 autocast: it advertises native bfloat16
+    (`BF16_FLAGS`), a probe in a child process computes it correctly without faulting, and
+    the probe's training step is at least `BF16_MIN_SPEEDUP` times faster than in
+    float32. The flags alone are no proof (a VM advertised AMX and faulted on it).
+
+    The probe takes a few seconds, so its answer is kept per CPU, torch version and thread
+    count in ~/.cache/charrnn/cpu-bf16.json (or under $XDG_CACHE_HOME); a CPU without the
+    flags is never probed."""
+    flags = cpu_flags()
+    if not flags & set(BF16_FLAGS):
+        return False
+    path, key = _cache_file(), _cpu_key(flags)
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+        known = known if isinstance(known, dict) else {}
+    except (OSError, ValueError):
+        known = {}
+    entry = known.get(key)
+    if not isinstance(entry, dict) or not isinstance(entry.get("bf16"), bool):
+        entry = {"bf16": False, "speedup": None}
+        try:
+            out = subprocess.run([sys.executable, "-c", _PROBE, str(torch.get_num_threads())], capture_output=True, text=True, timeout=PROBE_TIMEOUT,
+                                 stdin=subprocess.DEVNULL)
+            if out.returncode == 0:
+                result = json.loads(out.stdout.strip().splitlines()[-1])
+                speedup = float(result["speedup"])
+                entry = {"bf16": bool(result["ok"]) and speedup >= BF16_MIN_SPEEDUP, "speedup": round(speedup, 3)}
+        except (OSError, ValueError, KeyError, IndexError, subprocess.TimeoutExpired):
+            pass  # no answer: float32, and the next run asks again
+        else:
+            known[key] = entry
+            _write_cache(path, known)
+    return entry["bf16"]
+
+
+def _write_cache(path: Path, data: dict) -> None:
+    """Write the probe cache atomically; a cache that cannot be written is only a slower start."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def autocast(device: torch.device, bf16: bool):

@@ -26,7 +26,8 @@ from . import optim
 from .checkpoint import Checkpoint, ResumeState, RunDir, RunState
 from .config import ModelConfig, TrainConfig
 from .data import as_streams, eval_windows
-from .devices import autocast, bf16_works, device_name, local_device, rng_state, set_rng_state, use_bf16
+from .devices import (autocast, bf16_works, device_name, local_device, precision_name, rng_state, set_rng_state,
+                      use_bf16)
 from .distributed import World
 from .errors import CharrnnError, ConfigError
 from .events import LN2, Evaluated, Finished, Progress, Sampled, Saved, Started  # noqa: F401  (re-exported)
@@ -170,9 +171,10 @@ class Trainer:
         seed_everything(self.config.seed)
         self.model = CharRNN(self.model_config).to(self.device)
         self.bf16 = use_bf16(self.device, self.config.precision)
-        if self.bf16 and not bf16_works(self.model, self.device):
+        if self.bf16 and self.device.type == "cuda" and not bf16_works(self.model, self.device):
             if self.config.precision == "bf16":
-                raise ConfigError("--precision bf16 was requested but this GPU's cuDNN cannot run the recurrent layers in bfloat16.")
+                raise ConfigError("--precision bf16 was requested but this GPU's cuDNN cannot run the recurrent layers "
+                                  "in bfloat16.")
             self.bf16 = False  # older cuDNN: recurrent kernels have no bfloat16, stay in float32
         self.net = self.model
         if self.world.active:
@@ -253,9 +255,13 @@ class Trainer:
             corpus=dict(self.corpus),
             progress=RunState(**asdict(self.progress)),
             resume=ResumeState(self.optimizer.state_dict(), tuple(s.detach().cpu() for s in state), rngs, raw),
-            device=device_name(self.device),
+            device=self.device_text(),
             num_parameters=self.model.num_parameters(),
         )
+
+    def device_text(self) -> str:
+        """The device and the precision this run trains in, for the start line and `info`."""
+        return f"{device_name(self.device)}, {precision_name(self.bf16)}"
 
     def restore(self, ckpt: Checkpoint) -> None:
         """Continue from a checkpoint exactly where it was written."""
@@ -458,7 +464,7 @@ class Trainer:
         c, p = self.config, self.progress
         if self.world.main:
             self.run_dir.path.mkdir(parents=True, exist_ok=True)
-        yield Started(device_name(self.device), self.model.num_parameters(), self.train_streams.numel() * self.world.size,
+        yield Started(self.device_text(), self.model.num_parameters(), self.train_streams.numel() * self.world.size,
                       0 if self.val_streams is None else self.val_streams.numel() * self.world.size,
                       self.vocab.size, self.windows_per_epoch, str(self.run_dir.path), self.sizing, c.optimizer, c.lr)
         self.model.train()

@@ -47,14 +47,22 @@ def weights(path):
     return checkpoint.load(path).weights
 
 
-@pytest.mark.parametrize("ema, optimizer, model", [(0.0, "adamw", {}), (0.9, "adamw", {}), (0.0, "muon", {}),
-                                                   (0.0, "muon", {"dropout": 0.0, "weight_drop": 0.3})])
-def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, corpus, ema, optimizer, model):
+@pytest.mark.parametrize("ema, optimizer, model, precision", [
+    (0.0, "adamw", {}, "float32"), (0.9, "adamw", {}, "float32"), (0.0, "muon", {}, "float32"),
+    (0.0, "muon", {"dropout": 0.0, "weight_drop": 0.3}, "float32"),
+    (0.0, "adamw", {}, "bf16"), (0.0, "muon", {}, "bf16"),
+])
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, corpus, ema, optimizer, model, precision):
     """Also with --ema (the average and the weights it is taken over both come back), with
-    Muon (its momentum and the AdamW moments of the other weights come back) and with
-    weight drop (the masks drawn after the resume are the ones the whole run draws)."""
-    events_a = train(corpus, tmp_path / "a", train={"ema": ema, "optimizer": optimizer}, model=model)
-    with make_run(corpus, tmp_path / "b", train={"ema": ema, "optimizer": optimizer}, model=model) as run:
+    Muon (its momentum and the AdamW moments of the other weights come back), with
+    weight drop (the masks drawn after the resume are the ones the whole run draws) and
+    under bf16 autocast on the CPU (float32 weights, optimizer state and carried state)."""
+    options = {"ema": ema, "optimizer": optimizer, "precision": precision}
+    events_a = train(corpus, tmp_path / "a", train=options, model=model)
+    assert checkpoint.load(tmp_path / "a" / "latest.pt").device.endswith(
+        "bf16 autocast" if precision == "bf16" else "float32")
+    assert all(math.isfinite(e.train_loss) for e in events_a if isinstance(e, Progress))
+    with make_run(corpus, tmp_path / "b", train=options, model=model) as run:
         for event in run.events():
             if isinstance(event, Progress) and event.step == 15:
                 run.request_stop("interrupted by test")
