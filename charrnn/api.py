@@ -18,11 +18,21 @@ from . import checkpoint
 from .data import as_streams
 from .devices import resolve_device
 from .checkpoint import Checkpoint
-from .config import MAX_BATCH, MAX_SEQ_LEN, shown
+from .config import MAX_BATCH, MAX_SEQ_LEN, DynamicConfig, shown
 from .errors import CheckpointError, ConfigError, CorpusError
 from .model import CharRNN
 from .sampling import Chunk, Sampler, SampleConfig
 from .trainer import LN2, evaluate
+
+
+@dataclass(frozen=True)
+class DynamicReport:
+    """A text scored in one ordered pass twice: as trained (`static`) and by dynamic
+    evaluation (`dynamic`: the model learns from each segment after scoring it)."""
+
+    static: "LossReport"
+    dynamic: "LossReport"
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -95,6 +105,47 @@ class Model:
         for chunk in self.stream(prime, **options):
             if chunk.texts[0]:
                 yield chunk.texts[0]
+
+    def adapted(self, text: str, dynamic: DynamicConfig | None = None) -> "Model":
+        """A copy of this model whose weights have learned from `text` the way dynamic
+        evaluation learns (charrnn.dynamic), for generating in its style: one ordered pass,
+        a gradient step per segment. Characters outside the vocabulary are left out; this
+        model is not changed. Memory is about three times the weights; time is one
+        training pass over the text (its last 2 million tokens, at most)."""
+        from .dynamic import adapt
+
+        ids = self._ids(text)
+        if len(ids) < 2:
+            return self
+        net = adapt(self.net, torch.from_numpy(ids.astype("int64")), dynamic or DynamicConfig(), self.device)
+        return Model(net, self.vocab, self.checkpoint, self.device, self.bundled)
+
+    def dynamic_loss(self, text: str, dynamic: DynamicConfig | None = None, progress=None) -> DynamicReport:
+        """`text` scored in one ordered pass (one stream, the state carried), with the
+        weights as trained and by dynamic evaluation (charrnn.dynamic); the checkpoint and
+        this model are not changed. `progress(done, total)` is called after each segment."""
+        from .dynamic import dynamic_loss
+
+        unknown, excluded = self.vocab.unknown_chars(_text(text, "text"))
+        ids = self._ids(text)
+        if len(ids) < 2:
+            raise CorpusError(f"The text is too short to score ({len(ids):,} tokens inside the vocabulary); "
+                              f"at least two are needed.")
+        lengths = torch.from_numpy(self.vocab.char_lengths())
+        r = dynamic_loss(self.net, torch.from_numpy(ids.astype("int64")), dynamic or DynamicConfig(), self.device,
+                         lengths, progress)
+        per_token = lambda nats: nats / max(1, r.tokens)  # noqa: E731
+        return DynamicReport(LossReport(r.static_per_char, r.chars, excluded, per_token(r.static_nats), r.tokens),
+                             LossReport(r.dynamic_per_char, r.chars, excluded, per_token(r.dynamic_nats), r.tokens),
+                             r.seconds)
+
+    def _ids(self, text: str):
+        """The ids of `text` with characters outside the vocabulary left out."""
+        text = _text(text, "text")
+        unknown, _ = self.vocab.unknown_chars(text)
+        if unknown:
+            text = text.translate({ord(c): None for c in unknown})
+        return self.vocab.encode(text)
 
     def loss(self, text: str, seq_len: int = 256, streams: int = 16) -> LossReport:
         """Cross-entropy of `text` under the model with carried state, in nats per character;

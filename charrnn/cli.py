@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import sys
+import time
 from pathlib import Path
 
 import click as classic_click
@@ -21,13 +22,16 @@ import rich_click as click
 
 from . import __version__
 from .checkpoint import DEFAULT_ROOT, ROOT_ENV
-from .config import CELLS, MAX_BATCH, MAX_PRIME_BYTES, MAX_SAMPLES, MAX_SEED, MAX_SEQ_LEN, MAX_STEPS, OPTIMIZERS, TrainConfig
+from .config import (CELLS, MAX_BATCH, MAX_PRIME_BYTES, MAX_SAMPLES, MAX_SEED, MAX_SEQ_LEN, MAX_STEPS, OPTIMIZERS,
+                     DynamicConfig, TrainConfig)
 from .durations import parse_duration
 from .errors import CharrnnError, Interrupted
 from .events import LN2
 from .serve import Limits as ServeLimits  # neither torch nor starlette: --help stays fast
 from .formats import FORMATS as EXPORT_FORMATS
 from .terminal import safe_text
+
+DYNAMIC = DynamicConfig()  # the defaults of eval --dynamic
 
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -463,11 +467,12 @@ def _utf8(data: bytes, where: str) -> str:
 @click.option("--seed", type=IntRange(0, MAX_SEED), help="Random seed: same checkpoint, seed and options give the same text [default: random].")
 @click.option("-q", "--quiet", is_flag=True, help="Do not say on stderr which checkpoint is used.")
 @click.option("--quantize", is_flag=True, help="int8 weights for the per-character steps (CPU): faster single-stream sampling.")
+@click.option("--adapt", is_flag=True, help="Before generating, let a copy of the model learn from the prime (dynamic evaluation), so a long prime steers the style more.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu", show_default=True, envvar="CHARRNN_DEVICE", show_envvar=True, help="Where to run the model.")
 @checkpoints_option
 @fail_on_library_errors
 def sample(ckpt, temperature, top_k, top_p, length, prime, prime_file, echo_prime, unknown, stop, max_time,
-           num_samples, separator, jsonl, seed, quiet, quantize, device, checkpoints_dir):
+           num_samples, separator, jsonl, seed, quiet, quantize, adapt, device, checkpoints_dir):
     """Stream generated text to stdout.
 
     Only the generated text goes to stdout, written as it is produced, so the command
@@ -492,6 +497,14 @@ def sample(ckpt, temperature, top_k, top_p, length, prime, prime_file, echo_prim
             raise click.ClickException(unknown_message(bad, count) + " Use --unknown skip to drop them.")
         prime = prime.translate({ord(c): None for c in bad})
         click.echo(f"Note: dropped {count} prime character{'s' if count != 1 else ''} outside the vocabulary.", err=True)
+    if adapt:
+        if len(prime) < 2:
+            raise click.UsageError("--adapt learns from the prime; give one with --prime or --prime-file.")
+        started = time.monotonic()
+        model = model.adapted(prime)
+        if not quiet:
+            click.echo(f"Adapted the model to the prime ({len(prime):,} characters) in "
+                       f"{time.monotonic() - started:.1f} s.", err=True)
     chunks = model.stream(prime, temperature=temperature, length=length, seed=seed, top_k=top_k, top_p=top_p,
                           stop=tuple(unescape(s) for s in stop if s), max_time=max_time,
                           num_samples=num_samples, quantize=quantize)
@@ -530,26 +543,57 @@ def sample(ckpt, temperature, top_k, top_p, length, prime, prime_file, echo_prim
 @click.option("--streams", type=IntRange(1, MAX_BATCH), default=16, show_default=True, help="Parallel streams the file is cut into.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu", show_default=True, envvar="CHARRNN_DEVICE", show_envvar=True, help="Where to run the model.")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of FILE.")
+@click.option("--dynamic", is_flag=True, help="Also score FILE by dynamic evaluation: the model learns from each segment after scoring it (the checkpoint is not changed).")
+@click.option("--segment", type=IntRange(1, 1 << 20), default=DYNAMIC.segment, show_default=True, help="--dynamic: tokens per segment (one gradient step each).")
+@click.option("--dynamic-lr", type=FiniteFloat(0, 1), default=DYNAMIC.lr, show_default=True, help="--dynamic: step size of the RMS-normalised gradient.")
+@click.option("--dynamic-decay", type=FiniteFloat(0, 1), default=DYNAMIC.decay, show_default=True, help="--dynamic: share of the way back to the trained weights per segment.")
 @click.option("-q", "--quiet", is_flag=True, help="Do not say on stderr which checkpoint is used.")
 @checkpoints_option
 @fail_on_library_errors
-def evaluate(file, ckpt, as_json, seq_len, streams, device, encoding, quiet, checkpoints_dir):
+def evaluate(file, ckpt, as_json, seq_len, streams, device, encoding, dynamic, segment, dynamic_lr, dynamic_decay,
+             quiet, checkpoints_dir):
     """Report a model's loss on FILE (- for stdin): nats and bits per character, perplexity.
 
     The text is cut into a few long streams and read in windows with the state carried
     across them, so memory does not grow with the file. Characters outside the model's
     vocabulary are counted and left out.
 
+    With --dynamic the text is read once more, in order as one stream, and scored twice:
+    with the weights as trained (static) and by dynamic evaluation, where a copy of the
+    model takes a gradient step on each segment after scoring it, so it follows the text's
+    own style (Krause et al., 2018). Both figures of that pass are reported.
+
     \b
     Examples:
       charrnn eval held_out.txt -c checkpoints/tinyshakespeare
       charrnn eval notes.txt --json | jq .bits_per_char
+      charrnn eval chapter.txt --dynamic
     """
     from .data import read_corpus
-
     model = load_model(ckpt, checkpoints_dir, device, quiet=quiet)
     path = model.path
     text = read_corpus(file, encoding=encoding).text
+    if dynamic:
+        if not quiet:
+            click.echo("Dynamic evaluation: scoring the text and learning from it, segment by segment…", err=True)
+        both = model.dynamic_loss(text, DynamicConfig(segment=segment, lr=dynamic_lr, decay=dynamic_decay))
+        s, d = both.static, both.dynamic
+        result = {
+            "file": file, "checkpoint": str(path), "chars": s.chars, "excluded_chars": s.excluded,
+            "tokens": s.tokens, "tokenizer": model.vocab.kind, "seconds": both.seconds,
+            "segment": segment, "dynamic_lr": dynamic_lr, "dynamic_decay": dynamic_decay,
+            "static": {"nats_per_char": s.nats_per_char, "bits_per_char": s.bits_per_char, "perplexity": s.perplexity},
+            "dynamic": {"nats_per_char": d.nats_per_char, "bits_per_char": d.bits_per_char, "perplexity": d.perplexity},
+        }
+        if as_json:
+            echo(json.dumps(result))
+        else:
+            excluded = f" ({s.excluded:,} characters outside the vocabulary excluded)" if s.excluded else ""
+            echo(f"{file}: static {s.nats_per_char:.4f} nats/char ({s.bits_per_char:.4f} bits/char), dynamic "
+                 f"{d.nats_per_char:.4f} nats/char ({d.bits_per_char:.4f} bits/char), "
+                 f"{d.bits_per_char - s.bits_per_char:+.4f} bits/char, over {s.chars:,} characters in "
+                 f"{both.seconds:.1f} s{excluded}")
+        return
     report = model.loss(text, seq_len=seq_len, streams=streams)
     result = {
         "file": file, "checkpoint": str(path), "nats_per_char": report.nats_per_char,

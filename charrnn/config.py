@@ -218,3 +218,19 @@ class CorpusOptions:
         _choice(self, "sp_model_type", ("unigram", "bpe"))
         _choice(self, "errors", ("strict", "replace", "ignore"))
         _choice(self, "newline", ("keep", "lf"))
+
+
+@dataclass(frozen=True)
+class DynamicConfig:
+    """Settings of dynamic evaluation; the defaults are measured (docs/benchmarks.md)."""
+
+    segment: int = 100  # tokens scored, then learned from, per step
+    lr: float = 3e-4  # step size of the RMS-normalised gradient
+    decay: float = 0.001  # share of the way back to the original weights per step
+    beta: float = 0.99  # how long the mean square of gradients remembers
+
+    def __post_init__(self):
+        check_number(self, "segment", int, 1, 1 << 20)
+        check_number(self, "lr", float, 0, 1)
+        check_number(self, "decay", float, 0, 1)
+        check_number(self, "beta", float, 0, 1, hi_open=True)
