@@ -107,7 +107,10 @@ def _vocab_section(vocab) -> dict:
     if vocab.kind == "sentencepiece":
         from .subword import NEWLINE_MARK
 
-        model_type = _sp_model_type(vocab.model)
+        try:
+            model_type = _sp_model_type(vocab.model)
+        except (ValueError, IndexError):
+            raise ConfigError("This sentencepiece vocabulary's model could not be read; export it as .pt or .onnx.") from None
         if model_type not in ("unigram", "bpe"):
             raise ConfigError(f"A web page can encode primes for unigram and BPE sentencepiece vocabularies, "
                               f"not {model_type}.")
@@ -115,7 +118,7 @@ def _vocab_section(vocab) -> dict:
         pieces = []
         for i in range(vocab.size):
             kind = ("control" if sp.is_control(i) else "unknown" if sp.is_unknown(i) else "byte" if sp.is_byte(i)
-                    else "user" if sp.id_to_piece(i) == NEWLINE_MARK else "normal")
+                    else "unused" if sp.is_unused(i) else "user" if sp.id_to_piece(i) == NEWLINE_MARK else "normal")
             pieces.append([sp.id_to_piece(i), float(sp.get_score(i)), kind])
         out["sentencepiece"] = {"model_type": model_type, "newline_mark": NEWLINE_MARK, "pieces": pieces}
     elif vocab.kind != "char":

@@ -48,12 +48,16 @@ def make_checkpoint(folder: Path, name: str, vocab=None, scale: float = 2.5, **m
     return checkpoint.save(ckpt, folder / f"{name}.pt")
 
 
-def charrnn_text(path: Path, prime: str, length: int) -> str:
-    """charrnn's own greedy text (the sampler's CPU step), the page's reference."""
+def _sampler(path: Path) -> Sampler:
     ckpt = checkpoint.load(path)
     net = CharRNN(ckpt.model_config)
     net.load_state_dict({k: v.float() for k, v in ckpt.weights.items()})
-    chunks = Sampler(net, ckpt.vocabulary()).generate(prime, SampleConfig(length=length, temperature=0))
+    return Sampler(net, ckpt.vocabulary())
+
+
+def charrnn_text(path: Path, prime: str, length: int) -> str:
+    """charrnn's own greedy text (the sampler's CPU step), the page's reference."""
+    chunks = _sampler(path).generate(prime, SampleConfig(length=length, temperature=0))
     return "".join(chunk.texts[0] for chunk in chunks)
 
 
@@ -269,6 +273,13 @@ def test_unknown_characters_are_refused_or_skipped_with_a_message(browser, tmp_p
     assert skipped["text"] == charrnn_text(BUNDLED, "Price: ", 20)
     bad = generate(browser, length="ten")
     assert bad["kind"] == "error" and "Length must be a number" in bad["status"]
+    # what was dropped is gone for the stop sequence and the echo too, as with --unknown skip
+    expected = "".join(c.texts[0] for c in _sampler(BUNDLED).generate(
+        "ROMEO:", SampleConfig(length=300, temperature=0, stop=(":\n",))))
+    cut = generate(browser, prime="ROMEO:€", unknown="skip", length="300", echo=True, **{"stop-seq": r":\n"})
+    assert cut["text"] == "ROMEO:" + expected and cut["reason"] == "stop"
+    literal = generate(browser, length="50", **{"stop-seq": r"C:\path"})  # a backslash that is not an escape
+    assert literal["kind"] != "error" and literal["chars"] == 50
 
 
 def _subword(model_type: str):
@@ -285,6 +296,8 @@ def _subword(model_type: str):
     ("one-hot", {"cell": "lstm", "one_hot": True}),
     ("tied", {"cell": "gru", "tie_weights": True, "embedding_size": 20}),
     ("odd-sizes", {"cell": "lstm", "hidden_size": 13, "embedding_size": 5, "num_layers": 1}),
+    ("gru-odd", {"cell": "gru", "hidden_size": 13, "embedding_size": 5, "num_layers": 3}),
+    ("one-hot-gru-odd", {"cell": "gru", "hidden_size": 7, "one_hot": True}),
     ("unigram", {"cell": "lstm"}),
     ("bpe", {"cell": "gru"}),
 ])
@@ -304,6 +317,34 @@ def test_every_kind_of_model_gives_charrnn_greedy_text(browser, tmp_path, name, 
         out = generate(browser, prime=prime, length="60")
         assert out["kind"] != "error", out["status"]
         assert out["text"] == expected, (prime, out["text"], expected)
+
+
+def test_a_long_one_line_prime_encodes_quickly_and_as_sentencepiece_does(browser, tmp_path):
+    """A BPE vocabulary merges pairs through a heap: a 20,000-character line is quick,
+    and its ids are sentencepiece's (the greedy text after it is charrnn's)."""
+    path = make_checkpoint(tmp_path, "bpe-long", _subword("bpe"), cell="gru", hidden_size=8)
+    page = checkpoint.export(path, tmp_path / "long.html", precision="float32")
+    open_page(browser, page)
+    prime = "the dog ran far, far away! the cat sat on the mat. " * 400  # no newline
+    started = time.monotonic()
+    out = generate(browser, prime=prime, length="40")
+    assert time.monotonic() - started < 30 and out["kind"] != "error", out["status"]
+    assert out["text"] == charrnn_text(path, prime, 40)
+
+
+@pytest.mark.parametrize("name, model", [("lstm", {"cell": "lstm"}), ("gru-odd", {"cell": "gru", "hidden_size": 13})])
+def test_without_webassembly_the_page_runs_in_plain_javascript(browser, tmp_path, name, model):
+    """A browser with WebAssembly switched off (iOS Lockdown Mode, some enterprise
+    policies): the worker's WebAssembly is taken away before the engine starts."""
+    path = make_checkpoint(tmp_path, name, **model)
+    page = checkpoint.export(path, tmp_path / f"{name}.html", precision="float32")
+    text = page.read_text(encoding="utf-8")
+    page.write_text(text.replace('id="charrnn-engine">', 'id="charrnn-engine">self.WebAssembly = undefined;\n', 1),
+                    encoding="utf-8")
+    open_page(browser, page)
+    assert browser.execute_script("return document.body.dataset.engine") == "JavaScript"
+    for prime in ("", "the cat"):
+        assert generate(browser, prime=prime, length="60")["text"] == charrnn_text(path, prime, 60)
 
 
 def test_screenshot_for_the_readme(browser, tmp_path):

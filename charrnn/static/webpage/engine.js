@@ -29,17 +29,21 @@ const F16 = (() => { // every float16 bit pattern -> float32
 
 const ceil = (n, m) => Math.ceil(n / m) * m;
 
+const HAS_WASM = typeof WebAssembly === "object" && typeof WebAssembly.Memory === "function";
+
 class Memory {
-  // Float32 arrays in one WebAssembly memory, each 16-byte aligned and zero-padded.
+  // Float32 arrays in one buffer, each 16-byte aligned and zero-padded: a WebAssembly
+  // memory, or a plain ArrayBuffer where WebAssembly is switched off (the JavaScript path).
   constructor(floats) {
-    const bytes = floats * 4 + 65536;
-    this.memory = new WebAssembly.Memory({ initial: Math.ceil(bytes / 65536) });
+    const pages = Math.ceil((floats * 4 + 65536) / 65536);
+    this.memory = HAS_WASM ? new WebAssembly.Memory({ initial: pages }) : null;
+    this.buffer = this.memory ? this.memory.buffer : new ArrayBuffer(pages * 65536);
     this.next = 0;
   }
   alloc(floats) {
     const ptr = this.next;
     this.next += ceil(floats, 4) * 4;
-    return { ptr, view: new Float32Array(this.memory.buffer, ptr, floats) };
+    return { ptr, view: new Float32Array(this.buffer, ptr, floats) };
   }
 }
 
@@ -110,7 +114,7 @@ class Net {
     this.logits = vector(V);
     const imports = { env: { memory: mem.memory } };
     this.engine = "JavaScript";
-    for (const [name, bytes] of wasm) {
+    for (const [name, bytes] of HAS_WASM ? wasm : []) {
       try {
         if (!WebAssembly.validate(bytes)) continue;
         const k = new WebAssembly.Instance(new WebAssembly.Module(bytes), imports).exports;
@@ -121,7 +125,7 @@ class Net {
       } catch (e) { /* this browser lacks the feature: try the next */ }
     }
     if (this.engine === "JavaScript") { // no WebAssembly SIMD: the same arithmetic, slower
-      const F = new Float32Array(mem.memory.buffer);
+      const F = new Float32Array(mem.buffer);
       this.gemv = (w, x, y, rows, cols) => {
         const wo = w >> 2, xo = x >> 2, yo = y >> 2;
         for (let r = 0; r < rows; r++) {
@@ -307,12 +311,16 @@ class SentencePiece {
     this.user = [];
     this.byteIds = new Array(256).fill(-1);
     sp.pieces.forEach(([piece, score, kind], id) => {
-      if (kind === "normal" || kind === "user") this.pieces.set(piece, { id, score });
+      if (kind === "normal" || kind === "user") this.pieces.set(piece, { id, score: Math.fround(score) });
       if (kind === "user") this.user.push(piece);
       if (kind === "byte") this.byteIds[parseInt(piece.slice(3, 5), 16)] = id;
     });
-    this.maxLen = Math.max(1, ...[...this.pieces.keys()].map((p) => [...p].length));
-    this.minScore = Math.min(0, ...[...this.pieces.values()].map((p) => p.score));
+    this.maxLen = 1;
+    this.minScore = 0;
+    for (const [piece, { score }] of this.pieces) {
+      this.maxLen = Math.max(this.maxLen, [...piece].length);
+      this.minScore = Math.min(this.minScore, score);
+    }
   }
 
   encode(text) {
@@ -340,9 +348,10 @@ class SentencePiece {
 
   unigram(text) {
     const chars = [...text], n = chars.length;
-    const best = new Float64Array(n + 1).fill(-Infinity), from = new Int32Array(n + 1), piece = new Int32Array(n + 1);
+    // scores summed in float32, as sentencepiece's lattice does (near-ties break the same way)
+    const best = new Float32Array(n + 1).fill(-Infinity), from = new Int32Array(n + 1), piece = new Int32Array(n + 1);
     best[0] = 0;
-    const unk = this.minScore - 10; // sentencepiece's penalty for an unknown character
+    const unk = Math.fround(this.minScore - 10); // sentencepiece's penalty for an unknown character
     for (let i = 0; i < n; i++) {
       if (best[i] === -Infinity) continue;
       let s = "";
@@ -352,9 +361,11 @@ class SentencePiece {
         const p = this.pieces.get(s);
         if (!p) continue;
         if (len === 1) single = true;
-        if (best[i] + p.score > best[i + len]) { best[i + len] = best[i] + p.score; from[i + len] = i; piece[i + len] = p.id; }
+        const score = Math.fround(best[i] + p.score);
+        if (score > best[i + len]) { best[i + len] = score; from[i + len] = i; piece[i + len] = p.id; }
       }
-      if (!single && best[i] + unk > best[i + 1]) { best[i + 1] = best[i] + unk; from[i + 1] = i; piece[i + 1] = -1; }
+      const score = Math.fround(best[i] + unk);
+      if (!single && score > best[i + 1]) { best[i + 1] = score; from[i + 1] = i; piece[i + 1] = -1; }
     }
     const ids = [];
     for (let j = n; j > 0; j = from[j]) {
@@ -365,17 +376,70 @@ class SentencePiece {
   }
 
   bpe(text) {
-    let symbols = [...text];
-    for (;;) {
-      let bestAt = -1, bestScore = -Infinity;
-      for (let i = 0; i + 1 < symbols.length; i++) {
-        const p = this.pieces.get(symbols[i] + symbols[i + 1]);
-        if (p && p.score > bestScore) { bestScore = p.score; bestAt = i; }
-      }
-      if (bestAt < 0) break;
-      symbols.splice(bestAt, 2, symbols[bestAt] + symbols[bestAt + 1]);
+    // sentencepiece's BPE: repeatedly merge the adjacent pair whose merged piece scores
+    // highest (the leftmost among equals), with a heap of candidate pairs, so a long
+    // prime takes n log n, not n^2. Entries whose symbols have changed since are skipped.
+    const sym = [...text], n = sym.length;
+    const prev = new Int32Array(n), next = new Int32Array(n);
+    for (let i = 0; i < n; i++) { prev[i] = i - 1; next[i] = i + 1 < n ? i + 1 : -1; }
+    const heap = new PairHeap();
+    const offer = (left) => {
+      if (left < 0 || next[left] < 0) return;
+      const right = next[left];
+      const merged = sym[left] + sym[right], p = this.pieces.get(merged);
+      if (p) heap.push(p.score, left, merged);
+    };
+    for (let i = 0; i + 1 < n; i++) offer(i);
+    while (heap.size) {
+      const { left, merged } = heap.pop();
+      const right = next[left];
+      if (sym[left] === null || right < 0 || sym[left] + sym[right] !== merged) continue;
+      sym[left] = merged;
+      sym[right] = null;
+      next[left] = next[right];
+      if (next[right] >= 0) prev[next[right]] = left;
+      offer(prev[left]);
+      offer(left);
     }
-    return symbols.flatMap((s) => { const p = this.pieces.get(s); return p ? [p.id] : this.fallback(s); });
+    const ids = [];
+    for (let i = n ? 0 : -1; i >= 0; i = next[i]) {
+      const p = this.pieces.get(sym[i]);
+      if (p) ids.push(p.id); else ids.push(...this.fallback(sym[i]));
+    }
+    return ids;
+  }
+}
+
+class PairHeap {
+  // Candidate merges: the highest score first, then the leftmost.
+  constructor() { this.items = []; }
+  get size() { return this.items.length; }
+  before(a, b) { return a.score > b.score || (a.score === b.score && a.left < b.left); }
+  push(score, left, merged) {
+    const items = this.items;
+    items.push({ score, left, merged });
+    for (let i = items.length - 1; i > 0;) {
+      const up = (i - 1) >> 1;
+      if (!this.before(items[i], items[up])) break;
+      [items[i], items[up]] = [items[up], items[i]];
+      i = up;
+    }
+  }
+  pop() {
+    const items = this.items, top = items[0], last = items.pop();
+    if (items.length) {
+      items[0] = last;
+      for (let i = 0; ;) {
+        const l = 2 * i + 1, r = l + 1;
+        let best = i;
+        if (l < items.length && this.before(items[l], items[best])) best = l;
+        if (r < items.length && this.before(items[r], items[best])) best = r;
+        if (best === i) break;
+        [items[i], items[best]] = [items[best], items[i]];
+        i = best;
+      }
+    }
+    return top;
   }
 }
 
@@ -460,9 +524,12 @@ async function generate(req) {
     postMessage({ type: "error", id, message: e.message });
     return;
   }
-  if (encoded.count) postMessage({ type: "note", id, message: unknownMessage(encoded.skipped, encoded.count) + " They were dropped." });
+  // the prime as the model reads it: without the characters dropped (as --unknown skip)
+  const prime = encoded.count ? [...req.prime].filter((ch) => !encoded.skipped.includes(ch)).join("") : req.prime;
+  if (encoded.count) {
+    postMessage({ type: "note", id, prime, message: unknownMessage(encoded.skipped, encoded.count) + " They were dropped." });
+  }
   let ids = encoded.ids;
-  const prime = req.prime;
   if (!ids.length) ids = vocab.start; // charrnn's default prime: a newline
   const started = performance.now();
   net.reset();

@@ -70,38 +70,51 @@
     (br_if $rowloop (i32.lt_u (local.get $y) (local.get $yend)))))
   )
 
-  ;; dst[i] = tanh(src[i]) for i < n (rounded up to a multiple of 4: buffers are padded).
+;; dst[i] = tanh(src[i]) for i < n, exactly n values: src and dst may be the same buffer
+  ;; or overlap in place, and nothing past dst + n is written (a GRU's r and z gates are
+  ;; followed by its n gate).
   ;; A rational approximation, x * p(x^2) / q(x^2) with p of degree 6 and q of degree 3 in
   ;; x^2, on x clamped to +-7.9053 (where tanh rounds to +-1 in float32); below 4e-4 in
   ;; magnitude, x itself. It is within a few float32 units in the last place of tanh, so
   ;; logits differ from charrnn's own step by summation order only, as the products do.
+  (func $tanh4 (param $x v128) (result v128)
+    (local $x2 v128) (local $p v128) (local $q v128) (local $tiny v128)
+    (local.set $tiny (f32x4.lt (f32x4.abs (local.get $x)) (v128.const f32x4 0.0004 0.0004 0.0004 0.0004)))
+    (local.set $x (f32x4.pmax (v128.const f32x4 -7.90531110763549805 -7.90531110763549805 -7.90531110763549805 -7.90531110763549805)
+                   (f32x4.pmin (v128.const f32x4 7.90531110763549805 7.90531110763549805 7.90531110763549805 7.90531110763549805) (local.get $x))))
+    (local.set $x2 (f32x4.mul (local.get $x) (local.get $x)))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $x2) (v128.const f32x4 -2.76076847742355e-16 -2.76076847742355e-16 -2.76076847742355e-16 -2.76076847742355e-16))
+                             (v128.const f32x4 2.00018790482477e-13 2.00018790482477e-13 2.00018790482477e-13 2.00018790482477e-13)))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $x2) (local.get $p)) (v128.const f32x4 -8.60467152213735e-11 -8.60467152213735e-11 -8.60467152213735e-11 -8.60467152213735e-11)))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $x2) (local.get $p)) (v128.const f32x4 5.12229709037114e-08 5.12229709037114e-08 5.12229709037114e-08 5.12229709037114e-08)))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $x2) (local.get $p)) (v128.const f32x4 1.48572235717979e-05 1.48572235717979e-05 1.48572235717979e-05 1.48572235717979e-05)))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $x2) (local.get $p)) (v128.const f32x4 6.37261928875436e-04 6.37261928875436e-04 6.37261928875436e-04 6.37261928875436e-04)))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $x2) (local.get $p)) (v128.const f32x4 4.89352455891786e-03 4.89352455891786e-03 4.89352455891786e-03 4.89352455891786e-03)))
+    (local.set $p (f32x4.mul (local.get $x) (local.get $p)))
+    (local.set $q (f32x4.add (f32x4.mul (local.get $x2) (v128.const f32x4 1.19825839466702e-06 1.19825839466702e-06 1.19825839466702e-06 1.19825839466702e-06))
+                             (v128.const f32x4 1.18534705686654e-04 1.18534705686654e-04 1.18534705686654e-04 1.18534705686654e-04)))
+    (local.set $q (f32x4.add (f32x4.mul (local.get $x2) (local.get $q)) (v128.const f32x4 2.26843463243900e-03 2.26843463243900e-03 2.26843463243900e-03 2.26843463243900e-03)))
+    (local.set $q (f32x4.add (f32x4.mul (local.get $x2) (local.get $q)) (v128.const f32x4 4.89352518554385e-03 4.89352518554385e-03 4.89352518554385e-03 4.89352518554385e-03)))
+    (v128.bitselect (local.get $x) (f32x4.div (local.get $p) (local.get $q)) (local.get $tiny))
+  )
+
   (func (export "tanh") (param $src i32) (param $dst i32) (param $n i32)
-    (local $end i32) (local $x v128) (local $x2 v128) (local $p v128) (local $q v128) (local $tiny v128)
+    (local $end i32) (local $r v128)
     (local.set $end (i32.add (local.get $src) (i32.shl (local.get $n) (i32.const 2))))
     (block $done
-      (br_if $done (i32.le_s (local.get $n) (i32.const 0)))
-      (loop $next
-        (local.set $x (v128.load (local.get $src)))
-        (local.set $tiny (f32x4.lt (f32x4.abs (local.get $x)) (v128.const f32x4 0.0004 0.0004 0.0004 0.0004)))
-        (local.set $x (f32x4.pmax (v128.const f32x4 -7.90531110763549805 -7.90531110763549805 -7.90531110763549805 -7.90531110763549805)
-                       (f32x4.pmin (v128.const f32x4 7.90531110763549805 7.90531110763549805 7.90531110763549805 7.90531110763549805) (local.get $x))))
-        (local.set $x2 (f32x4.mul (local.get $x) (local.get $x)))
-        (local.set $p (f32x4.add (f32x4.mul (local.get $x2) (v128.const f32x4 -2.76076847742355e-16 -2.76076847742355e-16 -2.76076847742355e-16 -2.76076847742355e-16))
-                                 (v128.const f32x4 2.00018790482477e-13 2.00018790482477e-13 2.00018790482477e-13 2.00018790482477e-13)))
-        (local.set $p (f32x4.add (f32x4.mul (local.get $x2) (local.get $p)) (v128.const f32x4 -8.60467152213735e-11 -8.60467152213735e-11 -8.60467152213735e-11 -8.60467152213735e-11)))
-        (local.set $p (f32x4.add (f32x4.mul (local.get $x2) (local.get $p)) (v128.const f32x4 5.12229709037114e-08 5.12229709037114e-08 5.12229709037114e-08 5.12229709037114e-08)))
-        (local.set $p (f32x4.add (f32x4.mul (local.get $x2) (local.get $p)) (v128.const f32x4 1.48572235717979e-05 1.48572235717979e-05 1.48572235717979e-05 1.48572235717979e-05)))
-        (local.set $p (f32x4.add (f32x4.mul (local.get $x2) (local.get $p)) (v128.const f32x4 6.37261928875436e-04 6.37261928875436e-04 6.37261928875436e-04 6.37261928875436e-04)))
-        (local.set $p (f32x4.add (f32x4.mul (local.get $x2) (local.get $p)) (v128.const f32x4 4.89352455891786e-03 4.89352455891786e-03 4.89352455891786e-03 4.89352455891786e-03)))
-        (local.set $p (f32x4.mul (local.get $x) (local.get $p)))
-        (local.set $q (f32x4.add (f32x4.mul (local.get $x2) (v128.const f32x4 1.19825839466702e-06 1.19825839466702e-06 1.19825839466702e-06 1.19825839466702e-06))
-                                 (v128.const f32x4 1.18534705686654e-04 1.18534705686654e-04 1.18534705686654e-04 1.18534705686654e-04)))
-        (local.set $q (f32x4.add (f32x4.mul (local.get $x2) (local.get $q)) (v128.const f32x4 2.26843463243900e-03 2.26843463243900e-03 2.26843463243900e-03 2.26843463243900e-03)))
-        (local.set $q (f32x4.add (f32x4.mul (local.get $x2) (local.get $q)) (v128.const f32x4 4.89352518554385e-03 4.89352518554385e-03 4.89352518554385e-03 4.89352518554385e-03)))
-        (v128.store (local.get $dst)
-          (v128.bitselect (local.get $x) (f32x4.div (local.get $p) (local.get $q)) (local.get $tiny)))
+      (br_if $done (i32.lt_s (local.get $n) (i32.const 4)))
+      (loop $next  ;; four at a time while four remain
+        (v128.store (local.get $dst) (call $tanh4 (v128.load (local.get $src))))
         (local.set $src (i32.add (local.get $src) (i32.const 16)))
         (local.set $dst (i32.add (local.get $dst) (i32.const 16)))
-        (br_if $next (i32.lt_u (local.get $src) (local.get $end)))))
+        (br_if $next (i32.le_u (i32.add (local.get $src) (i32.const 16)) (local.get $end)))))
+    (block $tail  ;; one to three left: computed as a vector, stored lane by lane
+      (br_if $tail (i32.ge_u (local.get $src) (local.get $end)))
+      (local.set $r (call $tanh4 (v128.load (local.get $src))))
+      (v128.store32_lane 0 (local.get $dst) (local.get $r))
+      (br_if $tail (i32.ge_u (i32.add (local.get $src) (i32.const 4)) (local.get $end)))
+      (v128.store32_lane offset=4 1 (local.get $dst) (local.get $r))
+      (br_if $tail (i32.ge_u (i32.add (local.get $src) (i32.const 8)) (local.get $end)))
+      (v128.store32_lane offset=8 2 (local.get $dst) (local.get $r)))
   )
 )

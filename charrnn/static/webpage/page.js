@@ -41,13 +41,15 @@
     }
     if (msg.id !== null && msg.id !== current) return; // from a generation already replaced
     if (msg.type === "text") {
+      const following = output.scrollHeight - output.scrollTop - output.clientHeight < 40; // before the text grows
       output.textContent += msg.text;
       received += msg.text.length;
-      if (output.scrollHeight - output.scrollTop - output.clientHeight < 80) output.scrollTop = output.scrollHeight;
+      if (following) output.scrollTop = output.scrollHeight;
     } else if (msg.type === "progress") {
       say(`Reading the prime: ${msg.primed.toLocaleString()} of ${msg.of.toLocaleString()} tokens…`);
     } else if (msg.type === "note") {
       notice(msg.message);
+      if ($("echo").checked && typeof msg.prime === "string") output.textContent = msg.prime; // the prime it read
     } else if (msg.type === "error") {
       finish();
       say(msg.message, "error");
@@ -67,6 +69,10 @@
     stop.disabled = true;
   }
 
+  function unescape(text) { // as `charrnn sample --stop`: \n, \t, \r and \\ are decoded
+    return text.replace(/\\([ntr\\])/g, (_, c) => ({ n: "\n", t: "\t", r: "\r", "\\": "\\" })[c]);
+  }
+
   function number(id, parse, lo, hi, label) {
     const text = $(id).value.trim();
     if (!text) return null;
@@ -82,7 +88,7 @@
     if (!ready) return;
     let request;
     try {
-      const stops = $("stop-seq").value ? [JSON.parse(`"${$("stop-seq").value.replace(/"/g, '\\"')}"`)] : [];
+      const stops = [unescape($("stop-seq").value)];
       request = {
         type: "generate", id: ++current, prime: $("prime").value,
         length: number("length", (s) => Number(s), 0, 1000000, "Length") ?? 500,
@@ -97,7 +103,7 @@
         throw new Error("Length, top-k and seed must be whole numbers.");
       }
     } catch (e) {
-      say(e instanceof SyntaxError ? "The stop sequence is not valid: use \\n for a newline." : e.message, "error");
+      say(e.message, "error");
       return;
     }
     output.textContent = $("echo").checked ? request.prime : "";
