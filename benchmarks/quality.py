@@ -46,17 +46,12 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=str(HERE / "results" / "quality.jsonl"))
     p.add_argument("--device", default="auto")
     p.add_argument("--note", default="", help="what the run measures, kept with its result")
-    p.add_argument("--prelude", default="", metavar="CODE",
-                   help="Python run before training, to try a change that has no option yet, e.g. "
-                        "\"import charrnn.optim as o; o.MUON_MATRICES = ('rnn.weight_hh',)\"")
     args = p.parse_args(argv)
 
     import charrnn
     from charrnn.data import split_text
     from charrnn.trainer import Evaluated, Started
 
-    if args.prelude:
-        exec(args.prelude, {})  # noqa: S102 - a benchmark's own command line
     overrides = parse_overrides(args.set)
     options = dict(overrides)
     options.setdefault("max_time", parse_duration(args.time))
@@ -103,7 +98,6 @@ def main(argv=None) -> int:
             "steps": done.steps, "epochs": done.epochs, "chars_per_sec": done.chars_per_sec,
             "val_loss_eval": report.nats_per_char, "val_loss_training": done.best_val_loss,
             "curve": curve, "machine": info, **({"note": args.note} if args.note else {}),
-            **({"prelude": args.prelude} if args.prelude else {}),
         }) + "\n")
     return 0
 

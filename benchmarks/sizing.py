@@ -83,11 +83,7 @@ def main(argv=None) -> int:
     p.add_argument("--only", default="small,fixed,large", help="comma-separated: small, fixed, large, russian")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--json", default=str(HERE / "results" / "sizing.jsonl"))
-    p.add_argument("--prelude", default="", metavar="CODE",
-                   help="Python run before training, to try a change that has no option yet (see quality.py)")
     args = p.parse_args(argv)
-    if args.prelude:
-        exec(args.prelude, {})  # noqa: S102 - a benchmark's own command line
     overrides = parse_overrides(args.set)
     only = set(args.only.split(","))
     budget = parse_duration(args.time)
@@ -125,8 +121,7 @@ def main(argv=None) -> int:
               f"{r['steps']} | {r['epochs']:.1f} | {r['best_val']:.4f} | {r['final_val']:.4f} | {fmt(r['final_train'])} |")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     with open(args.json, "a") as fh:
-        fh.write(json.dumps({"time": args.time, "runs": results, "machine": info,
-                            **({"prelude": args.prelude} if args.prelude else {})}) + "\n")
+        fh.write(json.dumps({"time": args.time, "runs": results, "machine": info}) + "\n")
     return 0
 
 

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from . import files
 from .config import ModelConfig, TrainConfig, from_known
 from .events import LN2
 from .errors import CheckpointError, CharrnnError, ConfigError
@@ -91,8 +92,9 @@ class ResumeState:
     optimizer: dict
     state: tuple  # of tensors (L, B, H)
     rng: list  # one {"torch": ByteTensor, "cuda"?: ByteTensor} per process (rank order)
-    # With --ema the checkpoint's weights are the averaged ones (what sampling and
-    # validation use); the optimizer's own weights are kept here to train on from.
+    # Runs of earlier versions with a weight average (removed: it lost its benchmark) kept
+    # the weights the optimizer trains on here, apart from the averaged `weights`; read
+    # so that such a run resumes exactly, never written now.
     train_weights: dict | None = None
 
 
@@ -397,15 +399,6 @@ def from_payload(data: Any, path: Path | None = None) -> Checkpoint:
 
 
 # -- files ---------------------------------------------------------------------------------
-def temp_name(path: Path) -> Path:
-    """The temporary file a save of `path` goes through (hidden, per process)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def _megabytes(n: int) -> str:
-    return f"{n / 1e6:,.1f} MB"
-
-
 def save(ckpt: Checkpoint | dict, path: str | os.PathLike) -> Path:
     """Write a checkpoint atomically to `path` (temp file + fsync + rename).
 
@@ -429,37 +422,10 @@ def save(ckpt: Checkpoint | dict, path: str | os.PathLike) -> Path:
 
 
 def write_atomic(path: Path, data, what: str = "checkpoint") -> Path:
-    """Write `data` (bytes) to `path` through a temporary file that is fsynced and then
-    renamed over it: a crash or a full disk leaves any earlier file at `path` whole, and
-    a full disk is reported with the space the file needed."""
-    import errno
-    import shutil
-
-    kept = f"; the previous {what} is untouched" if path.exists() else ""
-    tmp = temp_name(path)
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            free = shutil.disk_usage(path.parent).free
-            reason = f"no space left in {path.parent} (the {what} needs {_megabytes(len(data))}, {_megabytes(free)} are free)"
-        else:
-            reason = exc.strerror or str(exc)
-        raise CheckpointError(f"Could not write {what} {path}: {reason}{kept}.") from None
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass  # directory fsync is best effort (unsupported on some filesystems)
-    return path
+    """Write `data` (bytes) to `path` atomically (charrnn.files): a crash or a full disk
+    leaves any earlier file at `path` whole, and a full disk is reported with the space the
+    file needed."""
+    return files.write_atomic(path, data, what, CheckpointError)
 
 
 def load(path: str | os.PathLike, map_location="cpu") -> Checkpoint:

@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass, fields
 from .errors import ConfigError
 
 CELLS = ("lstm", "gru", "rnn")
-SCHEDULES = ("cosine", "wsd")
 OPTIMIZERS = ("adamw", "muon")
 TOKENIZERS = ("char", "sentencepiece")
 
@@ -143,7 +142,6 @@ class TrainConfig:
     # Ending the cosine at zero instead gained 0.008 on Tiny Shakespeare in 10 minutes but
     # lost 0.017-0.025 on three other corpora in 3 minutes (docs/benchmarks.md), so 5% stays.
     min_lr_ratio: float = 0.05
-    schedule: str = "cosine"  # or "wsd": warm-up, stable, then a linear decay over the last DECAY_SHARE
     grad_clip: float = 1.0
     max_steps: int | None = None
     max_epochs: float | None = None
@@ -158,7 +156,6 @@ class TrainConfig:
     patience: int | None = None  # evaluations without improvement before stopping early
     keep_every: int | None = None  # keep a step-NNNNNNNN.pt snapshot every N steps
     max_bad_steps: int = 8  # consecutive non-finite steps (skipped) before giving up
-    ema: float = 0.0  # decay of an exponential moving average of the weights (0: none)
     sample_every: int | None = None  # show and keep a sample at every Nth evaluation
     sample_length: int = 200  # characters per such sample
     sample_temp: float = 0.8
@@ -178,7 +175,6 @@ class TrainConfig:
             check_number(self, name, int, 1, MAX_STEPS, optional=True)
         check_number(self, "sample_length", int, 1, 100_000)
         check_number(self, "sample_temp", float, 0)
-        check_number(self, "ema", float, 0, 1, hi_open=True)
         check_number(self, "lr", float, 0, lo_open=True)
         for name in ("weight_decay", "grad_clip"):
             check_number(self, name, float, 0)
@@ -192,7 +188,6 @@ class TrainConfig:
         if self.precision == "fp32":  # the name before float32; stored in older checkpoints
             object.__setattr__(self, "precision", "float32")
         _choice(self, "precision", ("auto", "float32", "bf16"))
-        _choice(self, "schedule", SCHEDULES)
         _choice(self, "optimizer", OPTIMIZERS)
         if self.max_steps is None and self.max_epochs is None and self.max_time is None:
             raise ConfigError("Training needs a budget: --max-steps, --max-epochs or --max-time.")

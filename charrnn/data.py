@@ -16,16 +16,12 @@ state window k+1 needs (char-rnn / pytorch examples `batchify`)::
 
 from __future__ import annotations
 
-import base64
 import codecs
-import contextlib
-import errno
 import functools
 import shutil
 import hashlib
 import io
 import itertools
-import json
 import os
 import select
 import stat
@@ -37,6 +33,7 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 import numpy as np
 import torch
 
+from . import files, jsonio
 from .checkpoint import RunDir
 from .config import TOKENIZERS, CorpusOptions, TrainConfig
 from .errors import CharrnnError, ConfigError, CorpusError
@@ -45,9 +42,7 @@ from .vocabulary import Vocabulary, VocabularyBuilder, vocab_from_dict
 
 _SNIFF_BYTES = 8192
 _READ_BYTES = 1 << 24  # streaming reads: 16 MB of the corpus at a time
-CACHE_IDS = "corpus.ids"
-CACHE_META = "corpus.json"
-_CACHE_VERSION = 2  # 2: raw ids written through the file, any vocabulary kind
+_CACHE_VERSION = 3  # 2: raw ids written through the file, any vocabulary kind; 3: bytes as {"$base64"} (charrnn.jsonio)
 VAL_FRACTION = TrainConfig.val_fraction  # the default validation tail (one fact, in charrnn.config)
 # Codecs in which a pure-ASCII byte string decodes to the same code points: no decoding needed.
 _ASCII_CODECS = frozenset({"utf-8-sig", "ascii", "iso8859-1", "cp1252"})
@@ -105,11 +100,11 @@ def text_files(folder: Path) -> list[Path]:
     Named pipes, devices and sockets are skipped (reading one could wait for ever), and so
     are charrnn's own run folders."""
     found = []
-    for root, dirs, files in os.walk(folder):
+    for root, dirs, names in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not is_run_folder(Path(root) / d))
         if is_run_folder(Path(root)):
             continue
-        for name in sorted(files):
+        for name in sorted(names):
             if name.startswith("."):
                 continue
             path = Path(root) / name
@@ -392,18 +387,8 @@ def _tokenizer_key(options: CorpusOptions) -> dict:
     return {"tokenizer": options.tokenizer}
 
 
-def _vocab_json(vocab: Vocabulary) -> dict:
-    """`vocab.to_dict()` in JSON types (bytes, such as a sentencepiece model, as base64)."""
-    return {k: {"base64": base64.b64encode(v).decode("ascii")} if isinstance(v, bytes) else v
-            for k, v in vocab.to_dict().items()}
-
-
-def _vocab_from_json(data: dict) -> Vocabulary:
-    return vocab_from_dict({k: base64.b64decode(v["base64"]) if isinstance(v, dict) else v for k, v in data.items()})
-
-
 def _vocab_sha256(vocab: Vocabulary) -> str:
-    return hashlib.sha256(json.dumps(_vocab_json(vocab), sort_keys=True).encode("ascii")).hexdigest()
+    return hashlib.sha256(jsonio.dumps(vocab.to_dict(), sort_keys=True).encode("ascii")).hexdigest()
 
 
 def _fingerprint(files: Sequence[Path], options: CorpusOptions) -> dict:
@@ -431,16 +416,16 @@ def _load_cache(cache: Path, fingerprint: dict, vocab: Vocabulary | None,
     if they were made from the same files, read the same way, with the given vocabulary
     (or, without one, by the same tokenizer options); None otherwise."""
     try:
-        meta = json.loads((cache / CACHE_META).read_text(encoding="utf-8"))
+        meta = jsonio.loads((cache / RunDir.CORPUS_META).read_text(encoding="utf-8"))
         if {k: meta.get(k) for k in fingerprint} != fingerprint:
             return None
         if vocab is not None and meta.get("vocab_sha256") != _vocab_sha256(vocab):
             return None
         if vocab is None and meta.get("tokenizer") != _tokenizer_key(options):
             return None
-        vocab = vocab if vocab is not None else _vocab_from_json(meta["vocab"])
+        vocab = vocab if vocab is not None else vocab_from_dict(meta["vocab"])
         dtype, count = np.dtype(meta["dtype"]), int(meta["count"])
-        path = cache / CACHE_IDS
+        path = cache / RunDir.CORPUS_IDS
         if dtype != vocab.dtype or count <= 0 or path.stat().st_size != count * dtype.itemsize:
             return None
         ids = np.memmap(path, dtype=dtype, mode="c", shape=(count,))
@@ -449,26 +434,6 @@ def _load_cache(cache: Path, fingerprint: dict, vocab: Vocabulary | None,
         return ids, vocab, meta
     except (OSError, ValueError, KeyError, TypeError, AttributeError, CharrnnError):
         return None  # unreadable, stale or foreign: rebuilt
-
-
-@contextlib.contextmanager
-def _replacing(cache: Path, name: str) -> Iterator[Path]:
-    """A temporary file to write `cache/name` into, moved into place when the block ends;
-    a failure (a full disk) is one `CorpusError` and leaves no temporary file behind."""
-    tmp = cache / f".{name}.{os.getpid()}.tmp"
-    try:
-        yield tmp
-        os.replace(tmp, cache / name)
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-                reason += f" ({shutil.disk_usage(cache).free / 1e6:,.1f} MB are free)"
-        raise CorpusError(f"Cannot write the corpus cache in {cache}: {reason}.") from None
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
 
 
 def _check_space(cache: Path, needed: int) -> None:
@@ -481,7 +446,7 @@ def _check_space(cache: Path, needed: int) -> None:
     except OSError:
         return
     if free < needed:
-        raise CorpusError(f"Cannot write the corpus cache in {cache}: it needs {needed / 1e6:,.1f} MB and "
+        raise CorpusError(f"Could not write the corpus cache in {cache}: it needs {needed / 1e6:,.1f} MB and "
                           f"{free / 1e6:,.1f} MB are free.")
 
 
@@ -490,19 +455,20 @@ def _write_ids(cache: Path, parts: Iterable[np.ndarray]) -> int:
     return how many there are. Not through a writable memory map: the count is not known
     in advance, and a full disk must raise OSError (here `CorpusError`), not SIGBUS."""
     count = 0
-    with _replacing(cache, CACHE_IDS) as tmp:
+    try:
         cache.mkdir(parents=True, exist_ok=True)
-        (cache / CACHE_META).unlink(missing_ok=True)  # never let old metadata describe new ids
-        with open(tmp, "wb") as fh:
-            for part in parts:
-                fh.write(np.ascontiguousarray(part).data)
-                count += len(part)
+        (cache / RunDir.CORPUS_META).unlink(missing_ok=True)  # never let old metadata describe new ids
+    except OSError as exc:
+        raise CorpusError(f"Could not write the corpus cache in {cache}: {exc.strerror or exc}.") from None
+    with files.atomic_file(cache / RunDir.CORPUS_IDS, "the corpus cache", CorpusError) as fh:
+        for part in parts:
+            fh.write(np.ascontiguousarray(part).data)
+            count += len(part)
     return count
 
 
 def _write_meta(cache: Path, meta: dict) -> None:
-    with _replacing(cache, CACHE_META) as tmp:
-        tmp.write_text(json.dumps(meta), encoding="utf-8")
+    files.write_atomic(cache / RunDir.CORPUS_META, jsonio.dumps(meta).encode("utf-8"), "the corpus cache", CorpusError)
 
 
 def encode_corpus(
@@ -604,9 +570,9 @@ def _encode(src: _Source, read: Callable[[], Blocks], vocab: Vocabulary | None, 
         _check_space(cache, chars * vocab.dtype.itemsize)
     count = _write_ids(cache, vocab.encode_blocks(read()))
     _write_meta(cache, {**fingerprint, "tokenizer": tokenizer,
-                        "vocab_sha256": _vocab_sha256(vocab), "vocab": _vocab_json(vocab),
+                        "vocab_sha256": _vocab_sha256(vocab), "vocab": vocab.to_dict(),
                         "dtype": vocab.dtype.str, "count": count, "chars": chars, "sha256": digest.hexdigest()})
-    ids = np.memmap(cache / CACHE_IDS, dtype=vocab.dtype, mode="c", shape=(count,))
+    ids = np.memmap(cache / RunDir.CORPUS_IDS, dtype=vocab.dtype, mode="c", shape=(count,))
     return EncodedCorpus(ids, vocab, src.name, src.spec, chars, src.count, digest.hexdigest())
 
 
@@ -642,11 +608,6 @@ def as_streams(ids: np.ndarray, batch_size: int) -> torch.Tensor:
             f"lower --batch-size or use a longer corpus."
         )
     return torch.from_numpy(ids[: batch_size * length]).view(batch_size, length)
-
-
-def num_windows(streams: torch.Tensor, seq_len: int) -> int:
-    """Windows of T in one pass over the streams (each needs T+1 columns for its targets)."""
-    return (streams.size(1) - 1) // seq_len
 
 
 def eval_windows(streams: torch.Tensor, seq_len: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -213,12 +213,13 @@ def cpu_bf16() -> bool:
 
 def _write_cache(path: Path, data: dict) -> None:
     """Write the probe cache atomically; a cache that cannot be written is only a slower start."""
+    from . import files
+    from .errors import CharrnnError
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError:
+        files.write_atomic(path, json.dumps(data, indent=1).encode("utf-8"), "the CPU probe's cache")
+    except (OSError, CharrnnError):
         pass
 
 

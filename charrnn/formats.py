@@ -4,7 +4,7 @@
   pickle: the weights are safetensors tensors, and every other section of the checkpoint
   payload (model configuration, vocabulary, corpus, training summary) is one JSON string
   in the file's metadata, under the payload's own key. Bytes (a sentencepiece model) are
-  written as `{"$base64": "..."}`. Reading builds the same payload back and hands it to
+  written as `{"$base64": "..."}` (charrnn.jsonio). Reading builds the same payload back and hands it to
   `checkpoint.from_payload`, so it goes through the one validation and the migrations.
 - **ONNX** holds the single-step graph of `CharRNN.step`, for onnxruntime and other
   runtimes without Python or torch: inputs `input_ids` (int64, (B,)) and the state (`h`,
@@ -21,13 +21,13 @@ only inside the functions that need them (the CLI reads `FORMATS` for `--help`).
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
 from pathlib import Path
 
 from .errors import CharrnnError, CheckpointError, ConfigError
+from .jsonio import decode_bytes, encode_bytes
 
 FORMATS = {"pt": ".pt", "safetensors": ".safetensors", "onnx": ".onnx", "html": ".html"}  # format -> file extension
 
@@ -63,18 +63,6 @@ def choose_format(path: Path, format: str | None = None) -> str:
 
 
 # -- safetensors ---------------------------------------------------------------------------
-def _encode_bytes(value):
-    if isinstance(value, (bytes, bytearray)):
-        return {"$base64": base64.b64encode(bytes(value)).decode("ascii")}
-    raise TypeError(f"{type(value).__name__} is not plain data")
-
-
-def _decode_bytes(obj: dict):
-    if len(obj) == 1 and "$base64" in obj:
-        return base64.b64decode(obj["$base64"], validate=True)
-    return obj
-
-
 def safetensors_bytes(payload: dict) -> bytes:
     """A checkpoint payload (`Checkpoint.to_payload()` of a sampling-only checkpoint) as the
     bytes of a safetensors file.
@@ -104,7 +92,7 @@ def safetensors_bytes(payload: dict) -> bytes:
         if key not in ("format", "version", "model"):
             # ASCII JSON: a file name that is not valid UTF-8 (kept by Python as lone surrogates)
             # is escaped and reads back exactly, where raw it could not be stored at all
-            metadata[key] = json.dumps(value, default=_encode_bytes, ensure_ascii=True, allow_nan=False)
+            metadata[key] = json.dumps(value, default=encode_bytes, ensure_ascii=True, allow_nan=False)
     return save(tensors, metadata=metadata)
 
 
@@ -141,7 +129,7 @@ def read_safetensors(path: Path, device="cpu") -> dict:
         raise CheckpointError(f"{path} was written by a newer charrnn (safetensors layout {layout!r}); "
                               f"upgrade charrnn to read it.")
     try:
-        payload = {key: json.loads(value, object_hook=_decode_bytes)
+        payload = {key: json.loads(value, object_hook=decode_bytes)
                    for key, value in metadata.items() if key not in _ST_OWN}
         for name, target in json.loads(metadata.get(ST_ALIASES, "{}")).items():
             tensors[name] = tensors[target]
@@ -280,7 +268,7 @@ def onnx_bytes(ckpt, source: str | None = None) -> bytes:
         "hidden_size": str(config.hidden_size),
         "state_inputs": json.dumps(states),
         "state_outputs": json.dumps([f"{s}_out" for s in states]),
-        "corpus": json.dumps(ckpt.corpus, default=_encode_bytes),  # ASCII JSON: file names need not be UTF-8
+        "corpus": json.dumps(ckpt.corpus, default=encode_bytes),  # ASCII JSON: file names need not be UTF-8
         "best_val_loss": json.dumps(p.best_val_loss),  # nats per character
         "step": str(p.step),
     }

@@ -55,7 +55,7 @@ def orthogonalise(g: torch.Tensor, steps: int = QUINTIC_STEPS) -> torch.Tensor:
     `steps` iterations as V diag(f(s) / s) V^T x: two (small x large) products and one
     small `eigh`, instead of three products per iteration. For the four matrices of a
     2 x 512 LSTM on the 2-core CPU: 0.14 s against 0.53 s for five iterations
-    (`python benchmarks/muon.py`).
+    (benchmarks/muon.py, kept in the history: `git show da091b9:benchmarks/muon.py`).
     """
     a, b, c = QUINTIC
     wide = g.size(0) <= g.size(1)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
+
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import checkpoint
+from . import checkpoint, files
 from .events import LN2
 from .checkpoint import RunDir, stands_for_a_stream
 from .errors import CharrnnError
@@ -96,17 +96,9 @@ def save_png(curves: Curves, path: str | os.PathLike, title: str = "", force: bo
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = None
     try:
-        # a new file of its own (O_EXCL, a short name), then renamed over the destination
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".charrnn-", suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
+        with files.atomic_file(path, "the plot", CharrnnError) as fh:
             fig.savefig(fh, format=path.suffix.lower().lstrip("."))
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise CharrnnError(f"Cannot write {path}: {exc.strerror or exc}.") from None
     finally:
         plt.close(fig)
-        if tmp is not None and os.path.lexists(tmp):
-            os.unlink(tmp)
     return path

@@ -10,6 +10,7 @@ import errno
 import os
 from pathlib import Path
 
+from .checkpoint import RunDir
 from .errors import ConfigError
 
 try:
@@ -17,7 +18,6 @@ try:
 except ImportError:  # pragma: no cover - Windows: no advisory locks, no protection
     fcntl = None
 
-LOCK_NAME = ".lock"
 
 
 # Taking the lock starts again when the lock file or its folder is removed under us (by a
@@ -27,7 +27,7 @@ ATTEMPTS = 5
 
 class RunLock:
     def __init__(self, run_dir: str | os.PathLike):
-        self.path = Path(run_dir) / LOCK_NAME
+        self.path = Path(run_dir) / RunDir.LOCK
         self._fh = None
         self.created = False  # whether acquire() made the lock file (a new run folder has none)
         self.made_folders: list[Path] = []  # the folders acquire() made, innermost first
@@ -48,7 +48,7 @@ class RunLock:
                 raise ConfigError(f"Cannot use run folder {folder}: {exc.strerror or exc}.") from None
             except OSError as exc:
                 self.remove_folders()
-                why = (f"its {LOCK_NAME} is a symbolic link, which charrnn does not follow" if exc.errno == errno.ELOOP
+                why = (f"its {RunDir.LOCK} is a symbolic link, which charrnn does not follow" if exc.errno == errno.ELOOP
                        else exc.strerror or str(exc))
                 raise ConfigError(f"Cannot use run folder {folder}: {why}.") from None
             if fcntl is not None:

@@ -25,18 +25,11 @@ def budget_fraction(config: TrainConfig, step: int, epoch: float, elapsed: float
     return min(1.0, max(parts))
 
 
-DECAY_SHARE = 0.2  # the last part of the budget over which "wsd" decays
-
-
 def lr_at(config: TrainConfig, step: int, fraction: float) -> float:
-    """Linear warmup over `warmup_steps`, then a decay from lr to lr * min_lr_ratio over
-    the budget: a cosine, or with schedule "wsd" (warm-up, stable, decay) the full rate
-    until the last DECAY_SHARE of the budget and a straight line from there. With
-    --max-time the decay follows the clock, so it ends at the deadline."""
+    """Linear warmup over `warmup_steps`, then a cosine from lr to lr * min_lr_ratio over
+    the budget. With --max-time the decay follows the clock, so it ends at the deadline.
+    (A warm-up-stable-decay shape was measured against it and lost: docs/benchmarks.md.)"""
     warm = min(1.0, (step + 1) / max(config.warmup_steps, 1))
     fraction = min(fraction, 1.0)
-    if config.schedule == "wsd":
-        shape = min(1.0, (1.0 - fraction) / DECAY_SHARE)
-    else:
-        shape = 0.5 * (1.0 + math.cos(math.pi * fraction))
+    shape = 0.5 * (1.0 + math.cos(math.pi * fraction))
     return config.lr * warm * (config.min_lr_ratio + (1.0 - config.min_lr_ratio) * shape)

@@ -9,7 +9,6 @@ whole through a `Checkpoint`.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import time
@@ -153,9 +152,6 @@ class Trainer:
         self.optimizer, self.fused = optim.build(self.model, self.config)
         self.progress = RunState(chars_per_token=chars_per_token(vocab, train_ids))
         self._evaluations = 0  # in this process's run (--sample-every counts these)
-        # --ema: an average of the weights, float32, in named_parameters order; validation,
-        # checkpoints and samples use it, the optimizer keeps training the raw weights.
-        self.ema = [p.detach().float().clone() for p in self.model.parameters()] if config.ema > 0 else None
         self.local_batch = config.batch_size // world.size
         self.state: State = self.model.init_state(self.local_batch, self.device)
         self.skipped = torch.zeros((), dtype=torch.long, device=self.device)
@@ -243,10 +239,7 @@ class Trainer:
         self.progress.skipped_steps = int(self.skipped)
         state = dist_utils.gather_streams(self.world, self.state)
         rngs = dist_utils.gather_objects(self.world, rng_state(self.device))
-        snapshot = lambda: {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}  # noqa: E731
-        raw = snapshot() if self.ema is not None else None  # the weights training continues from
-        with self.averaged():
-            weights = snapshot()
+        weights = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
         return Checkpoint(
             model_config=self.model_config,
             weights=weights,
@@ -254,7 +247,7 @@ class Trainer:
             train_config=self.config,
             corpus=dict(self.corpus),
             progress=RunState(**asdict(self.progress)),
-            resume=ResumeState(self.optimizer.state_dict(), tuple(s.detach().cpu() for s in state), rngs, raw),
+            resume=ResumeState(self.optimizer.state_dict(), tuple(s.detach().cpu() for s in state), rngs),
             device=self.device_text(),
             num_parameters=self.model.num_parameters(),
         )
@@ -267,9 +260,7 @@ class Trainer:
         """Continue from a checkpoint exactly where it was written."""
         if not ckpt.resumable:
             raise ConfigError(f"{ckpt.path} holds weights only (an exported model), so it cannot be resumed.")
-        if self.ema is not None:
-            self.model.load_state_dict(ckpt.weights)  # the average, then the weights it trains on
-            self.ema = [q.detach().float().clone() for q in self.model.parameters()]
+        # A run of an earlier version with a weight average kept the weights it trained on apart.
         self.model.load_state_dict(ckpt.resume.train_weights if ckpt.resume.train_weights is not None else ckpt.weights)
         try:
             self.optimizer.load_state_dict(ckpt.resume.optimizer)
@@ -303,31 +294,11 @@ class Trainer:
             self.saved.add(name)
             yield Saved(str(path), name)
 
-    @contextlib.contextmanager
-    def averaged(self):
-        """The model holds the averaged weights inside the block (--ema), its own after."""
-        if self.ema is None:
-            yield
-            return
-        params = list(self.model.parameters())
-        raw = [q.detach().clone() for q in params]
-        with torch.no_grad():
-            for q, e in zip(params, self.ema):
-                q.copy_(e)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for q, r in zip(params, raw):
-                    q.copy_(r)
-
     def validate(self) -> float:
-        """Validation loss in nats per character (NaN when there is no validation text),
-        of the averaged weights with --ema."""
+        """Validation loss in nats per character (NaN when there is no validation text)."""
         if self.val_streams is None:
             return math.nan
-        with self.averaged():
-            result = evaluate(self.model, self.val_streams, self.config.seq_len, self.device, self.bf16, self.char_lengths)
+        result = evaluate(self.model, self.val_streams, self.config.seq_len, self.device, self.bf16, self.char_lengths)
         if self.world.active:
             nats, chars = dist_utils.all_sum(self.world, torch.tensor(result.nats, device=self.device),
                                              torch.tensor(float(result.chars), device=self.device))
@@ -371,8 +342,7 @@ class Trainer:
         c, p = self.config, self.progress
         cfg = SampleConfig(temperature=c.sample_temp, length=c.sample_length, seed=(c.seed + p.step) % (2**63))
         try:
-            with self.averaged():
-                text = "".join(chunk.texts[0] for chunk in Sampler(self.model, self.vocab, self.device).generate("", cfg))
+            text = "".join(chunk.texts[0] for chunk in Sampler(self.model, self.vocab, self.device).generate("", cfg))
         finally:
             self.model.train()
         bits = f"{val_loss / LN2:.4f} bits/char" if math.isfinite(val_loss) else "no validation"
@@ -406,9 +376,6 @@ class Trainer:
             self.optimizer.step()
         elif not bool(bad):
             self.optimizer.step()
-        if self.ema is not None:  # a skipped step left the weights as they were: averaging them is harmless
-            decay = min(c.ema, (1 + p.step) / (10 + p.step))  # short memory while the weights move fast
-            torch._foreach_lerp_(self.ema, [q.detach().float() for q in self.model.parameters()], 1 - decay)
         self.skipped += bad
         self.bad_streak = (self.bad_streak + 1) * bad
         # A non-finite step may have poisoned the carried state: restart it from zero.

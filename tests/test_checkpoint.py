@@ -171,12 +171,6 @@ def test_run_dir_knows_its_own_files_and_clears_only_those(tmp_path):
     assert (tmp_path / ".hidden.tmp").exists() and not (tmp_path / f".latest.pt.{os.getpid()}.tmp").exists()
 
 
-def test_run_dir_and_the_corpus_cache_agree_on_file_names():
-    from charrnn import data
-
-    assert (checkpoint.RunDir.CORPUS_IDS, checkpoint.RunDir.CORPUS_META) == (data.CACHE_IDS, data.CACHE_META)
-
-
 def test_the_default_checkpoint_is_always_a_run_that_list_shows(tmp_path):
     """A bare `charrnn sample` picks the newest run among those `charrnn list` shows: a
     best.pt nested deeper (a copy kept in a subfolder of a run, an archive) is neither."""

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from charrnn.data import as_streams, eval_windows, num_windows, read_corpus, split_ids, split_text
+from charrnn.data import as_streams, eval_windows, read_corpus, split_ids, split_text
 from charrnn.config import CorpusOptions
 from charrnn.errors import CorpusError
 
@@ -14,8 +14,7 @@ def test_windows_continue_exactly_where_the_previous_ended():
     ids = np.arange(3 * 41, dtype=np.int32)
     streams = as_streams(ids, 3)  # (3, 41)
     seen = list(eval_windows(streams, seq_len=8))
-    full = seen[: num_windows(streams, 8)]  # the windows training reads, each T long
-    assert len(full) == (41 - 1) // 8
+    full = seen[: (41 - 1) // 8]  # the windows of a full T (the last one is shorter)
     for (x0, y0), (x1, y1) in zip(seen, seen[1:]):
         # every stream's next window starts at the id following the previous window's end
         assert torch.equal(x1[:, 0], x0[:, -1] + 1)
@@ -314,7 +313,7 @@ def test_large_sentencepiece_corpus_trains_on_a_spread_sample(tmp_path, monkeypa
 def test_a_full_disk_is_one_sentence_and_leaves_no_temporary_file(tmp_path, monkeypatch):
     import errno
 
-    import charrnn.data as data
+    import charrnn.files as files
     from charrnn.data import encode_corpus
 
     corpus = tmp_path / "c.txt"
@@ -325,9 +324,10 @@ def test_a_full_disk_is_one_sentence_and_leaves_no_temporary_file(tmp_path, monk
         def write(self, b):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(data, "open", lambda path, mode: Full(path, mode), raising=False)
+    monkeypatch.setattr(files, "open", lambda path, mode: Full(path, mode), raising=False)
     for options in (CorpusOptions(), CorpusOptions(**SP)):
-        with pytest.raises(CorpusError, match=rf"^Cannot write the corpus cache in {run}: No space left on device \([\d,.]+ MB are free\)\.$"):
+        with pytest.raises(CorpusError, match=rf"^Could not write the corpus cache {run / 'corpus.ids'}: no space left in "
+                                              rf"{run} \([\d,.]+ MB are free\)\.$"):
             encode_corpus(corpus, cache_dir=run, options=options)
         assert list(run.iterdir()) == []
 

@@ -525,7 +525,7 @@ def test_a_full_disk_while_writing_the_corpus_cache_is_one_sentence(small_disk, 
     result = CliRunner().invoke(main, ["train", str(big), "--out", str(small_disk / "run"), "--max-steps", "1", *SMALL],
                                 catch_exceptions=False)
     assert result.exit_code == 1, result.stderr
-    assert "Cannot write the corpus cache" in result.stderr and "Traceback" not in result.stderr
+    assert "Could not write the corpus cache" in result.stderr and "Traceback" not in result.stderr
     assert not list((small_disk / "run").glob(".*.tmp"))
 
 

@@ -47,17 +47,15 @@ def weights(path):
     return checkpoint.load(path).weights
 
 
-@pytest.mark.parametrize("ema, optimizer, model, precision", [
-    (0.0, "adamw", {}, "float32"), (0.9, "adamw", {}, "float32"), (0.0, "muon", {}, "float32"),
-    (0.0, "muon", {"dropout": 0.0, "weight_drop": 0.3}, "float32"),
-    (0.0, "adamw", {}, "bf16"), (0.0, "muon", {}, "bf16"),
+@pytest.mark.parametrize("optimizer, model, precision", [
+    ("adamw", {}, "float32"), ("muon", {}, "float32"), ("muon", {"dropout": 0.0, "weight_drop": 0.3}, "float32"),
+    ("adamw", {}, "bf16"), ("muon", {}, "bf16"),
 ])
-def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, corpus, ema, optimizer, model, precision):
-    """Also with --ema (the average and the weights it is taken over both come back), with
-    Muon (its momentum and the AdamW moments of the other weights come back), with
-    weight drop (the masks drawn after the resume are the ones the whole run draws) and
-    under bf16 autocast on the CPU (float32 weights, optimizer state and carried state)."""
-    options = {"ema": ema, "optimizer": optimizer, "precision": precision}
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, corpus, optimizer, model, precision):
+    """Also with Muon (its momentum and the AdamW moments of the other weights come back),
+    with weight drop (the masks drawn after the resume are the ones the whole run draws)
+    and under bf16 autocast on the CPU (float32 weights, optimizer state and carried state)."""
+    options = {"optimizer": optimizer, "precision": precision}
     events_a = train(corpus, tmp_path / "a", train=options, model=model)
     assert checkpoint.load(tmp_path / "a" / "latest.pt").device.endswith(
         "bf16 autocast" if precision == "bf16" else "float32")
@@ -72,12 +70,6 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, corpus, ema, op
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
-    raw = checkpoint.load(tmp_path / "b" / "latest.pt").resume.train_weights
-    assert (raw is None) == (ema == 0)
-    if raw is not None:  # the saved weights are the average, not the optimizer's
-        assert any(not torch.equal(raw[k], b[k]) for k in b)
-        for k, v in checkpoint.load(tmp_path / "a" / "latest.pt").resume.train_weights.items():
-            torch.testing.assert_close(v, raw[k], rtol=0, atol=1e-6)
     assert events_b[-1].final_val_loss == pytest.approx(events_a[-1].final_val_loss, abs=1e-6)
     assert events_b[-1].step == 40
 
