@@ -69,7 +69,8 @@ def main(argv=None) -> dict:
     info = describe()
     print(line(info))
     model = load(args.checkpoint)
-    text = Path(args.corpus).read_text(encoding="utf-8")
+    with open(args.corpus, encoding="utf-8", newline="") as fh:  # line endings kept, as charrnn reads them
+        text = fh.read()
     tail = text[int(len(text) * (1 - args.val_fraction)):]
     ids = torch.from_numpy(model._ids(tail).astype("int64"))
     lengths = torch.from_numpy(model.vocab.char_lengths())

@@ -219,7 +219,7 @@ class CorpusOptions:
 class DynamicConfig:
     """Settings of dynamic evaluation; the defaults are measured (docs/benchmarks.md)."""
 
-    segment: int = 100  # tokens scored, then learned from, per step
+    segment: int = 50  # tokens scored, then learned from, per step
     lr: float = 3e-4  # step size of the RMS-normalised gradient
     decay: float = 0.001  # share of the way back to the original weights per step
     beta: float = 0.99  # how long the mean square of gradients remembers
