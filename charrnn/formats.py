@@ -195,6 +195,18 @@ def _step_module(net):
     return (LSTMStep() if net.config.cell == "lstm" else Step()).eval()
 
 
+def float32_net(ckpt):
+    """The checkpoint's network in float32 and eval mode, for an export to trace or fold."""
+    from .model import CharRNN
+
+    net = CharRNN(ckpt.model_config)
+    try:
+        net.load_state_dict({k: v.float() for k, v in ckpt.weights.items()})
+    except RuntimeError:
+        raise CheckpointError(f"Checkpoint {ckpt.path} has weights that do not fit its model configuration.") from None
+    return net.eval()
+
+
 def onnx_bytes(ckpt, source: str | None = None) -> bytes:
     """The single-step graph of a checkpoint's model as the bytes of an ONNX file, float32,
     with the vocabulary and the graph's interface in its metadata_props.
@@ -216,16 +228,10 @@ def onnx_bytes(ckpt, source: str | None = None) -> bytes:
         raise CharrnnError(f"ONNX export needs torch 2.6 or newer (this is torch {torch.__version__}).")
 
     from . import __version__
-    from .model import CharRNN
     from .sampling import prime_ids
 
     config = ckpt.model_config
-    net = CharRNN(config)
-    try:
-        net.load_state_dict({k: v.float() for k, v in ckpt.weights.items()})
-    except RuntimeError:
-        raise CheckpointError(f"Checkpoint {ckpt.path} has weights that do not fit its model configuration.") from None
-    net.eval()
+    net = float32_net(ckpt)
     vocab = ckpt.vocabulary()
     states = ["h", "c"] if config.cell == "lstm" else ["h"]
     batch = torch.export.Dim("batch")

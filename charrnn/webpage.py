@@ -30,7 +30,7 @@ from importlib import resources
 
 import numpy as np
 
-from .errors import CheckpointError, ConfigError
+from .errors import ConfigError
 from .events import LN2
 
 PRECISIONS = ("float16", "float32")
@@ -214,18 +214,13 @@ def page_bytes(ckpt, precision: str = "float16", source: str | None = None) -> b
 
     from . import __version__
     from .cpustep import CpuStepper
-    from .model import CharRNN
+    from .formats import float32_net
 
     config = ckpt.model_config
     if config.cell not in ("lstm", "gru", "rnn"):
         raise ConfigError(f"A web page cannot run a {config.cell} cell.")
     vocab_section = _vocab_section(ckpt.vocabulary())
-    net = CharRNN(config)
-    try:
-        net.load_state_dict({k: v.float() for k, v in ckpt.weights.items()})
-    except RuntimeError:
-        raise CheckpointError(f"Checkpoint {ckpt.path} has weights that do not fit its model configuration.") from None
-    net.eval()
+    net = float32_net(ckpt)
     G = net.layer_weights(0)[0].size(0)
     # Layer 0 reads the smaller of a (V, G) table and the embedding with W_ih.
     inputs = config.vocab_size if config.one_hot else config.embedding_size

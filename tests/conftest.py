@@ -61,3 +61,24 @@ def find_browser() -> tuple[str, str]:
     if driver is None or browser is None:
         pytest.skip("Chromium and chromedriver are needed (apt-get install chromium chromium-driver)")
     return browser, driver
+
+
+def start_chromium(*args: str, logs: bool = False):
+    """A headless Chromium through selenium (with the browser's and the network log when
+    `logs`), or skip the test with the reason."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.chrome.service import Service
+
+    binary, driver = find_browser()
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--force-device-scale-factor=1", "--hide-scrollbars", *args):
+        options.add_argument(arg)
+    if logs:
+        options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
+    try:
+        return webdriver.Chrome(options=options, service=Service(driver))
+    except WebDriverException as exc:
+        pytest.skip(f"Chromium did not start: {exc.msg}")

@@ -16,7 +16,7 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
 
-from conftest import find_browser  # noqa: E402
+from conftest import start_chromium  # noqa: E402
 from test_serve import live  # noqa: E402
 
 from charrnn import serve  # noqa: E402
@@ -28,19 +28,7 @@ pytestmark = pytest.mark.slow  # a browser process per test
 
 @pytest.fixture
 def browser():
-    from selenium.common.exceptions import WebDriverException
-    from selenium.webdriver.chrome.service import Service
-
-    binary, driver = find_browser()
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1280,800", "--force-device-scale-factor=1", "--hide-scrollbars"):
-        options.add_argument(arg)
-    try:
-        chrome = webdriver.Chrome(options=options, service=Service(driver))
-    except WebDriverException as exc:
-        pytest.skip(f"Chromium did not start: {exc.msg}")
+    chrome = start_chromium("--window-size=1280,800")
     try:
         yield chrome
     finally:

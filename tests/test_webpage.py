@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import find_browser
+from conftest import start_chromium
 
 from charrnn import checkpoint
 from charrnn.config import ModelConfig, TrainConfig
@@ -145,25 +145,11 @@ def test_cli_export_html(tmp_path):
 
 
 # -- the page in a browser ---------------------------------------------------------------
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
 
 
 @pytest.fixture(scope="module")
 def browser():
-    from selenium.common.exceptions import WebDriverException
-    from selenium.webdriver.chrome.service import Service
-
-    binary, driver = find_browser()
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1100,900", "--force-device-scale-factor=1", "--hide-scrollbars"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
-    try:
-        chrome = webdriver.Chrome(options=options, service=Service(driver))
-    except WebDriverException as exc:
-        pytest.skip(f"Chromium did not start: {exc.msg}")
+    chrome = start_chromium("--window-size=1100,900", logs=True)
     try:
         yield chrome
     finally:
