@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -22,7 +21,8 @@ from .config import MAX_BATCH, MAX_SEQ_LEN, DynamicConfig, shown
 from .errors import CheckpointError, ConfigError, CorpusError
 from .model import CharRNN
 from .sampling import Chunk, Sampler, SampleConfig
-from .trainer import LN2, evaluate
+from .evaluation import evaluate
+from .events import LN2
 
 
 @dataclass(frozen=True)

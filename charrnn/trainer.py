@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
 
@@ -24,11 +24,12 @@ from . import distributed as dist_utils
 from . import optim
 from .checkpoint import Checkpoint, ResumeState, RunDir, RunState
 from .config import ModelConfig, TrainConfig
-from .data import as_streams, eval_windows
+from .data import as_streams
 from .devices import (autocast, bf16_works, device_name, local_device, precision_name, rng_state, set_rng_state,
                       use_bf16)
 from .distributed import World
 from .errors import CharrnnError, ConfigError
+from .evaluation import evaluate
 from .events import LN2, Evaluated, Finished, Progress, Sampled, Saved, Started  # noqa: F401  (re-exported)
 from .metrics import MetricsLog, open_to_append
 from .model import CharRNN, State
@@ -37,52 +38,6 @@ from .schedule import budget_fraction, lr_at
 
 class TrainingError(CharrnnError):
     """Training cannot go on (e.g. the loss stays non-finite)."""
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    nats: float  # summed cross-entropy
-    tokens: int
-    chars: int  # characters those tokens stand for (equal to tokens for a character vocabulary)
-
-    @property
-    def per_char(self) -> float:
-        return self.nats / self.chars if self.chars else math.nan
-
-    @property
-    def per_token(self) -> float:
-        return self.nats / self.tokens if self.tokens else math.nan
-
-
-@torch.no_grad()
-def evaluate(
-    model: CharRNN,
-    streams: torch.Tensor,
-    seq_len: int,
-    device: torch.device,
-    bf16: bool = False,
-    char_lengths: torch.Tensor | None = None,
-) -> EvalResult:
-    """Summed cross-entropy over every target of `streams` (B, L), carrying the state across
-    windows exactly as training does; `char_lengths` (V,) counts characters per token."""
-    was_training = model.training
-    model.eval()
-    state = model.init_state(streams.size(0), device)
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    chars = torch.zeros((), dtype=torch.long, device=device)
-    lengths = None if char_lengths is None else char_lengths.to(device)
-    count = 0
-    for x, y in eval_windows(streams, seq_len):
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True).long()
-        with autocast(device, bf16):
-            logits, state = model(x, state)
-        total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").double()
-        count += y.numel()
-        if lengths is not None:
-            chars += lengths[y].sum()
-    model.train(was_training)
-    return EvalResult(float(total), count, count if lengths is None else int(chars))
 
 
 def seed_everything(seed: int) -> None:

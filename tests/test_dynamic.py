@@ -9,11 +9,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from charrnn import checkpoint, load
+from charrnn import load
 from charrnn.cli import main
 from charrnn.config import DynamicConfig
 from charrnn.dynamic import adapt, dynamic_loss
-from charrnn.trainer import evaluate
+from charrnn.evaluation import evaluate
 
 TEXT = "abcabd cab dab abba cad gag\n" * 30
 

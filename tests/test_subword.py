@@ -10,7 +10,7 @@ from charrnn.cli import main
 from charrnn.data import as_streams
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.subword import SentencePieceVocab
-from charrnn.trainer import evaluate
+from charrnn.evaluation import evaluate
 from charrnn.vocab import CharVocab
 
 MIXED = "Hello, world!\nПривет, мир!\n漢字かな交じり文\n🙂 emoji\tand tabs  double  spaces\r\ncafé e\u0301\n" * 40
