@@ -499,7 +499,10 @@ def sample(ckpt, temperature, top_k, top_p, length, prime, prime_file, echo_prim
         click.echo(f"Note: dropped {count} prime character{'s' if count != 1 else ''} outside the vocabulary.", err=True)
     if adapt:
         if len(prime) < 2:
-            raise click.UsageError("--adapt learns from the prime; give one with --prime or --prime-file.")
+            raise click.UsageError("--adapt learns from the prime; give one of two characters or more "
+                                   "(the model knows) with --prime or --prime-file.")
+        if not quiet:
+            click.echo(f"Adapting the model to the prime ({len(prime):,} characters)…", err=True)
         started = time.monotonic()
         model = model.adapted(prime)
         if not quiet:

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -130,7 +131,9 @@ def cpu_flags() -> set[str]:
 # float32 and under bf16 autocast. A CPU that advertises bfloat16 but faults on it kills
 # the child, not the run; one that computes it wrongly fails the comparison.
 _PROBE = """
-import json, math, sys, time, torch
+import sys
+sys.path[:] = [p for p in sys.path if p not in ("", ".")]  # never a json.py of the folder charrnn ran in
+import json, math, time, torch
 torch.set_num_threads(int(sys.argv[1]))
 torch.manual_seed(0)
 net, head = torch.nn.LSTM(64, 512, 2, batch_first=True), torch.nn.Linear(512, 96)
@@ -194,21 +197,36 @@ def cpu_bf16() -> bool:
     except (OSError, ValueError):
         known = {}
     entry = known.get(key)
-    if not isinstance(entry, dict) or not isinstance(entry.get("bf16"), bool):
-        entry = {"bf16": False, "speedup": None}
-        try:
-            out = subprocess.run([sys.executable, "-c", _PROBE, str(torch.get_num_threads())], capture_output=True, text=True, timeout=PROBE_TIMEOUT,
-                                 stdin=subprocess.DEVNULL)
-            if out.returncode == 0:
-                result = json.loads(out.stdout.strip().splitlines()[-1])
-                speedup = float(result["speedup"])
-                entry = {"bf16": bool(result["ok"]) and speedup >= BF16_MIN_SPEEDUP, "speedup": round(speedup, 3)}
-        except (OSError, ValueError, KeyError, IndexError, subprocess.TimeoutExpired):
-            pass  # no answer: float32, and the next run asks again
-        else:
-            known[key] = entry
-            _write_cache(path, known)
+    if isinstance(entry, dict) and isinstance(entry.get("bf16"), bool):
+        return entry["bf16"]
+    entry = _probe()
+    if entry is None:
+        return False  # no answer (killed, timed out, unreadable): float32 now, and the next run asks again
+    known[key] = entry
+    _write_cache(path, known)
     return entry["bf16"]
+
+
+_FAULTS = {-signal.SIGILL, -signal.SIGSEGV, -signal.SIGBUS, -signal.SIGFPE}  # the CPU cannot run it
+
+
+def _probe() -> dict | None:
+    """Run the probe: its answer, a definite no when the child dies of a fault, else None."""
+    try:
+        out = subprocess.run([sys.executable, "-c", _PROBE, str(torch.get_num_threads())], capture_output=True,
+                             text=True, timeout=PROBE_TIMEOUT, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode in _FAULTS:
+        return {"bf16": False, "speedup": None}
+    if out.returncode != 0:
+        return None
+    try:
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        ok, speedup = result["ok"], float(result["speedup"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+    return {"bf16": ok is True and speedup >= BF16_MIN_SPEEDUP, "speedup": round(speedup, 3)}
 
 
 def _write_cache(path: Path, data: dict) -> None:

@@ -14,14 +14,14 @@ moment, bias-corrected, no momentum), and is pulled back toward its original val
   one. The model given is never changed; the adaptation runs on a copy.
 - `adapt` returns a copy of a model adapted to a text (a prime), for `charrnn sample
   --adapt`: memory is one copy of the weights and two of their size for the statistics,
-  time is one forward and backward pass over the text.
+  time is one forward and backward pass over the text (its last `MAX_ADAPT_TOKENS`).
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from .config import DynamicConfig
 from .model import CharRNN
 
-MAX_ADAPT_TOKENS = 2_000_000  # a prime longer than this adapts on its last this many tokens
+MAX_ADAPT_TOKENS = 200_000  # a prime longer than this adapts on its last this many tokens (about 90 s on 2 CPU cores)
 
 
 @dataclass(frozen=True)
@@ -55,9 +55,17 @@ class Adapter:
 
     def __init__(self, model: CharRNN, config: DynamicConfig):
         self.config = config
-        self.model = copy.deepcopy(model).float()
-        self.model.train(False)  # no dropout: adaptation follows the text, it does not regularise
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        net = copy.deepcopy(model).float()
+        # Adaptation follows the text, it does not regularise: no dropout, no weight drop.
+        # The copy stays in training mode all the same, since cuDNN's recurrent kernels
+        # compute gradients only there.
+        net.config = replace(net.config, dropout=0.0, weight_drop=0.0)
+        net.drop.p = 0.0
+        net.rnn.dropout = 0.0
+        self.model = net.train(True)
+        self.params = list(net.parameters())  # a private copy: every weight learns, frozen or not
+        for p in self.params:
+            p.requires_grad_(True)
         self.origin = [p.detach().clone() for p in self.params]
         self.square = [torch.zeros_like(p) for p in self.params]
         self.steps = 0
@@ -95,9 +103,16 @@ def dynamic_loss(model: CharRNN, ids: torch.Tensor, config: DynamicConfig, devic
     ids = ids.to(device).long()
     lengths = None if char_lengths is None else char_lengths.to(device)
     adapter = Adapter(model, config)
-    static = model.float()
+    static = model if all(p.dtype == torch.float32 for p in model.parameters()) else copy.deepcopy(model).float()
     was_training = static.training
     static.eval()
+    try:
+        return _both_passes(static, adapter, ids, config, device, lengths, progress, started)
+    finally:
+        static.train(was_training)
+
+
+def _both_passes(static, adapter, ids, config, device, lengths, progress, started) -> DynamicResult:
     state_static = static.init_state(1, device)
     state = adapter.model.init_state(1, device)
     static_nats = dynamic_nats = 0.0
@@ -117,7 +132,6 @@ def dynamic_loss(model: CharRNN, ids: torch.Tensor, config: DynamicConfig, devic
         chars += y.numel() if lengths is None else int(lengths[y].sum())
         if progress is not None:
             progress(tokens, total)
-    static.train(was_training)
     return DynamicResult(static_nats, dynamic_nats, tokens, chars, time.monotonic() - started)
 
 
@@ -132,6 +146,10 @@ def adapt(model: CharRNN, ids: torch.Tensor, config: DynamicConfig, device: torc
             logits, new_state = adapter.model(x, tuple(s.detach() for s in state))
             adapter.learn(F.cross_entropy(logits.flatten(0, 1).float(), y.flatten()))
         state = tuple(s.detach() for s in new_state)
-    for p in adapter.model.parameters():
+    net = adapter.model
+    net.config = model.config  # its dropout settings back, for anyone who trains it further
+    net.drop.p = model.drop.p
+    net.rnn.dropout = model.rnn.dropout
+    for p in net.parameters():
         p.requires_grad_(False)
-    return adapter.model.eval()
+    return net.eval()

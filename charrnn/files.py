@@ -21,8 +21,10 @@ from .errors import CharrnnError
 
 
 def temp_name(path: Path) -> Path:
-    """The temporary file a write of `path` goes through (hidden, per process)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """The temporary file a write of `path` goes through (hidden, per process). A long
+    name is shortened, so that any name a file system takes has a temporary file too."""
+    name = path.name if len(path.name.encode("utf-8", "surrogateescape")) <= 200 else path.name[:100]
+    return path.with_name(f".{name}.{os.getpid()}.tmp")
 
 
 def megabytes(n: int) -> str:
@@ -36,7 +38,8 @@ def atomic_file(path: Path, what: str = "file", error: type[CharrnnError] = Char
     renamed over `path`, and the folder is fsynced (best effort). `what` names the file in
     the one-sentence `error` a failure raises; `size`, when known, is reported with a full disk."""
     path = Path(path)
-    kept = f"; the previous {what} is untouched" if path.exists() else ""
+    noun = what.removeprefix("the ")  # "the corpus cache" -> "the previous corpus cache"
+    kept = f"; the previous {noun} is untouched" if path.exists() else ""
     tmp = temp_name(path)
     try:
         with open(tmp, "wb") as fh:
@@ -52,7 +55,7 @@ def atomic_file(path: Path, what: str = "file", error: type[CharrnnError] = Char
                 free = f"{megabytes(shutil.disk_usage(path.parent).free)} are free"
             except OSError:
                 free = "the free space is unknown"
-            needs = f"the {what} needs {megabytes(size)}, " if size is not None else ""
+            needs = f"the {noun} needs {megabytes(size)}, " if size is not None else ""
             reason = f"no space left in {path.parent} ({needs}{free})"
         else:
             reason = exc.strerror or str(exc)

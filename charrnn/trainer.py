@@ -132,6 +132,10 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             dist_utils.init(self.world, self.device)
+            # One precision for every process (each CPU's probe answers for itself): bf16
+            # only where all of them chose it.
+            declined = torch.tensor(0 if self.bf16 else 1, device=self.device)
+            self.bf16 = not bool(dist_utils.all_max(self.world, declined))
             self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             torch.manual_seed(self.config.seed + self.world.rank)  # each rank draws its own dropout masks
 

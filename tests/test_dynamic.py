@@ -95,3 +95,32 @@ def test_bad_dynamic_options_are_one_sentence(random_checkpoint, tmp_path, optio
     text.write_text(TEXT)
     result = invoke("eval", text, "-c", random_checkpoint, "--dynamic", option, value)
     assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_an_adapted_model_adapts_and_scores_again(model):
+    """The copy `adapted` returns has its gradients off; adapting or scoring it again
+    works on a private copy all the same."""
+    once = model.adapted(TEXT, DynamicConfig(segment=20, lr=3e-3))
+    twice = once.adapted(TEXT, DynamicConfig(segment=20, lr=3e-3))
+    assert any(not torch.equal(a, b) for a, b in zip(once.net.parameters(), twice.net.parameters()))
+    report = once.dynamic_loss(TEXT, DynamicConfig(segment=20))
+    assert report.dynamic.chars == len(TEXT) - 1
+
+
+def test_dropout_models_adapt_without_dropout_and_keep_their_settings(tmp_path):
+    from charrnn.config import ModelConfig
+    from charrnn.model import CharRNN
+    from charrnn.vocab import CharVocab
+
+    vocab = CharVocab.from_text(TEXT)
+    for extra in ({"dropout": 0.5}, {"weight_drop": 0.5, "dropout": 0.0}):
+        torch.manual_seed(0)
+        net = CharRNN(ModelConfig(vocab_size=vocab.size, hidden_size=16, num_layers=2, embedding_size=8, **extra))
+        ids = torch.from_numpy(vocab.encode(TEXT).astype("int64"))
+        cfg = DynamicConfig(segment=20, lr=1e-3)
+        a = adapt(net, ids, cfg, torch.device("cpu"))
+        b = adapt(net, ids, cfg, torch.device("cpu"))
+        assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))  # no random masks drawn
+        assert a.config == net.config and a.drop.p == net.drop.p and not a.training
+        r = dynamic_loss(net, ids, cfg, torch.device("cpu"))
+        assert r.dynamic_nats == dynamic_loss(net, ids, cfg, torch.device("cpu")).dynamic_nats

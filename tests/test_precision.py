@@ -98,3 +98,30 @@ def test_fp32_is_read_as_float32():
     assert TrainConfig(max_steps=1, precision="fp32").precision == "float32"
     with pytest.raises(Exception, match="precision must be one of auto, float32, bf16"):
         TrainConfig(max_steps=1, precision="fp16")
+
+
+def test_the_probe_never_imports_from_the_working_folder(probe_env, monkeypatch, tmp_path):
+    """A json.py in the folder charrnn runs in must not be what the probe imports."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    (folder / "json.py").write_text("raise SystemExit('the folder json.py was imported')\n")
+    monkeypatch.chdir(folder)
+    monkeypatch.setattr(devices, "cpu_flags", lambda: {"avx512_bf16"})
+    code = devices._PROBE.split("import json, math, time, torch")[0] + (
+        "import json\nprint(json.dumps({'ok': True, 'speedup': 1.5}))\n")
+    fake_probe(monkeypatch, code)
+    assert devices.cpu_bf16() is True
+
+
+def test_a_killed_probe_is_not_remembered(probe_env, monkeypatch):
+    monkeypatch.setattr(devices, "cpu_flags", lambda: {"avx512_bf16"})
+    started = fake_probe(monkeypatch, "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+    assert devices.cpu_bf16() is False and not probe_env.exists()
+    devices.cpu_bf16.cache_clear()
+    assert devices.cpu_bf16() is False and len(started) == 2  # asked again
+
+
+def test_unreadable_probe_output_means_float32_for_now(probe_env, monkeypatch):
+    monkeypatch.setattr(devices, "cpu_flags", lambda: {"avx512_bf16"})
+    fake_probe(monkeypatch, "print('null')")
+    assert devices.cpu_bf16() is False and not probe_env.exists()
