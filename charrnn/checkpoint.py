@@ -634,8 +634,10 @@ def list_runs(root: str | os.PathLike) -> list[Listed]:
 
 
 def export(src: str | os.PathLike, dst: str | os.PathLike, half: bool = False, force: bool = False,
-           format: str | None = None, precision: str | None = None, quantize: bool = False) -> Path:
-    """Write a sampling-only copy of a checkpoint: no optimizer, hidden or RNG state (so it
+           format: str | None = None, precision: str | None = None, quantize: bool = False,
+           root: str | os.PathLike = DEFAULT_ROOT) -> Path:
+    """Write a sampling-only copy of a checkpoint (`src` as `-c` takes it: a file, a run
+    folder, a run's name under `root`, or "bundled"): no optimizer, hidden or RNG state (so it
     cannot be resumed), and with `half`, float16 weights (half the size; loading turns
     them back into float32). An existing destination is replaced only with `force`, and
     then a symbolic link itself is replaced, never the file it points to.
@@ -663,7 +665,7 @@ def export(src: str | os.PathLike, dst: str | os.PathLike, half: bool = False, f
         page_precision = webpage.check_options(precision, quantize)
     elif precision is not None or quantize:
         raise ConfigError(f"--precision and --quantize apply to web page (.html) exports, not {format}.")
-    source = resolve(src)
+    source = find(src, root).path  # a file, a run folder, a run's name under `root`, or "bundled"
     try:
         same = dst.parent.resolve() / dst.name == source.resolve()  # (a link to it is replaced, not followed)
     except RuntimeError:  # Python 3.11 reports a symbolic-link loop this way

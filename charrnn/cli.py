@@ -777,9 +777,10 @@ def list_models(as_json, checkpoints_dir):
               help="How a web page stores its weights [default: float16].")
 @click.option("--quantize", is_flag=True, help="Store a web page's weight matrices as int8, one scale per row (a quarter of float32).")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+@checkpoints_option
 @fail_on_library_errors
-def export(ckpt, output, fmt, half, precision, quantize, force):
-    """Write a small sampling-only copy of CHECKPOINT (a file or run folder) to OUTPUT.
+def export(ckpt, output, fmt, half, precision, quantize, force, checkpoints_dir):
+    """Write a small sampling-only copy of CHECKPOINT (a file, a run folder, a run's name, or bundled) to OUTPUT.
 
     The copy keeps the model, vocabulary, corpus and training summary, and drops the
     optimizer, hidden and RNG state, so it samples, evaluates and shows info like the
@@ -801,7 +802,8 @@ def export(ckpt, output, fmt, half, precision, quantize, force):
     """
     from .checkpoint import export as export_checkpoint
 
-    path = export_checkpoint(ckpt, output, half=half, force=force, format=fmt, precision=precision, quantize=quantize)
+    path = export_checkpoint(ckpt, output, half=half, force=force, format=fmt, precision=precision, quantize=quantize,
+                             root=checkpoints_dir)
     click.echo(f"Wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", err=True)
 
 

@@ -140,6 +140,17 @@ def test_cli_export_html(tmp_path):
     result = CliRunner().invoke(main, ["export", str(BUNDLED), str(tmp_path / "p.html"), "--quantize"])
     assert result.exit_code == 0, result.output
     assert "Wrote" in result.output
+    # the names -c takes: "bundled", and a run's name under --checkpoints-dir
+    result = CliRunner().invoke(main, ["export", "bundled", str(tmp_path / "b.html"),
+                                       "--checkpoints-dir", str(tmp_path / "none")])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "letters"
+    run.mkdir(parents=True)
+    (run / "best.pt").write_bytes(make_checkpoint(tmp_path, "letters").read_bytes())
+    result = CliRunner().invoke(main, ["export", "letters", str(tmp_path / "l.html"), "--checkpoints-dir",
+                                       str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    assert "letters · charrnn" in (tmp_path / "l.html").read_text(encoding="utf-8")
     result = CliRunner().invoke(main, ["export", str(BUNDLED), str(tmp_path / "p.pt"), "--precision", "float32"])
     assert result.exit_code != 0 and "apply to web page" in result.output and "Traceback" not in result.output
 
