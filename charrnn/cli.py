@@ -780,7 +780,9 @@ def list_models(as_json, checkpoints_dir):
 @checkpoints_option
 @fail_on_library_errors
 def export(ckpt, output, fmt, half, precision, quantize, force, checkpoints_dir):
-    """Write a small sampling-only copy of CHECKPOINT (a file, a run folder, a run's name, or bundled) to OUTPUT.
+    """Write a small sampling-only copy of CHECKPOINT to OUTPUT.
+
+    CHECKPOINT is what -c takes: a file, a run folder, a run's name, or bundled.
 
     The copy keeps the model, vocabulary, corpus and training summary, and drops the
     optimizer, hidden and RNG state, so it samples, evaluates and shows info like the
