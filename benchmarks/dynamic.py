@@ -1,8 +1,8 @@
 """Dynamic evaluation and --adapt, measured.
 
-    python benchmarks/dynamic.py                       # the bundled model on Tiny Shakespeare's validation tail
-    python benchmarks/dynamic.py -c RUN --corpus FILE  # another model and its corpus
-    python benchmarks/dynamic.py --grid                # the settings grid the defaults were chosen from
+    python -m benchmarks.dynamic                       # the bundled model on Tiny Shakespeare's validation tail
+    python -m benchmarks.dynamic -c RUN --corpus FILE  # another model and its corpus
+    python -m benchmarks.dynamic --grid                # the settings grid the defaults were chosen from
 
 - static against dynamic bits/char on the corpus's validation tail (the last
   `val_fraction` of the text, the part training never saw), one ordered pass;
@@ -18,17 +18,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(HERE))
 
-from machine import describe, line  # noqa: E402
+from .machine import describe, line
 
 
 def continuation_nats(net, prime, continuation) -> float:

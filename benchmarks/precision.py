@@ -1,7 +1,7 @@
 """One training step in float32 against bf16 autocast, on this CPU.
 
-    python benchmarks/precision.py           # about a minute
-    python benchmarks/precision.py --quick
+    python -m benchmarks.precision           # about a minute
+    python -m benchmarks.precision --quick
 
 The step of charrnn's default model shape: embedding, 2 x 512 LSTM, head, backward and
 AdamW, batch 16 x 128, with the state carried as training does. Rounds alternate between
@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(HERE))
 
-from machine import describe, line  # noqa: E402
+from .machine import describe, line
 
 
 def rate(bf16: bool, steps: int, batch: int, seq_len: int, hidden: int, vocab: int = 65) -> float:

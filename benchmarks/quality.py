@@ -1,9 +1,9 @@
 """Train charrnn under a time budget, evaluate it on the validation tail, and print the
 comparison table of the model-quality issue with charrnn's row added.
 
-    python benchmarks/quality.py --time 10m                       # defaults, Tiny Shakespeare
-    python benchmarks/quality.py --time 3m --set hidden_size=384  # try a variant
-    python benchmarks/quality.py --corpus ../shared/corpora/linux_c.txt --time 5m
+    python -m benchmarks.quality --time 10m                       # defaults, Tiny Shakespeare
+    python -m benchmarks.quality --time 3m --set hidden_size=384  # try a variant
+    python -m benchmarks.quality --corpus ../shared/corpora/linux_c.txt --time 5m
 
 Training goes through `charrnn.train()`. Validation loss is measured the way `charrnn eval`
 measures it: on the tail the run held out (its val_fraction, by default
@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
 
-from machine import describe, line  # noqa: E402
-from overrides import parse as parse_overrides  # noqa: E402
+from .machine import describe, line
+from .overrides import parse as parse_overrides
 
 REFERENCE = [
     ("nanoGPT README CPU config (4x128, ctx 64), 2000 iters", "0.80M", "103 s", "1.886"),

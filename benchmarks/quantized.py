@@ -1,8 +1,8 @@
 """int8 sampling (`charrnn sample --quantize`) against float32: speed of one stream, and
 the model's bits/char on held-out text computed through each step path.
 
-    python benchmarks/quantized.py -c checkpoints/tinyshakespeare
-    python benchmarks/quantized.py -c charrnn/models/tinyshakespeare.pt --chars 20000
+    python -m benchmarks.quantized -c checkpoints/tinyshakespeare
+    python -m benchmarks.quantized -c charrnn/models/tinyshakespeare.pt --chars 20000
 
 The held-out text is the last 10% of the corpus the model was trained on (Tiny
 Shakespeare unless --text names another file); it is cut into 16 streams and scored one
@@ -14,15 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
 
-from machine import describe, line  # noqa: E402
+from .machine import describe, line
 
 
 def stepwise_bits(step, net, ids, streams: int = 16) -> float:

@@ -1,8 +1,8 @@
 """The benchmark suite: one command, a table on stdout, JSON in benchmarks/results/.
 
-    python benchmarks/run.py            # about 6 minutes on a 2-core CPU
-    python benchmarks/run.py --quick    # a smoke run, about a minute
-    python benchmarks/run.py --device cuda
+    python -m benchmarks.run            # about 6 minutes on a 2-core CPU
+    python -m benchmarks.run --quick    # a smoke run, about a minute
+    python -m benchmarks.run --device cuda
 
 Parts: training throughput against a bare loop (training.py), sampling speed against
 onnxruntime, the roofline and a bare loop, int8 and -N 64 (sampling.py), `charrnn serve`
@@ -22,14 +22,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(HERE))
 
-import sampling  # noqa: E402
-import serve  # noqa: E402
-import training  # noqa: E402
-import webpage  # noqa: E402
-from machine import describe, line  # noqa: E402
+from . import sampling
+from . import serve
+from . import training
+from . import webpage
+from .machine import describe, line
 
 SHAKESPEARE = ROOT / "corpora" / "tinyshakespeare.txt"
 

@@ -1,9 +1,9 @@
 """Generation speed against its yardsticks: onnxruntime on the same graph, the machine's
 read bandwidth (the roofline), int8 against float32, and many samples against one.
 
-    python benchmarks/sampling.py            # the bundled model, about 2 minutes
-    python benchmarks/sampling.py --quick    # a check that it runs
-    python benchmarks/sampling.py -c checkpoints/tinyshakespeare
+    python -m benchmarks.sampling            # the bundled model, about 2 minutes
+    python -m benchmarks.sampling --quick    # a check that it runs
+    python -m benchmarks.sampling -c checkpoints/tinyshakespeare
 
 Sampling one stream reads every weight once per character, so its ceiling is the rate at
 which this machine reads that many bytes. The script measures the read bandwidth over a
@@ -38,10 +38,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(HERE))
 
-from machine import describe, line  # noqa: E402
+from .machine import describe, line
 
 ROUTES = ("float32", "int8", "onnxruntime", "torch-step")
 
@@ -190,8 +188,7 @@ def child_main(spec: dict) -> None:
 
 def in_child(**spec):
     """Run `child_main(spec)` in a fresh interpreter and return what it printed."""
-    code = (f"import json, sys; sys.path[:0] = [{str(ROOT)!r}, {str(HERE)!r}]\n"
-            "import sampling; sampling.child_main(json.loads(sys.argv[1]))")
+    code = "import json, sys\nfrom benchmarks import sampling\nsampling.child_main(json.loads(sys.argv[1]))"  # run in ROOT
     out = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-3000:])

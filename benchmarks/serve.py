@@ -1,9 +1,9 @@
 """Characters per second through `charrnn serve`: 1 client and 16 concurrent clients,
 streaming and not, against the same model sampled directly in-process.
 
-    python benchmarks/serve.py                   # the bundled model
-    python benchmarks/serve.py --quick
-    python benchmarks/serve.py -c checkpoints/tinyshakespeare --length 2000
+    python -m benchmarks.serve                   # the bundled model
+    python -m benchmarks.serve --quick
+    python -m benchmarks.serve -c checkpoints/tinyshakespeare --length 2000
 
 All clients' requests run in the model's one batch loop (charrnn.batching), so the
 concurrent rounds measure how much a shared step gains over one stream at a time.
@@ -27,10 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
 
-from machine import describe, line  # noqa: E402
+from .machine import describe, line
 
 
 def start_server(checkpoint: str, clients: int, length: int) -> tuple[subprocess.Popen, str]:

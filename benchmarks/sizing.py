@@ -1,6 +1,6 @@
 """How the default sizing behaves on a small and on a large corpus under the same budget.
 
-    python benchmarks/sizing.py --time 3m
+    python -m benchmarks.sizing --time 3m
 
 Trains three runs with `charrnn`'s defaults (nothing but the budget given):
   * small: the first 50,000 characters of ../shared/corpora/linux_c.txt;
@@ -26,17 +26,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
 
-from machine import describe, line  # noqa: E402
-from overrides import parse as parse_overrides  # noqa: E402
+from .machine import describe, line
+from .overrides import parse as parse_overrides
 
 SHARED = HERE.parent.parent / "shared" / "corpora"
 

@@ -1,7 +1,7 @@
 """Start-up time of the command against `python -c "import torch"` on the same machine.
 
-    python benchmarks/startup.py            # 10 runs of each, median
-    python benchmarks/startup.py --runs 20
+    python -m benchmarks.startup            # 10 runs of each, median
+    python -m benchmarks.startup --runs 20
 
 `charrnn --version`, `charrnn --help`, `charrnn train --help` and a TAB completion
 (`_CHARRNN_COMPLETE=bash_complete`) must not import torch: each should take at most
@@ -16,10 +16,8 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import line  # noqa: E402
+from .machine import line
 
 CHARRNN = [sys.executable, "-m", "charrnn"]
 

@@ -1,8 +1,8 @@
 """Training throughput: charrnn's real loop against a bare nn.LSTM loop of the same shapes.
 
-    python benchmarks/training.py                 # CPU shapes: 2x512 LSTM, batch 64, seq 128
-    python benchmarks/training.py --quick
-    python benchmarks/training.py --device cuda   # GPU shapes: 3x1024, batch 256, seq 256
+    python -m benchmarks.training                 # CPU shapes: 2x512 LSTM, batch 64, seq 128
+    python -m benchmarks.training --quick
+    python -m benchmarks.training --device cuda   # GPU shapes: 3x1024, batch 256, seq 256
 
 charrnn's side is `charrnn.train()` on a synthetic corpus (random text over 65 symbols),
 timed between two of its Progress events: data slicing, state carrying and detaching, the
@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
 
-from machine import describe, line  # noqa: E402
+from .machine import describe, line
 
 
 def shapes(device: str) -> dict:

@@ -1,8 +1,8 @@
 """The exported web page (`charrnn export RUN model.html`) against charrnn itself.
 
-    python benchmarks/webpage.py            # the bundled model, about a minute
-    python benchmarks/webpage.py --quick
-    python benchmarks/webpage.py -c checkpoints/tinyshakespeare
+    python -m benchmarks.webpage            # the bundled model, about a minute
+    python -m benchmarks.webpage --quick
+    python -m benchmarks.webpage -c checkpoints/tinyshakespeare
 
 In one run, on this machine:
 - charrnn's own float32 single stream (`Model.stream`, what `charrnn sample` runs), in a
@@ -28,11 +28,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(HERE))
 
-from machine import describe, line  # noqa: E402
-from sampling import in_child  # noqa: E402
+from .machine import describe, line
+from .sampling import in_child
 
 PAGES = {"float16": {}, "float32": {"precision": "float32"}, "int8": {"quantize": True}}
 
