@@ -57,6 +57,20 @@ checkpoints_option = click.option(
     "--checkpoints-dir", default=DEFAULT_ROOT, envvar=ROOT_ENV, show_envvar=True, show_default=True,
     type=click.Path(file_okay=False), help="Folder that holds runs (new runs go to <folder>/<corpus name>).")
 
+# Options several commands share, declared once (llm's way).
+DEVICES = ["auto", "cpu", "cuda", "mps"]
+checkpoint_option = click.option(
+    "-c", "--checkpoint", "ckpt", shell_complete=complete_checkpoints,
+    help="Checkpoint file, run folder, run name, or bundled [default: newest best.pt under ./checkpoints].")
+quiet_checkpoint_option = click.option("-q", "--quiet", is_flag=True,
+                                       help="Do not say on stderr which checkpoint is used.")
+
+
+def device_option(default: str = "cpu", help: str = "Where to run the model."):
+    """--device, read from CHARRNN_DEVICE too."""
+    return click.option("--device", type=click.Choice(DEVICES), default=default, show_default=True,
+                        envvar="CHARRNN_DEVICE", show_envvar=True, help=help)
+
 
 def _short_numbers(message: str) -> str:
     """A message with every run of more than 30 digits quoted in short: a value of
@@ -297,7 +311,7 @@ def explicit_options(ctx: click.Context, names) -> set[str]:
 @click.option("--patience", type=IntRange(min=1), help="Stop after N evaluations without a better validation loss [default: off].")
 @click.option("--keep-every", type=IntRange(min=1), help="Also keep a step-NNNNNNNN.pt snapshot every N steps [default: off].")
 @click.option("--seed", type=IntRange(0, MAX_SEED), default=TrainConfig.seed, show_default=True, help="Random seed (initialisation and dropout).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True, envvar="CHARRNN_DEVICE", show_envvar=True, help="Where to train; auto prefers cuda, then mps, then cpu.")
+@device_option("auto", "Where to train; auto prefers cuda, then mps, then cpu.")
 @click.option("--precision", type=click.Choice(["auto", "float32", "bf16", "fp32"]), default="auto", show_default=True, help="bf16 autocast with float32 weights, or float32. auto uses bf16 on CUDA GPUs that support it and on CPUs that do bfloat16 natively and train faster for it (a probe in a child process decides, once per machine); fp32 = float32.")
 @click.option("--threads", type=IntRange(min=1), help="CPU threads for PyTorch [default: PyTorch's choice].")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the corpus.")
@@ -450,7 +464,7 @@ def _utf8(data: bytes, where: str) -> str:
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("-c", "--checkpoint", "ckpt", shell_complete=complete_checkpoints, help="Checkpoint file, run folder, run name, or bundled [default: newest best.pt under ./checkpoints].")
+@checkpoint_option
 @click.option("--temp", "--temperature", "temperature", type=FiniteFloat(min=0), default=0.8, show_default=True, help="Sampling temperature; 0 is greedy (always the most likely character).")
 @click.option("--top-k", type=IntRange(min=1), help="Sample only among the K most likely characters.")
 @click.option("--top-p", type=FiniteFloat(0, 1, min_open=True), help="Nucleus sampling: only the most likely characters holding probability P.")
@@ -465,10 +479,10 @@ def _utf8(data: bytes, where: str) -> str:
 @click.option("--separator", default="\\n\\n", show_default=True, help="Written between samples (\\n understood).")
 @click.option("--jsonl", is_flag=True, help='One JSON object per sample: {"sample": i, "prime": ..., "text": ...}.')
 @click.option("--seed", type=IntRange(0, MAX_SEED), help="Random seed: same checkpoint, seed and options give the same text [default: random].")
-@click.option("-q", "--quiet", is_flag=True, help="Do not say on stderr which checkpoint is used.")
+@quiet_checkpoint_option
 @click.option("--quantize", is_flag=True, help="int8 weights for the per-character steps (CPU): faster single-stream sampling.")
 @click.option("--adapt", is_flag=True, help="Before generating, let a copy of the model learn from the prime (dynamic evaluation), so a long prime steers the style more.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu", show_default=True, envvar="CHARRNN_DEVICE", show_envvar=True, help="Where to run the model.")
+@device_option()
 @checkpoints_option
 @fail_on_library_errors
 def sample(ckpt, temperature, top_k, top_p, length, prime, prime_file, echo_prime, unknown, stop, max_time,
@@ -540,17 +554,17 @@ def sample(ckpt, temperature, top_k, top_p, length, prime, prime_file, echo_prim
 # -- eval -------------------------------------------------------------------------------------
 @main.command("eval", context_settings=CONTEXT)
 @click.argument("file", type=click.Path(allow_dash=True))
-@click.option("-c", "--checkpoint", "ckpt", shell_complete=complete_checkpoints, help="Checkpoint file, run folder, run name, or bundled [default: newest best.pt under ./checkpoints].")
+@checkpoint_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a sentence.")
 @click.option("--seq-len", type=IntRange(1, MAX_SEQ_LEN), default=256, show_default=True, help="Window length; the state is carried across windows.")
 @click.option("--streams", type=IntRange(1, MAX_BATCH), default=16, show_default=True, help="Parallel streams the file is cut into.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu", show_default=True, envvar="CHARRNN_DEVICE", show_envvar=True, help="Where to run the model.")
+@device_option()
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of FILE.")
 @click.option("--dynamic", is_flag=True, help="Also score FILE by dynamic evaluation: the model learns from each segment after scoring it (the checkpoint is not changed).")
 @click.option("--segment", type=IntRange(1, 1 << 20), default=DYNAMIC.segment, show_default=True, help="--dynamic: tokens per segment (one gradient step each).")
 @click.option("--dynamic-lr", type=FiniteFloat(0, 1), default=DYNAMIC.lr, show_default=True, help="--dynamic: step size of the RMS-normalised gradient.")
 @click.option("--dynamic-decay", type=FiniteFloat(0, 1), default=DYNAMIC.decay, show_default=True, help="--dynamic: share of the way back to the trained weights per segment.")
-@click.option("-q", "--quiet", is_flag=True, help="Do not say on stderr which checkpoint is used.")
+@quiet_checkpoint_option
 @checkpoints_option
 @fail_on_library_errors
 def evaluate(file, ckpt, as_json, seq_len, streams, device, encoding, dynamic, segment, dynamic_lr, dynamic_decay,
@@ -820,7 +834,7 @@ def export(ckpt, output, fmt, half, precision, quantize, force, checkpoints_dir)
 @click.option("--max-n", type=IntRange(1, MAX_SAMPLES), default=ServeLimits.max_n, show_default=True, help="Most choices (n) per request.")
 @click.option("--concurrency", type=IntRange(1, 1024), default=ServeLimits.concurrency, show_default=True, help="Generations running at once; further requests wait.")
 @click.option("--queue-timeout", type=FiniteFloat(min=0), default=ServeLimits.queue_timeout, show_default=True, help="Seconds a request waits for a free slot before it gets 429.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="cpu", show_default=True, envvar="CHARRNN_DEVICE", show_envvar=True, help="Where to run the models.")
+@device_option(help="Where to run the models.")
 @click.option("--read-timeout", type=FiniteFloat(min=0, min_open=True), default=ServeLimits.read_timeout, show_default=True, help="Seconds a client may take to send a request's headers, and its body.")
 @click.option("--write-timeout", type=FiniteFloat(min=0, min_open=True), default=ServeLimits.write_timeout, show_default=True, help="Seconds a client may take to accept the next piece of a stream; then the stream ends and frees its slot.")
 @click.option("--api-key", envvar="CHARRNN_API_KEY", show_envvar=True, help="Require Authorization: Bearer KEY on every route but /health and the playground page.")
