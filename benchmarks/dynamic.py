@@ -69,7 +69,7 @@ def main(argv=None) -> dict:
     with open(args.corpus, encoding="utf-8", newline="") as fh:  # line endings kept, as charrnn reads them
         text = fh.read()
     tail = text[int(len(text) * (1 - args.val_fraction)):]
-    ids = torch.from_numpy(model._ids(tail).astype("int64"))
+    ids = torch.from_numpy(model.known_ids(tail)[0].astype("int64"))
     lengths = torch.from_numpy(model.vocab.char_lengths())
     cpu = torch.device("cpu")
     results: dict = {"machine": info, "checkpoint": args.checkpoint, "corpus": args.corpus, "tail_chars": len(tail)}
@@ -115,8 +115,8 @@ def main(argv=None) -> dict:
     chars = 0
     seconds = 0.0
     for s in starts:
-        prime = torch.from_numpy(model._ids(tail[s : s + args.prime_chars]).astype("int64"))
-        cont = torch.from_numpy(model._ids(tail[s + args.prime_chars : s + span]).astype("int64"))
+        prime = torch.from_numpy(model.known_ids(tail[s : s + args.prime_chars])[0].astype("int64"))
+        cont = torch.from_numpy(model.known_ids(tail[s + args.prime_chars : s + span])[0].astype("int64"))
         t = time.perf_counter()
         net = adapt(model.net, prime, cfg, cpu)
         seconds += time.perf_counter() - t

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Iterator
 
+import numpy as np
 import torch
 
 from . import checkpoint
@@ -111,10 +112,10 @@ class Model:
         evaluation learns (charrnn.dynamic), for generating in its style: one ordered pass,
         a gradient step per segment. Characters outside the vocabulary are left out; this
         model is not changed. Memory is about three times the weights; time is one
-        training pass over the text (its last 2 million tokens, at most)."""
+        training pass over the text (its last `dynamic.MAX_ADAPT_TOKENS` tokens, at most)."""
         from .dynamic import adapt
 
-        ids = self._ids(text)
+        ids, _ = self.known_ids(text)
         if len(ids) < 2:
             return self
         net = adapt(self.net, torch.from_numpy(ids.astype("int64")), dynamic or DynamicConfig(), self.device)
@@ -126,11 +127,8 @@ class Model:
         this model are not changed. `progress(done, total)` is called after each segment."""
         from .dynamic import dynamic_loss
 
-        unknown, excluded = self.vocab.unknown_chars(_text(text, "text"))
-        ids = self._ids(text)
-        if len(ids) < 2:
-            raise CorpusError(f"The text is too short to score ({len(ids):,} tokens inside the vocabulary); "
-                              f"at least two are needed.")
+        ids, excluded = self.known_ids(text)
+        _require_two(ids, excluded)
         lengths = torch.from_numpy(self.vocab.char_lengths())
         r = dynamic_loss(self.net, torch.from_numpy(ids.astype("int64")), dynamic or DynamicConfig(), self.device,
                          lengths, progress)
@@ -139,13 +137,14 @@ class Model:
                              LossReport(r.dynamic_per_char, r.chars, excluded, per_token(r.dynamic_nats), r.tokens),
                              r.seconds)
 
-    def _ids(self, text: str):
-        """The ids of `text` with characters outside the vocabulary left out."""
+    def known_ids(self, text: str) -> tuple[np.ndarray, int]:
+        """The ids of `text` with the characters outside the vocabulary left out, and how
+        many were left out (scoring and adapting skip them)."""
         text = _text(text, "text")
-        unknown, _ = self.vocab.unknown_chars(text)
+        unknown, excluded = self.vocab.unknown_chars(text)
         if unknown:
             text = text.translate({ord(c): None for c in unknown})
-        return self.vocab.encode(text)
+        return self.vocab.encode(text), excluded
 
     def loss(self, text: str, seq_len: int = 256, streams: int = 16) -> LossReport:
         """Cross-entropy of `text` under the model with carried state, in nats per character;
@@ -154,20 +153,22 @@ class Model:
         for name, value, most in (("seq_len", seq_len, MAX_SEQ_LEN), ("streams", streams, MAX_BATCH)):
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
                 raise ConfigError(f"{name} must be an integer at least 1 and at most {most:,}, not {shown(value)}.")
-        unknown, excluded = self.vocab.unknown_chars(text)
-        if unknown:
-            table = {ord(c): None for c in unknown}
-            text = text.translate(table)
-        ids = self.vocab.encode(text)
-        if len(ids) < 2:
-            if excluded:
-                raise CorpusError(f"Only {len(text):,} characters of the text are inside the model's vocabulary "
-                                  f"({excluded:,} are outside it); at least two are needed to score it.")
-            raise CorpusError(f"The text is too short to score ({len(text):,} characters); at least two are needed.")
+        ids, excluded = self.known_ids(text)
+        _require_two(ids, excluded)
         streams = max(1, min(streams, len(ids) // (seq_len + 1)))
         lengths = torch.from_numpy(self.vocab.char_lengths())
         result = evaluate(self.net, as_streams(ids, streams), seq_len, self.device, char_lengths=lengths)
         return LossReport(result.per_char, result.chars, excluded, result.per_token, result.tokens)
+
+
+def _require_two(ids, excluded: int) -> None:
+    """Scoring needs at least two tokens: one to predict from, one to predict."""
+    if len(ids) < 2:
+        held = f"{len(ids)} token{'' if len(ids) == 1 else 's'}"
+        if excluded:
+            raise CorpusError(f"Only {held} of the text are inside the model's vocabulary ({excluded:,} characters "
+                              f"are outside it); at least two are needed to score it.")
+        raise CorpusError(f"The text is too short to score ({held}); at least two are needed.")
 
 
 def _text(value, name: str) -> str:

@@ -520,8 +520,10 @@ def sample(ckpt, temperature, top_k, top_p, length, prime, prime_file, echo_prim
         started = time.monotonic()
         model = model.adapted(prime)
         if not quiet:
+            weights = sum(p.numel() * p.element_size() for p in model.net.parameters())
             click.echo(f"Adapted the model to the prime ({len(prime):,} characters) in "
-                       f"{time.monotonic() - started:.1f} s.", err=True)
+                       f"{time.monotonic() - started:.1f} s, with {3 * weights / 1e6:,.0f} MB for the weights' "
+                       f"copy and their statistics.", err=True)
     chunks = model.stream(prime, temperature=temperature, length=length, seed=seed, top_k=top_k, top_p=top_p,
                           stop=tuple(unescape(s) for s in stop if s), max_time=max_time,
                           num_samples=num_samples, quantize=quantize)

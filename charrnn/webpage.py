@@ -83,7 +83,7 @@ def _sp_model_type(model: bytes) -> str:
         if number == 2:
             for inner, kind in fields(value):
                 if inner == 3:
-                    return {1: "unigram", 2: "bpe"}.get(kind, "other")
+                    return {1: "unigram", 2: "bpe", 3: "word", 4: "char"}.get(kind, f"type {kind}")
     return "unigram"  # sentencepiece's default
 
 
@@ -174,7 +174,7 @@ def _encode(arrays, precision: str) -> tuple[list[dict], bytes]:
     return specs, b"".join(parts)
 
 
-def _card(ckpt, source: str | None, precision: str, params: int) -> list[tuple[str, str]]:
+def _card(ckpt, precision: str, params: int) -> list[tuple[str, str]]:
     config, p, corpus = ckpt.model_config, ckpt.progress, ckpt.corpus or {}
     rows = [("Model", f"{config.num_layers} × {config.hidden_size} {config.cell.upper()}"
              + (f" ({config.nonlinearity})" if config.cell == "rnn" else "") + f", {params:,} parameters")]
@@ -243,7 +243,7 @@ def page_bytes(ckpt, precision: str = "float16", source: str | None = None) -> b
     }
     name = (ckpt.corpus or {}).get("name") or "charrnn model"
     title = f"{name} · charrnn" if isinstance(name, str) else "charrnn model"
-    card = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in _card(ckpt, source, precision, params))
+    card = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in _card(ckpt, precision, params))
     script, style, engine = _asset("page.js"), _asset("page.css"), _asset("engine.js")
     if "</script" in engine.lower():
         raise AssertionError("engine.js must not contain a closing script tag")

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import os
 import shutil
+import time
 
 import pytest
 import torch
@@ -82,3 +83,13 @@ def start_chromium(*args: str, logs: bool = False):
         return webdriver.Chrome(options=options, service=Service(driver))
     except WebDriverException as exc:
         pytest.skip(f"Chromium did not start: {exc.msg}")
+
+
+def wait_until(condition, seconds: float = 10.0, interval: float = 0.01) -> bool:
+    """Poll `condition` until it holds or `seconds` pass; its last answer."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return bool(condition())

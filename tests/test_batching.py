@@ -7,6 +7,7 @@ import time
 
 import pytest
 import torch
+from conftest import wait_until
 
 from charrnn.batching import AHEAD, END, BatchLoop, Job, Stopped
 from charrnn.config import ModelConfig
@@ -130,11 +131,11 @@ def test_a_cancelled_request_leaves_the_batch_at_once(net):
     try:
         long = Reader(loop, "a", SampleConfig(length=10**6, seed=1, num_samples=3), background=True)
         other = Reader(loop, "b", SampleConfig(length=10**6, seed=2), background=True)
-        assert _wait(lambda: loop.rows == 4)
+        assert wait_until(lambda: loop.rows == 4)
         long.job.cancel()
-        assert _wait(lambda: loop.rows == 1)
+        assert wait_until(lambda: loop.rows == 1)
         other.job.cancel()
-        assert _wait(lambda: loop.rows == 0)
+        assert wait_until(lambda: loop.rows == 0)
         steps = loop.steps
         time.sleep(0.1)
         assert loop.steps == steps  # nothing left to step: the loop sleeps
@@ -149,7 +150,7 @@ def test_a_reader_that_falls_behind_steps_aside_and_resumes_where_it_was(net):
     loop = BatchLoop(net, VOCAB)
     try:
         stalled = Reader(loop, "ab", cfg)
-        assert _wait(lambda: stalled.items.qsize() >= AHEAD and loop.rows == 0)
+        assert wait_until(lambda: stalled.items.qsize() >= AHEAD and loop.rows == 0)
         time.sleep(0.05)
         assert stalled.items.qsize() == AHEAD  # stepped aside: nothing more was generated
         other = Reader(loop, "c", SampleConfig(length=300, seed=3))
@@ -162,7 +163,7 @@ def test_a_reader_that_falls_behind_steps_aside_and_resumes_where_it_was(net):
 def test_stopping_the_loop_ends_running_and_waiting_requests(net):
     loop = BatchLoop(net, VOCAB)
     running = Reader(loop, "a", SampleConfig(length=10**6, seed=1), background=True)
-    assert _wait(lambda: loop.rows == 1)
+    assert wait_until(lambda: loop.rows == 1)
     loop.stop()
     running.thread.join(10)
     assert isinstance(running.result, Stopped)
@@ -174,7 +175,7 @@ def test_a_request_that_cannot_start_fails_alone(net, monkeypatch):
     loop = BatchLoop(net, VOCAB)
     try:
         good = Reader(loop, "a", SampleConfig(length=10**6, seed=1), background=True)
-        assert _wait(lambda: loop.rows == 1)
+        assert wait_until(lambda: loop.rows == 1)
         def bad(vocab, prime):
             raise ValueError("bad prime")
 
@@ -182,19 +183,10 @@ def test_a_request_that_cannot_start_fails_alone(net, monkeypatch):
         with pytest.raises(ValueError, match="bad prime"):
             Reader(loop, "b", SampleConfig(length=5)).read()
         steps = loop.steps
-        assert _wait(lambda: loop.steps > steps) and loop.rows == 1  # the running request went on
+        assert wait_until(lambda: loop.steps > steps) and loop.rows == 1  # the running request went on
         good.job.cancel()
     finally:
         loop.stop()
-
-
-def _wait(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.005)
-    return False
 
 
 def test_readers_in_threads_all_complete(net):
@@ -247,7 +239,7 @@ def test_a_batch_that_fails_ends_every_request_in_it_and_the_loop_goes_on(net, m
     loop = BatchLoop(net, VOCAB)
     try:
         running = Reader(loop, "a", SampleConfig(length=10**6, seed=1), background=True)
-        assert _wait(lambda: loop.rows == 1)
+        assert wait_until(lambda: loop.rows == 1)
         real_load = loop.stepper.load
         calls = []
 

@@ -23,6 +23,7 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 from click.testing import CliRunner  # noqa: E402
+from conftest import wait_until  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 from charrnn import serve  # noqa: E402
@@ -65,15 +66,6 @@ def live(models, limits: serve.Limits | None = None, access: serve.Access | None
         server.should_exit = True
         thread.join(10)
         sock.close()
-
-
-def wait_until(condition, seconds: float = 5.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def cli_sample(ckpt, *args) -> str:

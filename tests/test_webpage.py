@@ -132,6 +132,17 @@ def test_hostile_corpus_name_cannot_break_out_of_the_page(tmp_path):
     assert text.count("const block = (id)") == 1  # "{{script}}" in the name stays text: one pass fills the page
 
 
+def test_a_vocabulary_the_page_cannot_encode_is_refused_in_one_sentence(tmp_path):
+    from charrnn.subword import SentencePieceVocab
+
+    vocab = SentencePieceVocab.train(TEXT, vocab_size=300, model_type="char")
+    path = make_checkpoint(tmp_path, "spchar", vocab)
+    with pytest.raises(CharrnnError, match=r"^A web page can encode primes for unigram and BPE sentencepiece "
+                                           r"vocabularies, not char\.$"):
+        checkpoint.export(path, tmp_path / "x.html")
+    assert not (tmp_path / "x.html").exists()
+
+
 def test_cli_export_html(tmp_path):
     from click.testing import CliRunner
 
