@@ -33,7 +33,7 @@ def continuation_nats(net, prime, continuation) -> float:
     import torch
     import torch.nn.functional as F
 
-    from charrnn.sampling import warm_up
+    from charrnn.model.sampling import warm_up
 
     with torch.no_grad():
         logits, state = warm_up(net, prime.unsqueeze(0))  # (1, V)
@@ -59,8 +59,8 @@ def main(argv=None) -> dict:
 
     from charrnn import load
     from charrnn.config import DynamicConfig
-    from charrnn.dynamic import adapt, dynamic_loss
     from charrnn.events import LN2
+    from charrnn.model.dynamic import adapt, dynamic_loss
 
     torch.set_num_threads(torch.get_num_threads())
     info = describe()

@@ -29,7 +29,7 @@ def rate(bf16: bool, steps: int, batch: int, seq_len: int, hidden: int, vocab: i
 
     from charrnn.config import ModelConfig
     from charrnn.devices import autocast
-    from charrnn.model import CharRNN
+    from charrnn.model.network import CharRNN
 
     torch.manual_seed(0)
     cpu = torch.device("cpu")

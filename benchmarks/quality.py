@@ -7,7 +7,7 @@ comparison table of the model-quality issue with charrnn's row added.
 
 Training goes through `charrnn.train()`. Validation loss is measured the way `charrnn eval`
 measures it: on the tail the run held out (its val_fraction, by default
-`charrnn.data.VAL_FRACTION`, 10%), read with the state carried across windows. Results
+`charrnn.text.corpus.VAL_FRACTION`, 10%), read with the state carried across windows. Results
 are appended to --json as one object.
 """
 
@@ -46,8 +46,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import charrnn
-    from charrnn.data import split_text
-    from charrnn.trainer import Evaluated, Started
+    from charrnn.text.corpus import split_text
+    from charrnn.training.trainer import Evaluated, Started
 
     overrides = parse_overrides(args.set)
     options = dict(overrides)

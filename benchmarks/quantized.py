@@ -26,7 +26,7 @@ def stepwise_bits(step, net, ids, streams: int = 16) -> float:
     import torch
     import torch.nn.functional as F
 
-    from charrnn.data import as_streams
+    from charrnn.text.corpus import as_streams
 
     x = as_streams(ids, streams).long()  # (B, L)
     state = net.init_state(streams)
@@ -39,7 +39,7 @@ def stepwise_bits(step, net, ids, streams: int = 16) -> float:
 
 
 def speed(sampler_cls, net, vocab, quantize: bool, length: int) -> float:
-    from charrnn.sampling import SampleConfig
+    from charrnn.config import SampleConfig
 
     sampler = sampler_cls(net, vocab, quantize=quantize)
     cfg = SampleConfig(length=length, temperature=1.0, seed=0)
@@ -58,12 +58,12 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
 
     from charrnn import load
-    from charrnn.quantize import Int8Stepper
-    from charrnn.sampling import Sampler
+    from charrnn.model.quantize import Int8Stepper
+    from charrnn.model.sampling import Sampler
 
     model = load(args.checkpoint)
     text = Path(args.text).read_text(encoding="utf-8")
-    from charrnn.data import split_text
+    from charrnn.text.corpus import split_text
 
     held_out = split_text(text)[1][: args.chars]  # the tail training held out
     ids = model.vocab.encode(held_out)

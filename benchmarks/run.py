@@ -23,10 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
-from . import sampling
-from . import serve
-from . import training
-from . import webpage
+from . import sampling, serve, training, webpage
 from .machine import describe, line
 
 SHAKESPEARE = ROOT / "corpora" / "tinyshakespeare.txt"
@@ -58,11 +55,11 @@ def child(code: str) -> dict:
 def ingest(tmp: Path, megabytes: float) -> dict:
     corpus = make_corpus(tmp / "ingest.txt", megabytes)
     code = (
-        "import time; from charrnn.data import encode_corpus\n"
+        "import time; from charrnn.text.corpus import encode_corpus\n"
         f"t = time.perf_counter(); e = encode_corpus({str(corpus)!r}, cache_dir={str(tmp / 'cache')!r})\n"
         "result = {'seconds': time.perf_counter() - t, 'chars': e.chars}"
     )
-    baseline = child("import charrnn.data\nresult = {}")["peak_rss_mb"]
+    baseline = child("import charrnn.text.corpus\nresult = {}")["peak_rss_mb"]
     r = child(code)
     mb = corpus.stat().st_size / 1e6
     return {"megabytes": mb, "mb_per_sec": mb / r["seconds"], "peak_rss_mb": r["peak_rss_mb"],

@@ -56,7 +56,8 @@ def route_rate(route: str, checkpoint: str, onnx: str, length: int, streams: int
     if route in ("bare", "bare-int8"):
         return bare_rate(model, streams, length, route == "bare-int8")
     if route == "torch-step":
-        from charrnn.sampling import Sampler, SampleConfig, StepLoop
+        from charrnn.config import SampleConfig
+        from charrnn.model.sampling import Sampler, StepLoop
 
         sampler = Sampler(model.net, model.vocab)
         cells = model.net.cells()
@@ -79,9 +80,10 @@ def bare_rate(model, streams: int, length: int, quantize: bool) -> float:
     """The stepper and the draw with nothing around them, `streams` at once."""
     import torch
 
-    from charrnn.cpustep import CpuStepper
-    from charrnn.quantize import Int8Stepper
-    from charrnn.sampling import SampleConfig, Uniforms, choose
+    from charrnn.config import SampleConfig
+    from charrnn.model.cpustep import CpuStepper
+    from charrnn.model.quantize import Int8Stepper
+    from charrnn.model.sampling import Uniforms, choose
 
     stepper = (Int8Stepper if quantize else CpuStepper)(model.net)
     stepper.load(model.net.init_state(streams))
@@ -208,17 +210,18 @@ def main(argv=None) -> dict:
     length, rounds = (400, 1) if args.quick else (args.length, args.rounds)
     batch_length = max(50, length // 16)
 
-    from charrnn import checkpoint, load
-    from charrnn.cpustep import CpuStepper
-    from charrnn.quantize import Int8Stepper
+    from charrnn import load, paths
+    from charrnn.checkpoint.export import export
+    from charrnn.model.cpustep import CpuStepper
+    from charrnn.model.quantize import Int8Stepper
 
-    source = args.checkpoint or str(checkpoint.BUNDLED)
+    source = args.checkpoint or str(paths.BUNDLED)
     model = load(source)
     mc = model.checkpoint.model_config
     bytes_f32 = CpuStepper(model.net).bytes_per_step()
     bytes_int8 = Int8Stepper(model.net).bytes_per_step()
     with tempfile.TemporaryDirectory() as folder:
-        onnx = str(checkpoint.export(source, Path(folder) / "model.onnx"))
+        onnx = str(export(source, Path(folder) / "model.onnx"))
         in_cache = in_child(kind="bandwidth", nbytes=bytes_f32)
         from_memory = in_child(kind="bandwidth", nbytes=512 * 2**20)
         flops = in_child(kind="flops")

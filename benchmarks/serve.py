@@ -5,7 +5,7 @@ streaming and not, against the same model sampled directly in-process.
     python -m benchmarks.serve --quick
     python -m benchmarks.serve -c checkpoints/tinyshakespeare --length 2000
 
-All clients' requests run in the model's one batch loop (charrnn.batching), so the
+All clients' requests run in the model's one batch loop (charrnn.model.batching), so the
 concurrent rounds measure how much a shared step gains over one stream at a time.
 The server runs as its own process (`python -m charrnn serve --port 0`), as a user would
 start it, so the clients' threads here do not share its interpreter. Each client sends
@@ -102,7 +102,7 @@ def main(argv=None) -> dict:
 
     import httpx
 
-    from charrnn.checkpoint import BUNDLED
+    from charrnn.paths import BUNDLED
 
     checkpoint = args.checkpoint or str(BUNDLED)
     proc, base = start_server(checkpoint, args.clients, length)

@@ -40,8 +40,8 @@ SHARED = HERE.parent.parent / "shared" / "corpora"
 
 def run(corpus: Path, out: Path, budget: float, model_options: dict) -> dict:
     import charrnn
-    from charrnn import checkpoint
-    from charrnn.trainer import Evaluated, Progress, Started
+    from charrnn.checkpoint import store as checkpoint
+    from charrnn.training.trainer import Evaluated, Progress, Started
 
     curve, seen = [], {"train_loss": None, "t0": None}
 

@@ -82,14 +82,14 @@ def sync(device):
 
 
 def synthetic_corpus(path: Path, train_chars: int, min_val_chars: int, seed: int = 0) -> Path:
-    """Random text over 65 symbols, long enough that `charrnn.data.split_ids` (at its default
+    """Random text over 65 symbols, long enough that `charrnn.text.corpus.split_ids` (at its default
     fraction, as `charrnn.train()` splits) leaves `train_chars` for training and at least
     `min_val_chars` for validation."""
     import math
 
     import numpy as np
 
-    from charrnn.data import VAL_FRACTION, split_ids
+    from charrnn.text.corpus import VAL_FRACTION, split_ids
 
     total = max(math.ceil(train_chars / (1 - VAL_FRACTION)), math.ceil(min_val_chars / VAL_FRACTION)) + 1
     train, val = split_ids(np.arange(total), VAL_FRACTION)
@@ -102,7 +102,7 @@ def synthetic_corpus(path: Path, train_chars: int, min_val_chars: int, seed: int
 def charrnn_rate(s: dict, device, steps: int, workdir: Path) -> dict:
     import charrnn
     from charrnn.config import ModelConfig
-    from charrnn.trainer import Progress, Saved, Started
+    from charrnn.training.trainer import Progress, Saved, Started
 
     workdir.mkdir(parents=True, exist_ok=True)
     need = s["batch_size"] * (s["seq_len"] * (steps + 8) + 1)

@@ -93,7 +93,8 @@ def main(argv=None) -> dict:
 
     import numpy as np
 
-    from charrnn import checkpoint, load
+    from charrnn import load
+    from charrnn.checkpoint.export import export
 
     info = describe()
     print(line(info))
@@ -101,7 +102,7 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         pages = {}
         for name, options in PAGES.items():
-            pages[name] = checkpoint.export(args.checkpoint, Path(tmp) / f"{name}.html", **options)
+            pages[name] = export(args.checkpoint, Path(tmp) / f"{name}.html", **options)
         model = load(args.checkpoint)
         weights = sum(t.numel() for t in model.net.state_dict().values())
         expected = "".join(c.texts[0] for c in model.stream("", temperature=0, length=300))

@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 
 from .errors import CharrnnError  # noqa: E402
 
-_LAZY = {"LossReport": "api", "Model": "api", "load": "api", "TrainResult": "runs", "train": "runs"}
+_LAZY = {"LossReport": "api", "Model": "api", "load": "api", "TrainResult": "training.run", "train": "training.run"}
 
 
 def __getattr__(name: str):

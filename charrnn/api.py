@@ -1,6 +1,6 @@
 """The Python API for trained models: `load()` one, then generate or score text.
 
-(`train()` lives with the run it drives, in charrnn.runs.) The CLI is a thin layer over
+(`train()` lives with the run it drives, in charrnn.training.run.) The CLI is a thin layer over
 these same functions and classes; nothing here prints.
 """
 
@@ -14,16 +14,17 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from . import checkpoint
-from .data import as_streams
+from . import paths
+from .checkpoint import store as checkpoint
+from .checkpoint.store import Checkpoint
+from .config import MAX_BATCH, MAX_SEQ_LEN, DynamicConfig, SampleConfig, shown
 from .devices import resolve_device
-from .checkpoint import Checkpoint
-from .config import MAX_BATCH, MAX_SEQ_LEN, DynamicConfig, shown
 from .errors import CheckpointError, ConfigError, CorpusError
-from .model import CharRNN
-from .sampling import Chunk, Sampler, SampleConfig
-from .evaluation import evaluate
 from .events import LN2
+from .model.evaluation import evaluate
+from .model.network import CharRNN
+from .model.sampling import Chunk, Sampler
+from .text.corpus import as_streams
 
 
 @dataclass(frozen=True)
@@ -109,11 +110,11 @@ class Model:
 
     def adapted(self, text: str, dynamic: DynamicConfig | None = None) -> "Model":
         """A copy of this model whose weights have learned from `text` the way dynamic
-        evaluation learns (charrnn.dynamic), for generating in its style: one ordered pass,
+        evaluation learns (charrnn.model.dynamic), for generating in its style: one ordered pass,
         a gradient step per segment. Characters outside the vocabulary are left out; this
         model is not changed. Memory is about three times the weights; time is one
         training pass over the text (its last `dynamic.MAX_ADAPT_TOKENS` tokens, at most)."""
-        from .dynamic import adapt
+        from .model.dynamic import adapt
 
         ids, _ = self.known_ids(text)
         if len(ids) < 2:
@@ -123,9 +124,9 @@ class Model:
 
     def dynamic_loss(self, text: str, dynamic: DynamicConfig | None = None, progress=None) -> DynamicReport:
         """`text` scored in one ordered pass (one stream, the state carried), with the
-        weights as trained and by dynamic evaluation (charrnn.dynamic); the checkpoint and
+        weights as trained and by dynamic evaluation (charrnn.model.dynamic); the checkpoint and
         this model are not changed. `progress(done, total)` is called after each segment."""
-        from .dynamic import dynamic_loss
+        from .model.dynamic import dynamic_loss
 
         ids, excluded = self.known_ids(text)
         _require_two(ids, excluded)
@@ -188,10 +189,10 @@ def _duration(text: str) -> float:
         raise ConfigError(f"max_time: {exc}.") from None
 
 
-def load(path: str | os.PathLike | None = None, device: str = "cpu", root: str | os.PathLike = checkpoint.DEFAULT_ROOT) -> Model:
+def load(path: str | os.PathLike | None = None, device: str = "cpu", root: str | os.PathLike = paths.DEFAULT_ROOT) -> Model:
     """Load a checkpoint file or a run folder (its best checkpoint) onto `device`; with no
     path, the newest best checkpoint under `root`, else the bundled Tiny Shakespeare model."""
-    found = checkpoint.find(path, root)
+    found = paths.find(path, root)
     ckpt = checkpoint.load(found.path)
     dev = resolve_device(device)
     net = CharRNN(ckpt.model_config)

@@ -1,16 +1,21 @@
 """Configuration as frozen dataclasses: the model, the training run, the corpus options.
 
+Each option is declared once, as a field made by `setting`: its name, its default, its
+help text and its check (kind, bounds, choices). Everything else is built from that
+declaration: `check_settings` applies the checks in `__post_init__`, whoever builds the
+configuration (the CLI, `charrnn.train()`, or a checkpoint being loaded), and the command
+line makes its options from the same fields (`charrnn.cli.options`), so a default or a
+bound is never written twice. Rules between fields stay in each `__post_init__`.
+
 This module imports neither torch nor numpy, so the command line can describe options
-(defaults, choices) without paying for them. Values are checked here once, with the
-library's own errors, whoever builds the configuration (the CLI, `charrnn.train()`, or a
-checkpoint being loaded).
+(defaults, choices) without paying for them.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 
 from .errors import ConfigError
 
@@ -70,6 +75,52 @@ def _choice(obj, name: str, choices: tuple) -> None:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {getattr(obj, name)!r}.")
 
 
+DURATION = "duration"  # a float of seconds that the command line reads as "90s", "10m", "1h30m"
+
+
+def setting(default=MISSING, *, help: str = "", kind: type | str | None = None, lo=None, hi=None,
+            lo_open: bool = False, hi_open: bool = False, choices: tuple | None = None,
+            unset: str | None = None, cli: bool = True, short: str | None = None, flag: str | None = None):
+    """A configuration field with everything said about it in one place.
+
+    `kind` (int, float, bool, str or DURATION; by default the default's type), `lo`/`hi`
+    (with `lo_open`/`hi_open`) and `choices` are the check; `help` is the sentence the
+    command line shows. `unset` says what happens when a new run does not give the option
+    (the sizing rule, the cell's own rate, ...): the command line then passes nothing and
+    shows it as the default instead of the field's value. `cli=False` keeps a field off the
+    command line; `flag` and `short` name its option when `--field-name` is not it."""
+    if kind is None:
+        kind = type(default) if default not in (MISSING, None) else str
+    meta = {"help": help, "kind": kind, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open,
+            "choices": choices, "unset": unset, "cli": cli, "short": short, "flag": flag}
+    return field(default=default, metadata=meta)
+
+
+def check_settings(obj) -> None:
+    """Apply each `setting`'s check to its value (None passes where the default is None).
+    Text without choices is checked where it is used (an encoding by the codec lookup)."""
+    for f in fields(obj):
+        meta = f.metadata
+        if "kind" not in meta:
+            continue
+        value, optional = getattr(obj, f.name), f.default is None
+        if value is None and optional:
+            continue
+        if meta["choices"] is not None:
+            _choice(obj, f.name, meta["choices"])
+        elif meta["kind"] is bool:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{f.name} must be true or false, not {shown(value)}.")
+        elif meta["kind"] in (int, float, DURATION):
+            check_number(obj, f.name, int if meta["kind"] is int else float, meta["lo"], meta["hi"],
+                         lo_open=meta["lo_open"], hi_open=meta["hi_open"], optional=optional)
+
+
+def settings(cls) -> dict[str, Field]:
+    """The fields of a configuration class declared with `setting`, by name."""
+    return {f.name: f for f in fields(cls) if "kind" in f.metadata}
+
+
 def field_names(cls) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls))
 
@@ -80,34 +131,34 @@ def from_known(cls, data: dict):
     return cls(**{k: v for k, v in data.items() if k in known})
 
 
+SIZED = "from the passes over the text the budget allows"  # what the sizing rule sets unless given
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    vocab_size: int
-    hidden_size: int = 512
-    num_layers: int = 2
-    embedding_size: int = 64
-    dropout: float = 0.1
+    vocab_size: int = setting(kind=int, lo=1, hi=2**31 - 1, cli=False)
+    hidden_size: int = setting(512, lo=1, hi=MAX_HIDDEN, unset="sized to the corpus and budget",
+                               help="Units per recurrent layer.")
+    num_layers: int = setting(2, lo=1, hi=64, help="Stacked recurrent layers.")
+    embedding_size: int = setting(64, lo=1, hi=MAX_HIDDEN, help="Size of the learned character embedding.")
+    dropout: float = setting(0.1, lo=0, hi=1, hi_open=True, unset=SIZED,
+                             help="Dropout on the embedding, between layers and before the head; naming it sets "
+                                  "--weight-drop to 0.")
     # DropConnect on the hidden-to-hidden matrices (AWD-LSTM's weight drop): the share of
     # their entries zeroed, one mask per training window. 0 in checkpoints written before it.
-    weight_drop: float = 0.0
-    cell: str = "lstm"
-    nonlinearity: str = "tanh"  # rnn only
-    one_hot: bool = False  # feed one-hot vectors (classic char-rnn) instead of an embedding
-    tie_weights: bool = False  # share the embedding table with the output head
+    weight_drop: float = setting(0.0, lo=0, hi=1, hi_open=True, unset=SIZED,
+                                 help="Share of each recurrent layer's hidden-to-hidden weights dropped, one mask per "
+                                      "window (AWD-LSTM's weight drop); naming it sets --dropout to 0.")
+    cell: str = setting("lstm", choices=CELLS, help="Recurrent cell.")
+    nonlinearity: str = setting("tanh", choices=("tanh", "relu"), help="Activation of the vanilla rnn cell.")
+    one_hot: bool = setting(False, help="Feed one-hot characters (classic char-rnn) instead of a learned embedding.")
+    tie_weights: bool = setting(False, help="Share the embedding table with the output layer (needs "
+                                            "--embedding-size equal to --hidden-size).")
 
     def __post_init__(self):
         if self.cell not in CELLS:
             raise ConfigError(f"Unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}.")
-        check_number(self, "vocab_size", int, 1, 2**31 - 1)
-        check_number(self, "hidden_size", int, 1, MAX_HIDDEN)
-        check_number(self, "num_layers", int, 1, 64)
-        check_number(self, "embedding_size", int, 1, MAX_HIDDEN)
-        check_number(self, "dropout", float, 0, 1, hi_open=True)
-        check_number(self, "weight_drop", float, 0, 1, hi_open=True)
-        _choice(self, "nonlinearity", ("tanh", "relu"))
-        for name in ("one_hot", "tie_weights"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} must be true or false, not {getattr(self, name)!r}.")
+        check_settings(self)
         if self.tie_weights and (self.one_hot or self.embedding_size != self.hidden_size):
             raise ConfigError("--tie-weights needs an embedding (not --one-hot) with --embedding-size equal to --hidden-size.")
 
@@ -129,36 +180,52 @@ class TrainConfig:
     # second at batch 16 as at 32 (the recurrence, not the matrix width, sets the pace),
     # and twice the optimizer steps gave 1.440 against 1.465 nats/char on Tiny
     # Shakespeare in 10 minutes; batch 8 was slower and worse (1.456). docs/benchmarks.md.
-    batch_size: int = 16
-    seq_len: int = 128
-    lr: float = 1e-2
-    # "muon": Muon for the recurrent matrices, AdamW for the rest (charrnn.optim). New runs
-    # that name none get `sizing.choose_update(cell, ...)` (Muon for the LSTM) from
-    # charrnn.runs; this default is what a Trainer built directly, and a version-2
-    # checkpoint, use.
-    optimizer: str = "adamw"
-    weight_decay: float = 0.01
-    warmup_steps: int = 50
+    batch_size: int = setting(16, lo=1, hi=MAX_BATCH, short="-b", help="Parallel streams B.")
+    seq_len: int = setting(128, lo=1, hi=MAX_SEQ_LEN, short="-t",
+                           help="Window length T for truncated backpropagation through time.")
+    # New runs that name no rate or update get `sizing.choose_update(cell, ...)` (Muon for
+    # the LSTM) from charrnn.training.run; these defaults are what a Trainer built
+    # directly, and a version-2 checkpoint, use.
+    lr: float = setting(1e-2, lo=0, lo_open=True, help="Peak learning rate.",
+                        unset="5e-3 with muon; with adamw 1e-2 for lstm, 5e-3 for gru, 3e-3 for rnn")
+    # "muon": Muon for the recurrent matrices, AdamW for the rest (charrnn.training.optim).
+    optimizer: str = setting("adamw", choices=OPTIMIZERS, unset="muon for lstm, adamw for gru and rnn",
+                             help="muon: orthogonalised momentum for the recurrent matrices, AdamW for the rest; "
+                                  "or adamw.")
+    weight_decay: float = setting(0.01, lo=0, help="Decoupled weight decay on weight matrices.")
+    warmup_steps: int = setting(50, lo=0, help="Linear learning-rate warmup steps before the cosine decay.")
     # Ending the cosine at zero instead gained 0.008 on Tiny Shakespeare in 10 minutes but
     # lost 0.017-0.025 on three other corpora in 3 minutes (docs/benchmarks.md), so 5% stays.
-    min_lr_ratio: float = 0.05
-    grad_clip: float = 1.0
-    max_steps: int | None = None
-    max_epochs: float | None = None
-    max_time: float | None = None  # seconds
-    eval_every: int = 200  # steps; 200 x 16 x 128 characters between evaluations
-    log_every: int = 10
-    val_fraction: float = 0.1
-    eval_max_tokens: int = 262_144  # validation is capped so evaluation stays cheap on huge corpora
-    seed: int = 1337
-    device: str = "auto"
-    precision: str = "auto"
-    patience: int | None = None  # evaluations without improvement before stopping early
-    keep_every: int | None = None  # keep a step-NNNNNNNN.pt snapshot every N steps
-    max_bad_steps: int = 8  # consecutive non-finite steps (skipped) before giving up
-    sample_every: int | None = None  # show and keep a sample at every Nth evaluation
-    sample_length: int = 200  # characters per such sample
-    sample_temp: float = 0.8
+    min_lr_ratio: float = setting(0.05, lo=0, hi=1, cli=False)
+    grad_clip: float = setting(1.0, lo=0, help="Clip the gradient norm to this value (0 turns clipping off).")
+    max_steps: int | None = setting(None, kind=int, lo=1, hi=MAX_STEPS, help="Stop after this many optimizer steps.")
+    max_epochs: float | None = setting(None, kind=float, lo=0, lo_open=True,
+                                       help="Stop after this many passes over the training text.")
+    max_time: float | None = setting(None, kind=DURATION, lo=0, lo_open=True, unset="10m when no budget is given",
+                                     help="Stop after this long, e.g. 90s, 10m, 1h.")  # seconds
+    # 200 x 16 x 128 characters between evaluations
+    eval_every: int = setting(200, lo=1, help="Evaluate on validation text and checkpoint every N steps.")
+    log_every: int = setting(10, lo=1, help="Read back the training loss every N steps.")
+    val_fraction: float = setting(0.1, lo=0, hi=1, hi_open=True, help="Tail of the text held out for validation.")
+    # validation is capped so evaluation stays cheap on huge corpora
+    eval_max_tokens: int = setting(262_144, lo=1, cli=False)
+    seed: int = setting(1337, lo=0, hi=MAX_SEED, help="Random seed (initialisation and dropout).")
+    device: str = setting("auto", cli=False)  # the command line's --device is shared by every command
+    precision: str = setting("auto", choices=("auto", "float32", "bf16"),
+                             help="bf16 autocast with float32 weights, or float32. auto uses bf16 on CUDA GPUs that "
+                                  "support it and on CPUs that do bfloat16 natively and train faster for it (a probe "
+                                  "in a child process decides, once per machine); fp32 = float32.")
+    patience: int | None = setting(None, kind=int, lo=1, hi=MAX_STEPS, unset="off",
+                                   help="Stop after N evaluations without a better validation loss.")
+    keep_every: int | None = setting(None, kind=int, lo=1, hi=MAX_STEPS, unset="off",
+                                     help="Also keep a step-NNNNNNNN.pt snapshot every N steps.")
+    # consecutive non-finite steps (skipped) before giving up
+    max_bad_steps: int = setting(8, lo=1, cli=False)
+    sample_every: int | None = setting(None, kind=int, lo=1, hi=MAX_STEPS, unset="off",
+                                       help="Show a short sample at every Nth evaluation and append it to "
+                                            "<run>/samples.txt.")
+    sample_length: int = setting(200, lo=1, hi=100_000, help="Characters in each --sample-every sample.")
+    sample_temp: float = setting(0.8, lo=0, help="Temperature of the --sample-every samples.")
 
     # Options a resumed run may change; every other one must match the checkpoint.
     RESUMABLE = ("max_steps", "max_epochs", "max_time", "eval_every", "log_every", "device",
@@ -166,29 +233,11 @@ class TrainConfig:
     BUDGETS = ("max_steps", "max_epochs", "max_time")
 
     def __post_init__(self):
-        check_number(self, "batch_size", int, 1, MAX_BATCH)
-        check_number(self, "seq_len", int, 1, MAX_SEQ_LEN)
-        for name in ("eval_every", "log_every", "eval_max_tokens", "max_bad_steps"):
-            check_number(self, name, int, 1)
-        check_number(self, "warmup_steps", int, 0)
-        for name in ("max_steps", "patience", "keep_every", "sample_every"):
-            check_number(self, name, int, 1, MAX_STEPS, optional=True)
-        check_number(self, "sample_length", int, 1, 100_000)
-        check_number(self, "sample_temp", float, 0)
-        check_number(self, "lr", float, 0, lo_open=True)
-        for name in ("weight_decay", "grad_clip"):
-            check_number(self, name, float, 0)
-        check_number(self, "min_lr_ratio", float, 0, 1)
-        check_number(self, "val_fraction", float, 0, 1, hi_open=True)
-        for name in ("max_epochs", "max_time"):
-            check_number(self, name, float, 0, lo_open=True, optional=True)
-        check_number(self, "seed", int, 0, MAX_SEED)
-        if not (isinstance(self.device, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device)):
-            raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, not {self.device!r}.")
         if self.precision == "fp32":  # the name before float32; stored in older checkpoints
             object.__setattr__(self, "precision", "float32")
-        _choice(self, "precision", ("auto", "float32", "bf16"))
-        _choice(self, "optimizer", OPTIMIZERS)
+        check_settings(self)
+        if not (isinstance(self.device, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device)):
+            raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, not {self.device!r}.")
         if self.max_steps is None and self.max_epochs is None and self.max_time is None:
             raise ConfigError("Training needs a budget: --max-steps, --max-epochs or --max-time.")
 
@@ -200,32 +249,58 @@ class TrainConfig:
 class CorpusOptions:
     """How the corpus is read and turned into tokens."""
 
-    tokenizer: str = "char"  # or "sentencepiece"
-    vocab_size: int = 2000  # sentencepiece only
-    sp_model_type: str = "unigram"  # sentencepiece only
-    encoding: str = "utf-8"
-    errors: str = "strict"
-    newline: str = "keep"
+    tokenizer: str = setting("char", choices=TOKENIZERS,
+                             help="Characters, or subword pieces trained with sentencepiece on the corpus.")
+    vocab_size: int = setting(2000, lo=260, hi=1_000_000,
+                              help="Pieces in a sentencepiece vocabulary (at least 260: 256 byte pieces come first).")
+    sp_model_type: str = setting("unigram", choices=("unigram", "bpe"), help="sentencepiece algorithm.")
+    encoding: str = setting("utf-8", help="Text encoding of the corpus.")
+    errors: str = setting("strict", choices=("strict", "replace", "ignore"),
+                          help="What to do with bytes that do not decode.")
+    newline: str = setting("keep", choices=("keep", "lf"),
+                           help="keep line endings as they are, or turn CRLF/CR into LF.")
 
     def __post_init__(self):
-        _choice(self, "tokenizer", TOKENIZERS)
-        check_number(self, "vocab_size", int, 260, 1_000_000)
-        _choice(self, "sp_model_type", ("unigram", "bpe"))
-        _choice(self, "errors", ("strict", "replace", "ignore"))
-        _choice(self, "newline", ("keep", "lf"))
+        check_settings(self)
 
 
 @dataclass(frozen=True)
 class DynamicConfig:
     """Settings of dynamic evaluation; the defaults are measured (docs/benchmarks.md)."""
 
-    segment: int = 50  # tokens scored, then learned from, per step
-    lr: float = 3e-4  # step size of the RMS-normalised gradient
-    decay: float = 0.001  # share of the way back to the original weights per step
-    beta: float = 0.99  # how long the mean square of gradients remembers
+    segment: int = setting(50, lo=1, hi=1 << 20, help="--dynamic: tokens per segment (one gradient step each).")
+    lr: float = setting(3e-4, lo=0, hi=1, flag="--dynamic-lr",
+                        help="--dynamic: step size of the RMS-normalised gradient.")
+    decay: float = setting(0.001, lo=0, hi=1, flag="--dynamic-decay",
+                           help="--dynamic: share of the way back to the trained weights per segment.")
+    beta: float = setting(0.99, lo=0, hi=1, hi_open=True, cli=False)  # how long the mean square of gradients remembers
 
     def __post_init__(self):
-        check_number(self, "segment", int, 1, 1 << 20)
-        check_number(self, "lr", float, 0, 1)
-        check_number(self, "decay", float, 0, 1)
-        check_number(self, "beta", float, 0, 1, hi_open=True)
+        check_settings(self)
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """How text is drawn; declared once for the API, `serve` and the command line
+    (`charrnn.config.setting`)."""
+
+    length: int = setting(1000, lo=0, short="-n", help="Characters to generate per sample (the prime is not counted).")
+    temperature: float = setting(0.8, lo=0, flag="--temp",
+                                 help="Sampling temperature; 0 is greedy (always the most likely character).")
+    top_k: int | None = setting(None, kind=int, lo=1, help="Sample only among the K most likely characters.")
+    top_p: float | None = setting(None, kind=float, lo=0, hi=1, lo_open=True,
+                                  help="Nucleus sampling: only the most likely characters holding probability P.")
+    seed: int | None = setting(None, kind=int, lo=0, hi=MAX_SEED, unset="random",
+                               help="Random seed: same checkpoint, seed and options give the same text.")
+    num_samples: int = setting(1, lo=1, hi=MAX_SAMPLES, short="-N",
+                               help=f"Generate N samples together in one batch (at most {MAX_SAMPLES:,}).")
+    stop: tuple[str, ...] = ()
+    max_time: float | None = setting(None, kind=DURATION, lo=0, lo_open=True,
+                                     help="Stop generating after this long, e.g. 30s.")  # seconds
+    chunk_chars: int = setting(32, lo=1, cli=False)  # flush granularity of the yielded text
+
+    def __post_init__(self):
+        """The same rules as the command line's options, for callers of the API."""
+        check_settings(self)
+        if not isinstance(self.stop, tuple) or not all(isinstance(s, str) and s for s in self.stop):
+            raise ConfigError(f"stop must be a tuple of non-empty strings, not {self.stop!r}.")

@@ -231,12 +231,12 @@ def _probe() -> dict | None:
 
 def _write_cache(path: Path, data: dict) -> None:
     """Write the probe cache atomically; a cache that cannot be written is only a slower start."""
-    from . import files
+    from . import paths
     from .errors import CharrnnError
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        files.write_atomic(path, json.dumps(data, indent=1).encode("utf-8"), "the CPU probe's cache")
+        paths.write_atomic(path, json.dumps(data, indent=1).encode("utf-8"), "the CPU probe's cache")
     except (OSError, CharrnnError):
         pass
 

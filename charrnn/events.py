@@ -1,5 +1,5 @@
 """What a training run tells its caller, as plain data: set-up stages and notes, then the
-trainer's progress. The library never prints; `charrnn.ui` renders these on stderr and
+trainer's progress. The library never prints; `charrnn.cli.live` renders these on stderr and
 `charrnn.train(on_event=...)` hands them to any caller. Torch-free, so that a view can
 show the first status line before torch is imported.
 """
@@ -38,8 +38,8 @@ class Started:
     vocab_size: int
     windows_per_epoch: int
     out_dir: str
-    sizing: dict | None = None  # what charrnn.sizing chose for a new run, when it chose
-    optimizer: str | None = None  # "adamw" or "muon" (charrnn.optim)
+    sizing: dict | None = None  # what charrnn.training.sizing chose for a new run, when it chose
+    optimizer: str | None = None  # "adamw" or "muon" (charrnn.training.optim)
     lr: float | None = None  # the peak learning rate
 
 

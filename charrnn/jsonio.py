@@ -1,8 +1,8 @@
 """Plain data as JSON, with bytes (a sentencepiece model) written as `{"$base64": "..."}`.
 
 The one form charrnn uses wherever JSON has to hold bytes: the corpus cache's metadata
-(charrnn.data), a safetensors export's metadata and the ONNX export's corpus section
-(charrnn.formats).
+(charrnn.text.corpus), a safetensors export's metadata and the ONNX export's corpus section
+(charrnn.checkpoint.formats).
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
-from pathlib import Path
-
 import os
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -34,10 +33,10 @@ def shakespeare_head(tmp_path) -> Path:
 def random_checkpoint(tmp_path_factory) -> Path:
     """A checkpoint with random weights and made-up progress, written through the schema:
     for the commands that read checkpoints (sample, eval, info, export), no training needed."""
-    from charrnn import checkpoint
+    from charrnn.checkpoint import store as checkpoint
     from charrnn.config import ModelConfig, TrainConfig
-    from charrnn.model import CharRNN
-    from charrnn.vocab import CharVocab
+    from charrnn.model.network import CharRNN
+    from charrnn.text.characters import CharVocab
 
     torch.manual_seed(0)
     vocab = CharVocab.from_text("abcdefg \n")

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 import charrnn
 from charrnn import CharrnnError, load, train
-from charrnn.cli import main
+from charrnn.cli.app import main
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(hidden_size=48, num_layers=1, embedding_size=8, batch_size=4, seq_len=16, lr=1e-2, warmup_steps=5,

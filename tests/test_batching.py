@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import wait_until
 
-from charrnn.batching import AHEAD, END, BatchLoop, Job, Stopped
-from charrnn.config import ModelConfig
-from charrnn.model import CharRNN
-from charrnn.sampling import Sampler, SampleConfig, Samples
-from charrnn.vocab import CharVocab
+from charrnn.config import ModelConfig, SampleConfig
+from charrnn.model.batching import AHEAD, END, BatchLoop, Job, Stopped
+from charrnn.model.network import CharRNN
+from charrnn.model.sampling import Sampler, Samples
+from charrnn.text.characters import CharVocab
 
 VOCAB = CharVocab.from_text("abcdefghij \n")
 
@@ -179,7 +179,7 @@ def test_a_request_that_cannot_start_fails_alone(net, monkeypatch):
         def bad(vocab, prime):
             raise ValueError("bad prime")
 
-        monkeypatch.setattr("charrnn.batching.prime_ids", bad)
+        monkeypatch.setattr("charrnn.model.batching.prime_ids", bad)
         with pytest.raises(ValueError, match="bad prime"):
             Reader(loop, "b", SampleConfig(length=5)).read()
         steps = loop.steps

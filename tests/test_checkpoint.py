@@ -3,10 +3,11 @@ import os
 import pytest
 import torch
 
-from charrnn import checkpoint, load
+from charrnn import load, paths
+from charrnn.checkpoint import store as checkpoint
 from charrnn.errors import CheckpointError
-from charrnn.model import CharRNN, ModelConfig
-from charrnn.vocab import CharVocab
+from charrnn.model.network import CharRNN, ModelConfig
+from charrnn.text.characters import CharVocab
 
 
 def save_model(path, cell="lstm"):
@@ -31,9 +32,9 @@ def test_round_trip_gives_identical_logits(tmp_path, cell):
 
 def test_run_folder_resolves_to_best(tmp_path):
     save_model(tmp_path / "latest.pt")
-    assert checkpoint.resolve(tmp_path) == tmp_path / "latest.pt"
+    assert paths.resolve(tmp_path) == tmp_path / "latest.pt"
     save_model(tmp_path / "best.pt")
-    assert checkpoint.resolve(tmp_path) == tmp_path / "best.pt"
+    assert paths.resolve(tmp_path) == tmp_path / "best.pt"
 
 
 def test_save_replaces_atomically_and_leaves_no_temp_files(tmp_path):
@@ -150,13 +151,13 @@ def test_version_2_runs_were_trained_with_adamw(tmp_path):
 
 
 def test_the_bundled_model_loads_through_the_schema():
-    ckpt = checkpoint.load(checkpoint.BUNDLED)
+    ckpt = checkpoint.load(paths.BUNDLED)
     assert ckpt.model_config.vocab_size == len(ckpt.vocab["chars"]) and not ckpt.resumable
     assert ckpt.summary()["best_val_loss"] == ckpt.progress.best_val_loss
 
 
 def test_run_dir_knows_its_own_files_and_clears_only_those(tmp_path):
-    run = checkpoint.RunDir(tmp_path)
+    run = paths.RunDir(tmp_path)
     own = ["best.pt", "latest.pt", "metrics.jsonl", "step-00000100.pt", "corpus.ids", "corpus.json"]
     mine = ["notes.md.tmp", "step-by-step.pt", "best.pt.bak", "model.pt", "step-1.pt"]
     for name in own + mine:
@@ -183,7 +184,7 @@ def test_the_default_checkpoint_is_always_a_run_that_list_shows(tmp_path):
     save_model(root / "archive" / "2025" / "best.pt")  # nested: not a run under root
     listed = {item.name for item in checkpoint.list_runs(root) if not item.bundled}
     assert listed == {"older", "newer"}
-    assert checkpoint.find(None, root).path == (root / "older" / "best.pt")
-    assert checkpoint.find(None, root).path.parent.name in listed
+    assert paths.find(None, root).path == (root / "older" / "best.pt")
+    assert paths.find(None, root).path.parent.name in listed
     save_model(root / "newest" / "best.pt")
-    assert checkpoint.find(None, root).path == root / "newest" / "best.pt"
+    assert paths.find(None, root).path == root / "newest" / "best.pt"

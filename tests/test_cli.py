@@ -7,8 +7,9 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from charrnn import checkpoint, load
-from charrnn.cli import main
+from charrnn import load, paths
+from charrnn.checkpoint import store as checkpoint
+from charrnn.cli.app import main
 
 SMALL = ["--hidden-size", "48", "--num-layers", "1", "--embedding-size", "16", "--batch-size", "4",
          "--seq-len", "16", "--lr", "0.01", "--warmup-steps", "5", "--dropout", "0", "--threads", "1"]
@@ -76,15 +77,14 @@ def test_sample_uses_newest_checkpoint_under_default_folder(trained, monkeypatch
     shutil.copytree(trained / "run", "checkpoints/new")
     (trained / "checkpoints" / "new" / "best.pt").touch()
     os.utime("checkpoints/old/best.pt", (time.time() - 100, time.time() - 100))
-    assert checkpoint.newest_best("checkpoints").parent.name == "new"
+    assert paths.newest_best("checkpoints").parent.name == "new"
     result = invoke("sample", "--length", 10, "--seed", 1)
     assert result.exit_code == 0 and len(result.stdout) == 10
 
 
 def test_no_checkpoint_is_a_clear_error(tmp_path, monkeypatch):
-    import charrnn.checkpoint
 
-    monkeypatch.setattr(charrnn.checkpoint, "BUNDLED", tmp_path / "no-bundled-model.pt")
+    monkeypatch.setattr(paths, "BUNDLED", tmp_path / "no-bundled-model.pt")
     monkeypatch.chdir(tmp_path)
     result = invoke("sample", env={"CHARRNN_CHECKPOINTS": str(tmp_path / "none")})
     assert result.exit_code == 1
@@ -270,11 +270,10 @@ def test_export_is_small_and_samples_like_the_original(trained, tmp_path):
 
 
 def test_sample_falls_back_to_the_bundled_model(trained, tmp_path, monkeypatch):
-    import charrnn.checkpoint
 
     bundled = tmp_path / "bundled.pt"
     invoke("export", trained / "run", bundled, "--half")
-    monkeypatch.setattr(charrnn.checkpoint, "BUNDLED", bundled)
+    monkeypatch.setattr(paths, "BUNDLED", bundled)
     monkeypatch.chdir(tmp_path)
     result = invoke("sample", "--length", 15, "--seed", 2)
     assert result.exit_code == 0 and len(result.stdout) == 15
@@ -282,11 +281,10 @@ def test_sample_falls_back_to_the_bundled_model(trained, tmp_path, monkeypatch):
 
 
 def test_the_bundled_model_ships_and_loads():
-    import charrnn.checkpoint
 
-    assert charrnn.checkpoint.BUNDLED.is_file(), "the bundled default model is missing"
-    assert charrnn.checkpoint.BUNDLED.stat().st_size <= 10 * 1024 * 1024
-    model = load(charrnn.checkpoint.BUNDLED)
+    assert paths.BUNDLED.is_file(), "the bundled default model is missing"
+    assert paths.BUNDLED.stat().st_size <= 10 * 1024 * 1024
+    model = load(paths.BUNDLED)
     assert model.checkpoint.corpus["name"] == "tinyshakespeare"
     text = "".join(model.generate(prime="KING RICHARD", temperature=0, length=200))
     assert len(text) == 200
@@ -319,20 +317,19 @@ def test_export_and_eval_of_a_random_weight_checkpoint(random_checkpoint, tmp_pa
     assert abs(a["nats_per_char"] - math.log(9)) < 0.5  # untrained: near uniform over 9 characters
 
 
-def test_train_option_defaults_are_the_configuration_defaults():
-    """The CLI passes only the options a user set; what it shows as defaults in --help must
-    therefore be exactly what the configuration dataclasses use."""
-    from charrnn.config import CorpusOptions, ModelConfig, TrainConfig
+def test_train_has_an_option_for_every_configuration_setting_and_its_check():
+    """Each setting of the run's configuration (config.setting, cli=True) is an option of
+    `charrnn train`, made from the field: a value outside the field's bounds is a usage
+    error naming the option, before any file is read."""
+    from charrnn.config import CorpusOptions, ModelConfig, TrainConfig, settings
 
-    model, train, corpus = ModelConfig(vocab_size=1), TrainConfig(max_steps=1), CorpusOptions()
-    command = main.commands["train"]
-    checked = 0
-    for param in command.params:
-        for config in ((corpus,) if param.name == "vocab_size" else (model, train, corpus)):
-            if param.name in config.__dataclass_fields__ and isinstance(param.default, (int, float, str)) and not param.is_flag:
-                assert param.default == getattr(config, param.name), param.name
-                checked += 1
-    assert checked >= 12
+    params = {p.name: p for p in main.commands["train"].params}
+    for cls in (ModelConfig, TrainConfig, CorpusOptions):
+        for name, field in settings(cls).items():
+            if field.metadata["cli"]:
+                assert name in params, f"charrnn train has no option for {cls.__name__}.{name}"
+    bad = invoke("train", "missing.txt", "--num-layers", "65")  # ModelConfig.num_layers: at most 64
+    assert bad.exit_code == 2 and "--num-layers" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_plain_charrnn_prints_help_and_a_run_name_works_with_c(trained, monkeypatch, tmp_path):

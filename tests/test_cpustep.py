@@ -1,4 +1,4 @@
-"""The sampler's CPU step (charrnn.cpustep) and its int8 variant (charrnn.quantize) against
+"""The sampler's CPU step (charrnn.model.cpustep) and its int8 variant (charrnn.model.quantize) against
 their references, over long fed-back runs, for every cell and input kind."""
 
 import itertools
@@ -7,13 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from charrnn import cpustep
-from charrnn.config import ModelConfig
-from charrnn.cpustep import CpuStepper
-from charrnn.model import CharRNN
-from charrnn.quantize import Int8Stepper, _pack
-from charrnn.sampling import Sampler, SampleConfig, StepLoop
-from charrnn.vocab import CharVocab
+from charrnn.config import ModelConfig, SampleConfig
+from charrnn.model import cpustep
+from charrnn.model.cpustep import CpuStepper
+from charrnn.model.network import CharRNN
+from charrnn.model.quantize import Int8Stepper, _pack
+from charrnn.model.sampling import Sampler, StepLoop
+from charrnn.text.characters import CharVocab
 
 STEPS = 1000
 KINDS = {  # name: model options

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from charrnn.data import as_streams, eval_windows, read_corpus, split_ids, split_text
 from charrnn.config import CorpusOptions
 from charrnn.errors import CorpusError
+from charrnn.text.corpus import as_streams, eval_windows, read_corpus, split_ids, split_text
 
 
 def test_windows_continue_exactly_where_the_previous_ended():
@@ -102,8 +102,8 @@ def test_missing_path_and_empty_folder(tmp_path):
 
 
 def test_streaming_encode_equals_in_memory(tmp_path, monkeypatch):
-    import charrnn.data as data
-    from charrnn.data import encode_corpus
+    import charrnn.text.corpus as data
+    from charrnn.text.corpus import encode_corpus
 
     monkeypatch.setattr(data, "_READ_BYTES", 7)  # force blocks that split characters and CRLFs
     text = "Привет, мир!\r\nhello 🙂\r\n" * 20
@@ -118,7 +118,7 @@ def test_streaming_encode_equals_in_memory(tmp_path, monkeypatch):
 
 
 def test_cache_is_reused_and_invalidated(tmp_path):
-    from charrnn.data import encode_corpus
+    from charrnn.text.corpus import encode_corpus
 
     corpus = tmp_path / "c.txt"
     corpus.write_text("abcabc\n" * 100)
@@ -133,8 +133,8 @@ def test_cache_is_reused_and_invalidated(tmp_path):
 
 
 def test_streaming_errors_name_the_byte_offset(tmp_path, monkeypatch):
-    import charrnn.data as data
-    from charrnn.data import encode_corpus
+    import charrnn.text.corpus as data
+    from charrnn.text.corpus import encode_corpus
 
     monkeypatch.setattr(data, "_READ_BYTES", 5)
     path = tmp_path / "bad.txt"
@@ -151,8 +151,8 @@ def test_streaming_errors_name_the_byte_offset(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("newline", ["keep", "lf"])
 def test_ascii_fast_path_mixes_with_decoded_blocks(tmp_path, monkeypatch, newline):
-    import charrnn.data as data
-    from charrnn.data import encode_corpus, normalise_newlines
+    import charrnn.text.corpus as data
+    from charrnn.text.corpus import encode_corpus, normalise_newlines
 
     monkeypatch.setattr(data, "_READ_BYTES", 16)
     text = ("plain ascii line\r\n" * 3 + "naïve café\r\n") * 5
@@ -168,8 +168,8 @@ def test_ascii_fast_path_mixes_with_decoded_blocks(tmp_path, monkeypatch, newlin
 def test_lf_normalisation_ignores_block_boundaries(tmp_path, monkeypatch):
     """A CRLF split across two reads is one newline, and a file ending in a lone CR gains no
     extra newline when folder files are joined: the ids are those of `read_corpus`."""
-    import charrnn.data as data
-    from charrnn.data import encode_corpus
+    import charrnn.text.corpus as data
+    from charrnn.text.corpus import encode_corpus
 
     monkeypatch.setattr(data, "_READ_BYTES", 3)  # b"ab\r" | b"\ncd" ...: the CRLF is on a boundary
     (tmp_path / "a.txt").write_bytes(b"ab\r\ncd\r")
@@ -183,8 +183,8 @@ def test_lf_normalisation_ignores_block_boundaries(tmp_path, monkeypatch):
 
 def test_bom_is_only_stripped_at_the_start(tmp_path, monkeypatch):
     """An ASCII first block settles that a file has no BOM: a U+FEFF later is text."""
-    import charrnn.data as data
-    from charrnn.data import encode_corpus
+    import charrnn.text.corpus as data
+    from charrnn.text.corpus import encode_corpus
 
     monkeypatch.setattr(data, "_READ_BYTES", 3)
     path = tmp_path / "f.txt"
@@ -195,8 +195,8 @@ def test_bom_is_only_stripped_at_the_start(tmp_path, monkeypatch):
 
 
 def test_reader_and_encoder_agree_on_every_block_size(tmp_path, monkeypatch):
-    import charrnn.data as data
-    from charrnn.data import encode_corpus
+    import charrnn.text.corpus as data
+    from charrnn.text.corpus import encode_corpus
 
     (tmp_path / "a.txt").write_bytes(b"\xef\xbb\xbfone\r\ntwo\r" + "é\r\n🙂".encode())
     (tmp_path / "b.txt").write_bytes(b"\r\nthree\r\r\n")
@@ -212,7 +212,7 @@ def test_reader_and_encoder_agree_on_every_block_size(tmp_path, monkeypatch):
 
 
 def test_errors_give_file_byte_offsets_whatever_the_reads(tmp_path, monkeypatch):
-    import charrnn.data as data
+    import charrnn.text.corpus as data
 
     path = tmp_path / "bad.txt"
     path.write_bytes(b"\xef\xbb\xbf" + "é".encode() * 5 + b"x\xff")  # the bad byte is at offset 14
@@ -240,16 +240,16 @@ MIXED = "Hello, world!\nПривет, мир!\n漢字かな交じり文\n🙂 em
 
 def _old_sentencepiece_path(text: str, vocab_size: int):
     """What training did before sentencepiece corpora streamed: the text in memory."""
-    from charrnn.subword import SentencePieceVocab
+    from charrnn.text.sentencepiece_vocab import SentencePieceVocab
 
     vocab = SentencePieceVocab.train(text, vocab_size)
     return vocab, vocab.encode(text), hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def test_sentencepiece_corpus_streams_through_the_cache(tmp_path, monkeypatch):
-    import charrnn.data as data
-    import charrnn.subword as subword
-    from charrnn.data import encode_corpus
+    import charrnn.text.corpus as data
+    import charrnn.text.sentencepiece_vocab as subword
+    from charrnn.text.corpus import encode_corpus
 
     monkeypatch.setattr(data, "_READ_BYTES", 100)
     monkeypatch.setattr(subword, "_ENCODE_CHARS", 64)  # chunks cut inside blocks and across them
@@ -283,7 +283,7 @@ def test_sentencepiece_corpus_streams_through_the_cache(tmp_path, monkeypatch):
 
 
 def test_sentencepiece_on_stdin_equals_the_file(tmp_path):
-    from charrnn.data import encode_corpus
+    from charrnn.text.corpus import encode_corpus
 
     path = tmp_path / "m.txt"
     path.write_text(MIXED, encoding="utf-8", newline="")
@@ -297,9 +297,9 @@ def test_sentencepiece_on_stdin_equals_the_file(tmp_path):
 def test_large_sentencepiece_corpus_trains_on_a_spread_sample(tmp_path, monkeypatch):
     """Past the training cap the lines are sampled in a second pass, as the in-memory
     training samples them: the same vocabulary, without keeping the text."""
-    import charrnn.data as data
-    import charrnn.subword as subword
-    from charrnn.data import encode_corpus
+    import charrnn.text.corpus as data
+    import charrnn.text.sentencepiece_vocab as subword
+    from charrnn.text.corpus import encode_corpus
 
     monkeypatch.setattr(data, "_READ_BYTES", 256)
     monkeypatch.setattr(subword, "_MAX_TRAIN_CHARS", 700)  # MIXED is ~2400 characters: stride 3
@@ -313,8 +313,8 @@ def test_large_sentencepiece_corpus_trains_on_a_spread_sample(tmp_path, monkeypa
 def test_a_full_disk_is_one_sentence_and_leaves_no_temporary_file(tmp_path, monkeypatch):
     import errno
 
-    import charrnn.files as files
-    from charrnn.data import encode_corpus
+    import charrnn.paths as files
+    from charrnn.text.corpus import encode_corpus
 
     corpus = tmp_path / "c.txt"
     corpus.write_text("abcabc\n" * 100)
@@ -333,7 +333,7 @@ def test_a_full_disk_is_one_sentence_and_leaves_no_temporary_file(tmp_path, monk
 
 
 def test_changed_reading_options_rebuild_the_cache(tmp_path):
-    from charrnn.data import encode_corpus
+    from charrnn.text.corpus import encode_corpus
 
     corpus = tmp_path / "c.txt"
     corpus.write_bytes(b"ab\r\ncd\r\n" * 10)

@@ -7,8 +7,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from charrnn import checkpoint
-from charrnn.cli import main
+from charrnn.checkpoint import store as checkpoint
+from charrnn.cli.app import main
 
 pytestmark = pytest.mark.slow
 

@@ -10,10 +10,10 @@ import torch
 from click.testing import CliRunner
 
 from charrnn import load
-from charrnn.cli import main
+from charrnn.cli.app import main
 from charrnn.config import DynamicConfig
-from charrnn.dynamic import adapt, dynamic_loss
-from charrnn.evaluation import evaluate
+from charrnn.model.dynamic import adapt, dynamic_loss
+from charrnn.model.evaluation import evaluate
 
 TEXT = "abcabd cab dab abba cad gag\n" * 30
 
@@ -109,8 +109,8 @@ def test_an_adapted_model_adapts_and_scores_again(model):
 
 def test_dropout_models_adapt_without_dropout_and_keep_their_settings(tmp_path):
     from charrnn.config import ModelConfig
-    from charrnn.model import CharRNN
-    from charrnn.vocab import CharVocab
+    from charrnn.model.network import CharRNN
+    from charrnn.text.characters import CharVocab
 
     vocab = CharVocab.from_text(TEXT)
     for extra in ({"dropout": 0.5}, {"weight_drop": 0.5, "dropout": 0.0}):

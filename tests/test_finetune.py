@@ -11,14 +11,15 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 import charrnn
-from charrnn import checkpoint
-from charrnn.cli import main
+from charrnn import paths
+from charrnn.checkpoint import store as checkpoint
+from charrnn.cli.app import main
 from charrnn.config import ModelConfig
 from charrnn.events import Note
-from charrnn.finetune import NEW_BIAS, added_chars, extend_weights
-from charrnn.model import CharRNN
-from charrnn.runs import Run
-from charrnn.vocab import CharCounter, CharVocab
+from charrnn.model.network import CharRNN
+from charrnn.text.characters import CharCounter, CharVocab
+from charrnn.training.finetune import NEW_BIAS, added_chars, extend_weights
+from charrnn.training.run import Run
 
 # Written for these tests: a few KB of French with the accents the English model lacks.
 FRENCH = (
@@ -227,7 +228,7 @@ def test_init_from_bundled_through_the_cli(tmp_path, monkeypatch):
     assert "Note: the vocabulary grows by 10 characters the base model lacks: « » Ç à â è é ê î ù" \
            in " ".join(result.stderr.split()), result.stderr
     ckpt = checkpoint.load(tmp_path / "fr" / "best.pt")
-    bundled = checkpoint.load(checkpoint.BUNDLED)
+    bundled = checkpoint.load(paths.BUNDLED)
     assert ckpt.vocabulary().chars[: bundled.model_config.vocab_size] == bundled.vocabulary().chars
     assert ckpt.model_config.vocab_size == bundled.model_config.vocab_size + 10
     assert ckpt.corpus["init_from"] == "bundled"
@@ -285,11 +286,11 @@ def test_fine_tuning_errors_are_one_sentence(tmp_path, monkeypatch, argv, messag
 
 def test_new_characters_start_below_one_in_a_million_for_the_bundled_model():
     """The constant is chosen for real models too, whose logits are larger than a random one's."""
-    bundled = checkpoint.load(checkpoint.BUNDLED)
+    bundled = checkpoint.load(paths.BUNDLED)
     base = CharRNN(bundled.model_config).eval()
     base.load_state_dict(bundled.weights)
     net = grown(base, bundled.model_config.vocab_size + 4)
-    text = (charrnn.checkpoint.BUNDLED.parents[2] / "corpora" / "tinyshakespeare.txt").read_text()[:1000]
+    text = (charrnn.paths.BUNDLED.parents[2] / "corpora" / "tinyshakespeare.txt").read_text()[:1000]
     ids = torch.tensor(bundled.vocabulary().encode(text).astype("int64"))[None]  # (1, T)
     with torch.no_grad():
         want, _ = base(ids)

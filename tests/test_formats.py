@@ -1,4 +1,4 @@
-"""Exports to safetensors and ONNX (`charrnn export`, `charrnn.formats`)."""
+"""Exports to safetensors and ONNX (`charrnn export`, `charrnn.checkpoint.formats`)."""
 
 import functools
 import json
@@ -11,12 +11,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from charrnn import checkpoint, formats, load
-from charrnn.cli import main
+from charrnn import load
+from charrnn.checkpoint import formats, onnx_export
+from charrnn.checkpoint import store as checkpoint
+from charrnn.checkpoint.export import export
+from charrnn.cli.app import main
 from charrnn.config import ModelConfig
 from charrnn.errors import CheckpointError, ConfigError
-from charrnn.model import CharRNN
-from charrnn.vocab import CharVocab
+from charrnn.model.network import CharRNN
+from charrnn.text.characters import CharVocab
+from charrnn.text.vocabulary import piece_texts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,7 +40,7 @@ def make_checkpoint(vocab, seed: int = 0, **config) -> checkpoint.Checkpoint:
 
 @functools.cache
 def sp_vocab():
-    from charrnn.subword import SentencePieceVocab
+    from charrnn.text.sentencepiece_vocab import SentencePieceVocab
 
     return SentencePieceVocab.train("the cat sat on the mat.\nthe dog ran far.\n" * 50, vocab_size=300)
 
@@ -106,7 +110,7 @@ def test_safetensors_export_samples_scores_and_describes_like_the_run(random_che
 
 def test_safetensors_loading_never_unpickles(random_checkpoint, tmp_path, monkeypatch):
     out = tmp_path / "m.safetensors"
-    checkpoint.export(random_checkpoint, out)
+    export(random_checkpoint, out)
 
     calls = []
 
@@ -133,7 +137,7 @@ def test_safetensors_round_trip_keeps_every_weight_and_the_vocabulary(tmp_path, 
     vocab = sp_vocab() if vocab == "sentencepiece" else vocab
     ckpt = make_checkpoint(vocab, **config)
     src = checkpoint.save(ckpt, tmp_path / "src.pt")
-    out = checkpoint.export(src, tmp_path / "m.safetensors")
+    out = export(src, tmp_path / "m.safetensors")
     back = checkpoint.load(out)
     assert back.vocab == ckpt.vocab and back.model_config == ckpt.model_config and back.resume is None
     assert back.weights.keys() == ckpt.weights.keys()
@@ -152,7 +156,7 @@ def test_safetensors_round_trip_keeps_every_weight_and_the_vocabulary(tmp_path, 
 
 
 def test_half_safetensors_stores_float16(random_checkpoint, tmp_path):
-    out = checkpoint.export(random_checkpoint, tmp_path / "m.safetensors", half=True)
+    out = export(random_checkpoint, tmp_path / "m.safetensors", half=True)
     from safetensors.torch import load_file
 
     assert {t.dtype for t in load_file(out).values()} == {torch.float16}
@@ -171,7 +175,7 @@ def _rewrite(src: Path, dst: Path, **changes) -> Path:
 
 
 def test_damaged_or_foreign_safetensors_files_are_one_sentence(random_checkpoint, tmp_path):
-    good = checkpoint.export(random_checkpoint, tmp_path / "m.safetensors")
+    good = export(random_checkpoint, tmp_path / "m.safetensors")
     truncated = tmp_path / "short.safetensors"
     truncated.write_bytes(good.read_bytes()[:-50])
     cases = {
@@ -229,7 +233,7 @@ def test_onnx_step_matches_pytorch_for_1000_fed_back_steps(name, onnx_file):
     import onnxruntime as ort
 
     ckpt = onnx_checkpoint(name)
-    data = onnx_file.read_bytes() if name == "lstm-embedding" else formats.onnx_bytes(ckpt)
+    data = onnx_file.read_bytes() if name == "lstm-embedding" else onnx_export.onnx_bytes(ckpt)
     net = CharRNN(ckpt.model_config)
     net.load_state_dict(ckpt.weights)
     net.eval()
@@ -271,7 +275,7 @@ def test_onnx_metadata_describes_the_interface(onnx_file):
 
 def test_onnx_vocab_of_sentencepiece_decodes_byte_pieces():
     vocab = sp_vocab()
-    table = formats.onnx_vocab(vocab)
+    table = piece_texts(vocab)
     assert len(table) == vocab.size
     assert all(isinstance(t, str) or (isinstance(t, int) and 0x80 <= t <= 0xFF) for t in table)
     assert all(table[i] == "" for i in vocab.banned_ids)

@@ -20,9 +20,10 @@ import torch
 from click.testing import CliRunner
 
 import charrnn
-from charrnn import CharrnnError, checkpoint
+from charrnn import CharrnnError
+from charrnn.checkpoint import store as checkpoint
+from charrnn.cli.app import main
 from charrnn.errors import ConfigError
-from charrnn.cli import main
 
 TEXT = "the cat sat on the mat.\n" * 300
 BIG = "1" + "0" * 400  # an integer of 401 digits
@@ -116,8 +117,8 @@ CASES = [
     ("seed-huge", lambda w: ["train", "c.txt", "--seed", str(2**70)], 2, "--seed"),
     ("sample-seed-huge", lambda w: ["sample", "--seed", str(2**70)], 2, "--seed"),
     ("samples-huge", lambda w: ["sample", "-N", str(10**12)], 2, "--num-samples"),
-    ("hidden-huge", lambda w: ["train", "c.txt", "--out", "h", "--hidden-size", str(10**7), "--max-steps", "1"], 1,
-     "hidden_size must be an integer"),
+    ("hidden-huge", lambda w: ["train", "c.txt", "--out", "h", "--hidden-size", str(10**7), "--max-steps", "1"], 2,
+     "'--hidden-size': 10000000 is not in the range 1<=x<=16384"),
     ("hidden-too-big-for-memory", lambda w: ["train", "c.txt", "--out", "h", "--hidden-size", "16384", "--num-layers",
                                              "8", "--dropout", "0", "--max-steps", "1"], 1, "GB to train"),
     ("max-time-words", lambda w: ["train", "c.txt", "--max-time", "forever"], 2, "not a duration"),
@@ -129,9 +130,10 @@ CASES = [
     ("eval-streams-400-digits", lambda w: ["eval", "c.txt", "-c", "run", "--streams", BIG], 2, "(401 digits) is not in"),
     ("batch-size-400-digits", lambda w: ["train", "c.txt", "--out", "h", "--batch-size", BIG], 2, "(401 digits) is not in the range"),
     ("seq-len-400-digits", lambda w: ["train", "c.txt", "--out", "h", "--seq-len", BIG], 2, "(401 digits)"),
-    ("hidden-400-digits", lambda w: ["train", "c.txt", "--out", "h", "--hidden-size", BIG], 1,
-     "hidden_size must be an integer at least 1 and at most 16384, not 100000... (an integer of 401 digits)."),
-    ("layers-400-digits", lambda w: ["train", "c.txt", "--out", "h", "--num-layers", BIG], 1, "num_layers must be"),
+    ("hidden-400-digits", lambda w: ["train", "c.txt", "--out", "h", "--hidden-size", BIG], 2,
+     "'--hidden-size': 100000... (401 digits) is not in the range 1<=x<=16384."),
+    ("layers-400-digits", lambda w: ["train", "c.txt", "--out", "h", "--num-layers", BIG], 2,
+     "'--num-layers': 100000... (401 digits) is not in the range 1<=x<=64."),
     ("max-steps-400-digits", lambda w: ["train", "c.txt", "--out", "h", "--max-steps", BIG], 2,
      "(401 digits) is not in the range"),
     ("max-steps-nines", lambda w: ["train", "c.txt", "--out", "h", "--max-steps", "9" * 400], 2, "(400 digits)"),
@@ -575,8 +577,8 @@ def test_ctrl_c_while_sampling_or_scoring_exits_130_quietly(random_checkpoint, t
 
 def test_a_file_that_grows_while_it_is_read_is_reported(tmp_path, monkeypatch):
     """Simulated: the corpus gains text between the two streaming passes."""
-    from charrnn import data
     from charrnn.errors import CorpusError
+    from charrnn.text import corpus as data
 
     corpus = tmp_path / "c.txt"
     corpus.write_text(TEXT)
@@ -594,7 +596,7 @@ def test_a_file_that_grows_while_it_is_read_is_reported(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("value", ["abc", "inf", "1e400", "0", "-5", "nan"])
 def test_a_bad_distributed_timeout_is_one_sentence_and_only_where_it_is_used(value, monkeypatch):
-    from charrnn import distributed
+    from charrnn.training import distributed
 
     monkeypatch.setenv("CHARRNN_DIST_TIMEOUT_MIN", value)
     with pytest.raises(ConfigError, match="CHARRNN_DIST_TIMEOUT_MIN=.* is not a number of minutes"):

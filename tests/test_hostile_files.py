@@ -18,11 +18,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from charrnn import checkpoint
-from charrnn.cli import main
+from charrnn.checkpoint import store as checkpoint
+from charrnn.checkpoint.export import export
+from charrnn.cli.app import main
 from charrnn.config import ModelConfig, TrainConfig
-from charrnn.model import CharRNN
-from charrnn.vocab import CharVocab
+from charrnn.model.network import CharRNN
+from charrnn.text.characters import CharVocab
 
 VOCAB = CharVocab.from_text("abcdefg \n")
 
@@ -57,7 +58,7 @@ def huge_declaration(path: Path) -> Path:
 
 def huge_declaration_safetensors(path: Path) -> Path:
     src = save(payload(), path.with_suffix(".src.pt"))
-    out = checkpoint.export(src, path.with_suffix(".safetensors"))
+    out = export(src, path.with_suffix(".safetensors"))
     from safetensors import safe_open
     from safetensors.torch import save_file
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from charrnn import checkpoint
+from charrnn.checkpoint import store as checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from charrnn.model import CELLS, CharRNN, ModelConfig
+from charrnn.config import CELLS, ModelConfig
+from charrnn.model.network import CharRNN
 
 
 def make(cell="lstm", **kw):

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from charrnn.config import ModelConfig, TrainConfig
-from charrnn.model import CharRNN
-from charrnn.optim import QUINTIC, Muon, build, orthogonalise
+from charrnn.model.network import CharRNN
+from charrnn.training.optim import QUINTIC, Muon, build, orthogonalise
 
 
 def newton_schulz(g: torch.Tensor, steps: int = 5) -> torch.Tensor:

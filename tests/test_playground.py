@@ -19,7 +19,7 @@ webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not in
 from conftest import start_chromium  # noqa: E402
 from test_serve import live  # noqa: E402
 
-from charrnn import serve  # noqa: E402
+from charrnn.serve import app as serve  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOT = os.environ.get("CHARRNN_SCREENSHOT") == "1"

@@ -8,10 +8,11 @@ import pytest
 import torch
 from rich.console import Console
 
-from charrnn import checkpoint, train
+from charrnn import train
+from charrnn.checkpoint import store as checkpoint
+from charrnn.cli.live import ClockColumn, TrainView
 from charrnn.events import Evaluated, Finished, Note, Progress, Sampled, Started, Status
-from charrnn.sizing import default_lr
-from charrnn.ui import ClockColumn, TrainView
+from charrnn.training.sizing import default_lr
 
 TEXT = "the cat sat on the mat. " * 200
 SMALL = dict(hidden_size=32, num_layers=1, embedding_size=8, batch_size=4, seq_len=16, device="cpu")
@@ -158,7 +159,7 @@ def test_sample_every_writes_samples_and_leaves_training_unchanged(tmp_path):
 def test_the_quick_start_corpus_ships_with_the_package(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from charrnn.cli import main
+    from charrnn.cli.app import main
 
     monkeypatch.chdir(tmp_path)  # an empty folder: no corpora/ here
     args = ["train", "corpora/tinyshakespeare.txt", "--max-steps", "1", "--eval-every", "1", "--hidden-size", "8",
@@ -194,7 +195,7 @@ def test_a_closed_stderr_pipe_does_not_stop_training(tmp_path):
 def test_notes_and_samples_from_files_cannot_drive_the_terminal():
     """A note quoting a checkpoint's corpus name and a sample of a model's text reach the
     terminal with escape sequences shown, not acted on; the sample keeps its lines."""
-    from charrnn.terminal import safe_text
+    from charrnn.cli.terminal import safe_text
 
     out = io.StringIO()
     with TrainView(Console(file=out, force_terminal=True, width=400), clock=FakeClock()) as view:

@@ -2,22 +2,22 @@
 
 import math
 import os
-from pathlib import Path
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
 
-from charrnn import checkpoint
-from charrnn.cli import main
+from charrnn.checkpoint import store as checkpoint
+from charrnn.cli.app import main
 from charrnn.errors import ConfigError
-from charrnn.runlock import RunLock
-from charrnn.runs import Run
-from charrnn.trainer import Finished, Progress, TrainingError
+from charrnn.training.lock import RunLock
+from charrnn.training.run import Run
+from charrnn.training.trainer import Finished, Progress, TrainingError
 
 MODEL = {"hidden_size": 32, "num_layers": 2, "embedding_size": 8, "dropout": 0.2}
 TRAIN = {"batch_size": 4, "seq_len": 16, "lr": 1e-2, "warmup_steps": 5, "max_steps": 40, "eval_every": 10,
@@ -115,7 +115,7 @@ def test_resume_refuses_other_corpus_and_other_sizes(tmp_path, corpus):
 def test_a_muon_run_grouped_another_way_is_refused_in_one_sentence(tmp_path, corpus, monkeypatch):
     """Muon once updated the input matrices too; such a run's optimizer state has other
     groups, and resuming it must say so rather than fail inside torch."""
-    from charrnn import optim
+    from charrnn.training import optim
 
     monkeypatch.setattr(optim, "MUON_MATRICES", ("rnn.weight_ih", "rnn.weight_hh"))
     train(corpus, tmp_path / "r", train={"max_steps": 5, "optimizer": "muon"})
@@ -173,7 +173,7 @@ def test_a_lock_file_removed_while_another_process_waits_for_it_is_taken_afresh(
     """A run whose set-up fails removes the lock file it made while holding it; a second
     process that had already opened that file must not end up holding a lock on a file
     that no longer exists while a third takes a new one."""
-    from charrnn import runlock
+    from charrnn.training import lock as runlock
 
     first = RunLock(tmp_path / "new" / "r").acquire()
     assert first.created and first.made_folders == [tmp_path / "new" / "r", tmp_path / "new"]
@@ -209,7 +209,7 @@ def test_only_folders_the_lock_made_are_removed_whatever_the_path_says(tmp_path,
 
 
 def test_folders_that_exist_are_used_whatever_mkdir_answers_and_a_dangling_link_is_named(tmp_path, monkeypatch):
-    from charrnn import runlock
+    from charrnn.training import lock as runlock
 
     real_mkdir = os.mkdir
 
@@ -229,7 +229,7 @@ def test_folders_that_exist_are_used_whatever_mkdir_answers_and_a_dangling_link_
 
 
 def test_non_finite_steps_are_skipped_then_training_stops(tmp_path, corpus, monkeypatch):
-    from charrnn.model import CharRNN
+    from charrnn.model.network import CharRNN
 
     run = make_run(corpus, tmp_path / "r", train={"max_steps": 60, "max_bad_steps": 4, "log_every": 2})
     original = CharRNN.forward
@@ -257,7 +257,7 @@ def test_non_finite_steps_are_skipped_then_training_stops(tmp_path, corpus, monk
 
 
 def test_skipped_step_leaves_weights_and_optimizer_untouched(tmp_path, corpus, monkeypatch):
-    from charrnn.model import CharRNN
+    from charrnn.model.network import CharRNN
 
     with make_run(corpus, tmp_path / "r", train={"max_steps": 1}) as run:
         trainer = run.trainer

@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from charrnn.model import CharRNN, ModelConfig
-from charrnn.sampling import PRIME_WINDOW, Sampler, SampleConfig, filter_logits, warm_up
-from charrnn.vocab import CharVocab
+from charrnn.config import SampleConfig
+from charrnn.model.network import CharRNN, ModelConfig
+from charrnn.model.sampling import PRIME_WINDOW, Sampler, filter_logits, warm_up
+from charrnn.text.characters import CharVocab
 
 VOCAB = CharVocab.from_text("abcdefghij \n")
 
@@ -83,7 +84,7 @@ def test_batched_samples_are_independent_and_reproducible(sampler):
 
 def test_quantized_steps_follow_the_float_model(sampler):
     """int8 weights change logits a little, not the model: greedy text mostly agrees."""
-    from charrnn.quantize import Int8Stepper
+    from charrnn.model.quantize import Int8Stepper
 
     net = sampler.model
     q = Int8Stepper(net)

@@ -3,7 +3,7 @@
 import pytest
 
 from charrnn.config import TrainConfig
-from charrnn.schedule import lr_at
+from charrnn.training.schedule import lr_at
 
 
 def test_cosine_warms_up_then_ends_at_the_floor():

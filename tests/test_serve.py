@@ -26,9 +26,9 @@ from click.testing import CliRunner  # noqa: E402
 from conftest import wait_until  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
-from charrnn import serve  # noqa: E402
-from charrnn.cli import main  # noqa: E402
+from charrnn.cli.app import main  # noqa: E402
 from charrnn.errors import ConfigError  # noqa: E402
+from charrnn.serve import app as serve  # noqa: E402
 
 NAME = "random"  # random_checkpoint is random.pt outside a run folder: served under its stem
 BIG = serve.Limits(max_tokens=10**7, concurrency=1, queue_timeout=0)  # generations that outlast a test

@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -130,7 +129,7 @@ def test_the_request_table_is_wide():
 
 def test_a_key_that_headers_cannot_carry_alike_is_refused_at_start():
     from charrnn.errors import ConfigError
-    from charrnn.serve import Access
+    from charrnn.serve.app import Access
 
     with pytest.raises(ConfigError, match="printable ASCII"):
         Access(api_key="clé")

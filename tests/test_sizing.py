@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
-from charrnn import sizing, train
-from charrnn.model import CharRNN, ModelConfig
-from charrnn.runs import Run
+from charrnn import train
+from charrnn.model.network import CharRNN, ModelConfig
+from charrnn.training import sizing
+from charrnn.training.run import Run
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
@@ -149,15 +150,15 @@ def test_options_the_user_gives_are_kept_and_the_rest_sized(shakespeare_head, tm
     with Run(shakespeare_head, out=tmp_path / "a", train_options={"max_epochs": 0.5, "device": "cpu"}) as run:
         plan = run.plan
     assert plan.model_config.dropout == 0.0 and plan.model_config.weight_drop == 0.0  # half a pass: nothing to regularise
-    assert plan.sizing["auto"] == ["hidden_size", "dropout", "weight_drop"]
-    assert plan.model_config.hidden_size == plan.sizing["hidden_size"]
+    assert plan.sizing.auto == ("hidden_size", "dropout", "weight_drop")
+    assert plan.model_config.hidden_size == plan.sizing.hidden_size
 
     with Run(shakespeare_head, out=tmp_path / "b", model_options={"hidden_size": 40, "dropout": None},
              train_options={"max_epochs": 8, "device": "cpu"}) as run:
         plan = run.plan
     assert plan.model_config.hidden_size == 40
     assert plan.model_config.weight_drop == pytest.approx(0.2) and plan.model_config.dropout == 0.0  # 8 passes
-    assert plan.sizing["auto"] == ["dropout", "weight_drop"]
+    assert plan.sizing.auto == ("dropout", "weight_drop")
 
     with Run(shakespeare_head, out=tmp_path / "g", model_options={"hidden_size": 40, "cell": "gru"},
              train_options={"max_epochs": 8, "device": "cpu"}) as run:
@@ -204,7 +205,7 @@ def test_many_passes_over_a_small_text_train_with_adamw_unless_muon_is_named(sha
     with Run(shakespeare_head, out=tmp_path / "a", model_options=small,
              train_options={"max_epochs": many, "device": "cpu"}) as run:
         assert (run.trainer.config.optimizer, run.trainer.config.lr) == ("adamw", sizing.LEARNING_RATE["lstm"])
-        assert run.plan.sizing["optimizer"] == "adamw" and run.plan.sizing["adamw_for_passes"]
+        assert run.plan.sizing.optimizer == "adamw" and run.plan.sizing.adamw_for_passes
     with Run(shakespeare_head, out=tmp_path / "b", model_options=small,
              train_options={"max_epochs": few, "device": "cpu"}) as run:
         assert (run.trainer.config.optimizer, run.trainer.config.lr) == ("muon", sizing.MUON_LEARNING_RATE)
@@ -241,7 +242,7 @@ def test_a_burst_of_load_during_timing_does_not_make_a_width_look_slower(monkeyp
 @pytest.mark.parametrize("limit,words", [("budget", "see enough text"), ("steps", "too few optimizer steps"),
                                          ("corpus", "too many weights"), ("ladder", "largest size")])
 def test_the_sizing_line_says_why_the_model_stopped_growing(limit, words):
-    from charrnn.ui import sizing_line
+    from charrnn.cli.live import sizing_line
 
     line = sizing_line({"hidden_size": 256, "dropout": 0.1, "tokens_seen": 2e6, "train_tokens": 10**6, "limit": limit,
                         "epochs": 2.0, "auto": ["hidden_size", "dropout"], "timed": [[256, 10000.0]]})
@@ -249,7 +250,7 @@ def test_the_sizing_line_says_why_the_model_stopped_growing(limit, words):
 
 
 def test_the_sizing_line_names_weight_drop_when_the_rule_chose_it():
-    from charrnn.ui import sizing_line
+    from charrnn.cli.live import sizing_line
 
     base = {"hidden_size": 256, "tokens_seen": 8e6, "train_tokens": 10**6, "limit": "budget", "epochs": 8.0,
             "auto": ["hidden_size", "dropout", "weight_drop"]}

@@ -6,12 +6,12 @@ import torch
 from click.testing import CliRunner
 
 from charrnn import load
-from charrnn.cli import main
-from charrnn.data import as_streams
-from charrnn.model import CharRNN, ModelConfig
-from charrnn.subword import SentencePieceVocab
-from charrnn.evaluation import evaluate
-from charrnn.vocab import CharVocab
+from charrnn.cli.app import main
+from charrnn.model.evaluation import evaluate
+from charrnn.model.network import CharRNN, ModelConfig
+from charrnn.text.characters import CharVocab
+from charrnn.text.corpus import as_streams
+from charrnn.text.sentencepiece_vocab import SentencePieceVocab
 
 MIXED = "Hello, world!\nПривет, мир!\n漢字かな交じり文\n🙂 emoji\tand tabs  double  spaces\r\ncafé e\u0301\n" * 40
 
@@ -36,7 +36,7 @@ def test_char_lengths_count_each_character_once(sp_vocab):
 
 
 def test_checkpoint_dict_round_trip(sp_vocab):
-    from charrnn.vocab import vocab_from_dict
+    from charrnn.text.characters import vocab_from_dict
 
     again = vocab_from_dict(sp_vocab.to_dict())
     assert np.array_equal(again.encode(MIXED), sp_vocab.encode(MIXED))
@@ -90,7 +90,7 @@ def test_sentencepiece_end_to_end_through_cli(tmp_path):
 def test_encoding_in_blocks_equals_encoding_the_whole(monkeypatch, model_type):
     """Chunks are cut after the last newline of a window of the joined text, wherever the
     blocks end, so streamed ids equal whole-text ids (long lines included)."""
-    import charrnn.subword as subword
+    import charrnn.text.sentencepiece_vocab as subword
 
     vocab = SentencePieceVocab.train(MIXED, vocab_size=400, model_type=model_type)
     monkeypatch.setattr(subword, "_ENCODE_CHARS", 37)  # shorter than some lines: cut mid-line too
@@ -105,7 +105,7 @@ def test_encoding_in_blocks_equals_encoding_the_whole(monkeypatch, model_type):
 
 @pytest.mark.parametrize("stride", [1, 2, 3, 7])
 def test_line_sample_ignores_block_boundaries(stride):
-    from charrnn.subword import NEWLINE_MARK, sample_lines
+    from charrnn.text.sentencepiece_vocab import NEWLINE_MARK, sample_lines
 
     text = "".join(f"line {i}{' long' * (i % 5)}\n" for i in range(40)) + "last"
     expected = [line + NEWLINE_MARK for line in text.split("\n")][::stride]
@@ -143,7 +143,7 @@ def test_alphabet_larger_than_the_vocabulary_trains(cjk_text, cjk_vocab):
     still round-trips exactly."""
     from collections import Counter
 
-    from charrnn.subword import META_PIECES
+    from charrnn.text.sentencepiece_vocab import META_PIECES
 
     counts = Counter(cjk_text)
     top = np.sort(np.array(list(counts.values())))[::-1]
@@ -162,7 +162,7 @@ def test_alphabet_larger_than_the_vocabulary_trains(cjk_text, cjk_vocab):
 
 def test_byte_fallback_counts_characters_across_windows(cjk_vocab, monkeypatch):
     """Characters spelled over a window edge count once, as with one window."""
-    import charrnn.subword as subword
+    import charrnn.text.sentencepiece_vocab as subword
 
     ids = cjk_vocab.encode(zipf_cjk_text(chars=3000, seed=1))
     whole = cjk_vocab.byte_fallback(ids)
@@ -172,7 +172,7 @@ def test_byte_fallback_counts_characters_across_windows(cjk_vocab, monkeypatch):
 
 
 def test_kept_chars_rules():
-    from charrnn.subword import LARGE_ALPHABET, kept_chars
+    from charrnn.text.sentencepiece_vocab import LARGE_ALPHABET, kept_chars
 
     counts = np.zeros(0x110000, dtype=np.int64)
     counts[[ord(c) for c in "abcde "]] = [50, 40, 30, 20, 10, 1]

@@ -3,12 +3,12 @@ import math
 import pytest
 import torch
 
-from charrnn import checkpoint
-from charrnn.data import split_ids
+from charrnn.checkpoint import store as checkpoint
 from charrnn.errors import ConfigError
-from charrnn.model import ModelConfig
-from charrnn.trainer import Evaluated, Finished, Progress, TrainConfig, Trainer
-from charrnn.vocab import CharVocab
+from charrnn.model.network import ModelConfig
+from charrnn.text.characters import CharVocab
+from charrnn.text.corpus import split_ids
+from charrnn.training.trainer import Evaluated, Finished, Progress, TrainConfig, Trainer
 
 TEXT = "the cat sat on the mat. " * 200
 
@@ -59,7 +59,7 @@ def test_evaluations_and_best_checkpoint_track_validation(tmp_path):
 
 def test_state_is_carried_between_windows(tmp_path, monkeypatch):
     """The state fed into window k+1 is the detached state window k produced."""
-    from charrnn.model import CharRNN
+    from charrnn.model.network import CharRNN
 
     seen = []
     original = CharRNN.forward
@@ -138,7 +138,7 @@ def test_metrics_jsonl_has_a_row_per_log_step_and_evaluation(tmp_path):
 def test_every_target_is_trained_once_per_epoch_including_the_last_partial_window(tmp_path, monkeypatch):
     """(L - 1) is not a multiple of T here: the last window of each pass is shorter, and
     the windows of one epoch cover each stream's targets exactly once."""
-    from charrnn.model import CharRNN
+    from charrnn.model.network import CharRNN
 
     vocab = CharVocab.from_text(TEXT)
     ids = vocab.encode(TEXT)[:4 * 50]  # 4 streams of 50: 49 targets each, T = 16 -> 16 + 16 + 16 + 1

@@ -5,11 +5,12 @@ import codecs
 import pytest
 import torch
 
-import charrnn.sampling as sampling
-from charrnn.model import CharRNN, ModelConfig
-from charrnn.sampling import UTF8_STATES, Sampler, SampleConfig, Utf8Guard, utf8_next
-from charrnn.subword import SentencePieceVocab
-from charrnn.vocab import CharVocab
+import charrnn.model.sampling as sampling
+from charrnn.config import SampleConfig
+from charrnn.model.network import CharRNN, ModelConfig
+from charrnn.model.sampling import UTF8_STATES, Sampler, Utf8Guard, utf8_next
+from charrnn.text.characters import CharVocab
+from charrnn.text.sentencepiece_vocab import SentencePieceVocab
 
 TEXT = "Hello, world!\nПривет, мир!\n漢字かな交じり文\n🙂 emoji\tand tabs  double  spaces\r\ncafé e\u0301\n" * 40
 CONFIGS = {

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from charrnn.errors import VocabularyError
-from charrnn.vocab import CharVocab, id_dtype, vocab_from_dict
+from charrnn.text.characters import CharVocab, id_dtype, vocab_from_dict
 
 
 @pytest.mark.parametrize(
@@ -60,7 +60,7 @@ def test_dict_round_trip():
 
 
 def test_vocabulary_over_65535_characters_trains(tmp_path):
-    from charrnn.runs import Run
+    from charrnn.training.run import Run
 
     chars = [chr(c) for c in range(0x4E00, 0x4E00 + 20_000)] + [chr(c) for c in range(0x20000, 0x20000 + 50_000)]
     text = "".join(chars) * 2
@@ -83,8 +83,8 @@ def test_unknown_kind_is_one_sentence():
 
 
 def test_every_kind_implements_the_protocol():
-    from charrnn.subword import SentencePieceVocab
-    from charrnn.vocabulary import Vocabulary
+    from charrnn.text.sentencepiece_vocab import SentencePieceVocab
+    from charrnn.text.vocabulary import Vocabulary
 
     members = {"kind", "size", "dtype", "encode", "encode_blocks", "decode", "unknown_chars", "piece_bytes",
                "char_lengths", "banned_ids", "to_dict", "from_dict", "preview"}
@@ -95,24 +95,25 @@ def test_every_kind_implements_the_protocol():
 
 
 def test_vocabulary_modules_do_not_import_each_other():
-    """vocab.py and subword.py meet only in vocabulary.py (no import cycle), and loading a
-    character vocabulary never imports the sentencepiece module."""
+    """text/characters.py and text/sentencepiece_vocab.py meet only in text/vocabulary.py
+    (no import cycle), and loading a character vocabulary never imports the sentencepiece
+    module."""
     import ast
     import subprocess
     import sys
     from pathlib import Path
 
     package = Path(__file__).resolve().parents[1] / "charrnn"
-    for name, other in (("vocab", "subword"), ("subword", "vocab")):
-        tree = ast.parse((package / f"{name}.py").read_text(encoding="utf-8"))
+    for name, other in (("characters", "sentencepiece_vocab"), ("sentencepiece_vocab", "characters")):
+        tree = ast.parse((package / "text" / f"{name}.py").read_text(encoding="utf-8"))
         imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-        assert other not in imported and f"charrnn.{other}" not in imported, name
+        assert imported and other not in imported and f"charrnn.text.{other}" not in imported, name
     # a bare package object skips charrnn/__init__.py (and its torch import): only the
     # modules named here and what they import get loaded
     code = (f"import sys, types; pkg = types.ModuleType('charrnn'); pkg.__path__ = [{str(package)!r}]; "
-            "sys.modules['charrnn'] = pkg; import charrnn.vocabulary as v; "
+            "sys.modules['charrnn'] = pkg; import charrnn.text.vocabulary as v; "
             "assert v.vocab_from_dict({'kind': 'char', 'chars': 'ab'}).chars == ['a', 'b']; "
-            "assert 'charrnn.subword' not in sys.modules and 'sentencepiece' not in sys.modules")
+            "assert 'charrnn.text.sentencepiece_vocab' not in sys.modules and 'sentencepiece' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -20,12 +20,13 @@ import pytest
 import torch
 from conftest import start_chromium
 
-from charrnn import checkpoint
-from charrnn.config import ModelConfig, TrainConfig
+from charrnn.checkpoint import store as checkpoint
+from charrnn.checkpoint.export import export
+from charrnn.config import ModelConfig, SampleConfig, TrainConfig
 from charrnn.errors import CharrnnError
-from charrnn.model import CharRNN
-from charrnn.sampling import SampleConfig, Sampler
-from charrnn.vocab import CharVocab
+from charrnn.model.network import CharRNN
+from charrnn.model.sampling import Sampler
+from charrnn.text.characters import CharVocab
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "charrnn" / "models" / "tinyshakespeare.pt"
@@ -63,7 +64,7 @@ def charrnn_text(path: Path, prime: str, length: int) -> str:
 
 # -- the export, without a browser -------------------------------------------------------
 def test_export_writes_one_file_that_needs_nothing_else(tmp_path):
-    page = checkpoint.export(BUNDLED, tmp_path / "shakespeare.html")
+    page = export(BUNDLED, tmp_path / "shakespeare.html")
     text = page.read_text(encoding="utf-8")
     csp = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', text).group(1)
     assert "default-src 'none'" in csp and "connect-src 'none'" in csp and "unsafe-inline" not in csp
@@ -78,9 +79,9 @@ def test_export_writes_one_file_that_needs_nothing_else(tmp_path):
 
 
 def test_precision_and_quantize_set_the_weights_types(tmp_path):
-    f32 = checkpoint.export(BUNDLED, tmp_path / "f32.html", precision="float32")
-    int8 = checkpoint.export(BUNDLED, tmp_path / "int8.html", quantize=True)
-    f16 = checkpoint.export(BUNDLED, tmp_path / "f16.html")
+    f32 = export(BUNDLED, tmp_path / "f32.html", precision="float32")
+    int8 = export(BUNDLED, tmp_path / "int8.html", quantize=True)
+    f16 = export(BUNDLED, tmp_path / "f16.html")
     assert int8.stat().st_size < f16.stat().st_size < f32.stat().st_size
     model = json.loads(re.search(r'id="charrnn-model">(.*?)</script>', int8.read_text(), re.S).group(1))
     types = {a["name"]: a["dtype"] for a in model["arrays"]}
@@ -94,32 +95,32 @@ def test_precision_and_quantize_set_the_weights_types(tmp_path):
 ])
 def test_export_refuses_options_that_make_no_sense(tmp_path, kwargs, message):
     with pytest.raises(CharrnnError, match=message):
-        checkpoint.export(BUNDLED, tmp_path / "x.html", **kwargs)
+        export(BUNDLED, tmp_path / "x.html", **kwargs)
     assert not (tmp_path / "x.html").exists()
 
 
 def test_page_options_are_refused_for_other_formats(tmp_path):
     with pytest.raises(CharrnnError, match="apply to web page"):
-        checkpoint.export(BUNDLED, tmp_path / "x.pt", quantize=True)
+        export(BUNDLED, tmp_path / "x.pt", quantize=True)
 
 
 def test_existing_page_needs_force_and_a_page_is_not_a_checkpoint(tmp_path):
     out = tmp_path / "page.html"
     out.write_text("mine")
     with pytest.raises(CharrnnError, match="--force"):
-        checkpoint.export(BUNDLED, out)
+        export(BUNDLED, out)
     assert out.read_text() == "mine"
-    checkpoint.export(BUNDLED, out, force=True)
+    export(BUNDLED, out, force=True)
     with pytest.raises(CharrnnError, match="web page export"):
         checkpoint.load(out)
 
 
 def test_a_model_too_large_for_a_page_is_refused_in_one_sentence(tmp_path, monkeypatch):
-    from charrnn import webpage
+    from charrnn.checkpoint import webpage
 
     monkeypatch.setattr(webpage, "MAX_PAGE_FLOATS", 1000)
     with pytest.raises(CharrnnError, match=r"a web page holds at most .* Export it as \.pt or \.onnx"):
-        checkpoint.export(BUNDLED, tmp_path / "x.html")
+        export(BUNDLED, tmp_path / "x.html")
 
 
 def test_hostile_corpus_name_cannot_break_out_of_the_page(tmp_path):
@@ -127,26 +128,26 @@ def test_hostile_corpus_name_cannot_break_out_of_the_page(tmp_path):
     ckpt = checkpoint.load(path)
     evil = '</script><script>alert(1)</script>{{script}}<!--'
     hostile = checkpoint.save(replace(ckpt, corpus={**ckpt.corpus, "name": evil}), tmp_path / "evil.pt")
-    text = checkpoint.export(hostile, tmp_path / "evil.html").read_text()
+    text = export(hostile, tmp_path / "evil.html").read_text()
     assert "<script>alert(1)" not in text and text.count("<script>") == 1
     assert text.count("const block = (id)") == 1  # "{{script}}" in the name stays text: one pass fills the page
 
 
 def test_a_vocabulary_the_page_cannot_encode_is_refused_in_one_sentence(tmp_path):
-    from charrnn.subword import SentencePieceVocab
+    from charrnn.text.sentencepiece_vocab import SentencePieceVocab
 
     vocab = SentencePieceVocab.train(TEXT, vocab_size=300, model_type="char")
     path = make_checkpoint(tmp_path, "spchar", vocab)
     with pytest.raises(CharrnnError, match=r"^A web page can encode primes for unigram and BPE sentencepiece "
                                            r"vocabularies, not char\.$"):
-        checkpoint.export(path, tmp_path / "x.html")
+        export(path, tmp_path / "x.html")
     assert not (tmp_path / "x.html").exists()
 
 
 def test_cli_export_html(tmp_path):
     from click.testing import CliRunner
 
-    from charrnn.cli import main
+    from charrnn.cli.app import main
 
     result = CliRunner().invoke(main, ["export", str(BUNDLED), str(tmp_path / "p.html"), "--quantize"])
     assert result.exit_code == 0, result.output
@@ -214,7 +215,7 @@ def generate(browser, wait: bool = True, **fields) -> dict:
 
 
 def test_bundled_page_matches_charrnn_greedy_and_fetches_nothing(browser, tmp_path):
-    page = checkpoint.export(BUNDLED, tmp_path / "f32.html", precision="float32")
+    page = export(BUNDLED, tmp_path / "f32.html", precision="float32")
     browser.get_log("performance")  # start the log from here
     open_page(browser, page)
     assert browser.execute_script("return document.body.dataset.engine").startswith("WebAssembly SIMD")
@@ -234,7 +235,7 @@ def test_bundled_page_matches_charrnn_greedy_and_fetches_nothing(browser, tmp_pa
 
 
 def test_float16_page_agrees_with_float32_except_near_ties(browser, tmp_path):
-    page = checkpoint.export(BUNDLED, tmp_path / "f16.html")
+    page = export(BUNDLED, tmp_path / "f16.html")
     open_page(browser, page)
     expected = charrnn_text(BUNDLED, "", 300)
     text = generate(browser, length="300")["text"]
@@ -243,7 +244,7 @@ def test_float16_page_agrees_with_float32_except_near_ties(browser, tmp_path):
 
 
 def test_seed_length_stop_and_stop_button(browser, tmp_path):
-    page = checkpoint.export(BUNDLED, tmp_path / "p.html")
+    page = export(BUNDLED, tmp_path / "p.html")
     open_page(browser, page)
     one = generate(browser, temperature="0.8", seed="7", length="500")
     assert one["chars"] == 500 and len(one["text"]) == 500 and one["reason"] == "length"
@@ -271,7 +272,7 @@ def test_seed_length_stop_and_stop_button(browser, tmp_path):
 
 
 def test_unknown_characters_are_refused_or_skipped_with_a_message(browser, tmp_path):
-    page = checkpoint.export(BUNDLED, tmp_path / "p.html")
+    page = export(BUNDLED, tmp_path / "p.html")
     open_page(browser, page)
     refused = generate(browser, prime="Price: € ✓", length="20")
     assert refused["kind"] == "error" and "2 characters this model never saw" in refused["status"]
@@ -291,7 +292,7 @@ def test_unknown_characters_are_refused_or_skipped_with_a_message(browser, tmp_p
 
 
 def _subword(model_type: str):
-    from charrnn.subword import SentencePieceVocab
+    from charrnn.text.sentencepiece_vocab import SentencePieceVocab
 
     return SentencePieceVocab.train(TEXT, vocab_size=300, model_type=model_type)
 
@@ -315,7 +316,7 @@ def test_every_kind_of_model_gives_charrnn_greedy_text(browser, tmp_path, name, 
         path = make_checkpoint(tmp_path, name, vocab, scale=1.0, **model)
     else:
         path = make_checkpoint(tmp_path, name, vocab, **model)
-    page = checkpoint.export(path, tmp_path / f"{name}.html", precision="float32")
+    page = export(path, tmp_path / f"{name}.html", precision="float32")
     open_page(browser, page)
     primes = ["", "the cat sat\non the mat", "naïve café ÆØÅ"]
     if vocab is not None:
@@ -331,7 +332,7 @@ def test_a_long_one_line_prime_encodes_quickly_and_as_sentencepiece_does(browser
     """A BPE vocabulary merges pairs through a heap: a 20,000-character line is quick,
     and its ids are sentencepiece's (the greedy text after it is charrnn's)."""
     path = make_checkpoint(tmp_path, "bpe-long", _subword("bpe"), cell="gru", hidden_size=8)
-    page = checkpoint.export(path, tmp_path / "long.html", precision="float32")
+    page = export(path, tmp_path / "long.html", precision="float32")
     open_page(browser, page)
     prime = "the dog ran far, far away! the cat sat on the mat. " * 400  # no newline
     started = time.monotonic()
@@ -345,7 +346,7 @@ def test_without_webassembly_the_page_runs_in_plain_javascript(browser, tmp_path
     """A browser with WebAssembly switched off (iOS Lockdown Mode, some enterprise
     policies): the worker's WebAssembly is taken away before the engine starts."""
     path = make_checkpoint(tmp_path, name, **model)
-    page = checkpoint.export(path, tmp_path / f"{name}.html", precision="float32")
+    page = export(path, tmp_path / f"{name}.html", precision="float32")
     text = page.read_text(encoding="utf-8")
     page.write_text(text.replace('id="charrnn-engine">', 'id="charrnn-engine">self.WebAssembly = undefined;\n', 1),
                     encoding="utf-8")
@@ -358,7 +359,7 @@ def test_without_webassembly_the_page_runs_in_plain_javascript(browser, tmp_path
 def test_screenshot_for_the_readme(browser, tmp_path):
     if not SCREENSHOT:
         pytest.skip("set CHARRNN_SCREENSHOT=1 to write docs/webpage.png")
-    page = checkpoint.export(BUNDLED, tmp_path / "shakespeare.html")
+    page = export(BUNDLED, tmp_path / "shakespeare.html")
     open_page(browser, page)
     generate(browser, prime="ROMEO:\n", temperature="0.7", seed="7", length="600", echo=True)
     browser.execute_script("document.getElementById('output').scrollTop = 0")

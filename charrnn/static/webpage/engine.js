@@ -2,7 +2,7 @@
 // page never waits on it: the page sends the model once ("load"), then requests
 // ("generate", "stop"); the worker answers with "ready", text as it is made, and "done".
 //
-// A step is charrnn's own CPU step (charrnn/cpustep.py) with the same folded weights:
+// A step is charrnn's own CPU step (charrnn/model/cpustep.py) with the same folded weights:
 // layer 0's input product is a table with one row per token, each layer above multiplies
 // [x; h] by [W_ih W_hh] in one product, sigmoid rows come halved so that one tanh covers
 // every gate (sigmoid(z) = 0.5 tanh(z / 2) + 0.5), and the LSTM's gates are ordered
