@@ -12,6 +12,47 @@ torch.set_num_threads(1)
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpora"
 REPO = Path(__file__).resolve().parents[1]
 
+# The tiny configuration the command and API tests train: one layer of 48 units learns
+# CAT_TEXT in 150 steps of 4 x 16 characters, in a second or two on one thread.
+TINY = dict(hidden_size=48, num_layers=1, embedding_size=8, batch_size=4, seq_len=16, lr=1e-2, warmup_steps=5,
+            dropout=0.0)
+CAT_TEXT = "the cat sat on the mat. " * 200
+
+
+def tiny_args(**changes) -> list[str]:
+    """TINY (with `changes`; None leaves an option out) as `charrnn train` options, on one thread."""
+    options = {**TINY, **changes}
+    args = []
+    for name, value in options.items():
+        if value is not None:
+            args += ["--" + name.replace("_", "-"), str(value)]
+    return args + ["--threads", "1"]
+
+
+@pytest.fixture(autouse=True)
+def checkpoints_root(tmp_path_factory, monkeypatch) -> Path:
+    """Every test's default checkpoints folder is a temporary one of its own, so no test
+    reads or writes ./checkpoints (a test that needs the built-in default removes it)."""
+    root = tmp_path_factory.mktemp("checkpoints-root")
+    monkeypatch.setenv("CHARRNN_CHECKPOINTS", str(root))
+    return root
+
+
+@pytest.fixture(scope="session")
+def cat_run(tmp_path_factory):
+    """The tiny model trained for 150 steps on CAT_TEXT (evaluated every 50) through
+    `charrnn.train`, the call `charrnn train` makes: (folder holding cat.txt and run/,
+    TrainResult, events). Shared by the command and API tests, which only read it."""
+    from charrnn import train
+
+    root = tmp_path_factory.mktemp("cat")
+    corpus = root / "cat.txt"
+    corpus.write_text(CAT_TEXT, encoding="utf-8")
+    events = []
+    result = train(corpus, out=root / "run", max_steps=150, eval_every=50, on_event=events.append, device="cpu",
+                   **TINY)
+    return root, result, events
+
 
 @pytest.fixture
 def tiny_corpus(tmp_path) -> Path:

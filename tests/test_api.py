@@ -2,11 +2,13 @@
 
 import itertools
 import json
+import shutil
 import os
 import re
 from pathlib import Path
 
 import pytest
+from conftest import TINY
 from click.testing import CliRunner
 
 import charrnn
@@ -14,18 +16,12 @@ from charrnn import CharrnnError, load, train
 from charrnn.cli.app import main
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = dict(hidden_size=48, num_layers=1, embedding_size=8, batch_size=4, seq_len=16, lr=1e-2, warmup_steps=5,
-             dropout=0.0, device="cpu")
+SMALL = {**TINY, "device": "cpu"}
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("api")
-    corpus = root / "cat.txt"
-    corpus.write_text("the cat sat on the mat. " * 200)
-    events = []
-    result = train(corpus, out=root / "run", max_steps=150, eval_every=50, on_event=events.append, **SMALL)
-    return root, result, events
+@pytest.fixture
+def run(cat_run):
+    return cat_run
 
 
 def test_train_returns_a_result_and_prints_nothing(run, capsys):
@@ -153,8 +149,10 @@ def test_a_link_to_a_process_stream_is_never_replaced(random_checkpoint, run, tm
         assert link.is_symlink() and os.readlink(link) == "/proc/self/fd/1"
 
 
-def test_metrics_are_appended_on_resume(run):
+def test_metrics_are_appended_on_resume(run, tmp_path):
     root, _, _ = run
+    shutil.copytree(root, tmp_path / "copy")  # the shared run stays as it is
+    root = tmp_path / "copy"
     rows = [json.loads(l) for l in (root / "run" / "metrics.jsonl").read_text().splitlines()]
     train(root / "cat.txt", out=root / "run", resume=True, max_steps=170)
     more = [json.loads(l) for l in (root / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -240,6 +240,7 @@ def test_completion_offers_bundled_and_run_names(tmp_path, base_run, monkeypatch
     from click.shell_completion import ShellComplete
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CHARRNN_CHECKPOINTS")  # the built-in ./checkpoints
     complete = ShellComplete(main, {}, "charrnn", "_CHARRNN_COMPLETE")
     names = [c.value for c in complete.get_completions(["train", "c.txt", "--init-from"], "")]
     assert names[:2] == ["letters", "bundled"]

@@ -50,6 +50,7 @@ def world(tmp_path, random_checkpoint, resumable_run, monkeypatch):
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "blank.txt").write_text("  \n\n ")
     (tmp_path / "binary.bin").write_bytes(b"\x00\x01\x02" * 100)
+    (tmp_path / "nul.txt").write_bytes(b"ab\x00cd")
     (tmp_path / "existing.pt").write_bytes(b"precious")
     (tmp_path / "target.txt").write_text("the link's target")
     (tmp_path / "link.pt").symlink_to(tmp_path / "target.txt")
@@ -114,6 +115,14 @@ CASES = [
     ("val-fraction-nan", lambda w: ["train", "c.txt", "--val-fraction", "nan"], 2, "not a finite number"),
     ("max-epochs-nan", lambda w: ["train", "c.txt", "--max-epochs", "nan"], 2, "not a finite number"),
     ("max-epochs-inf", lambda w: ["train", "c.txt", "--max-epochs", "inf"], 2, "not a finite number"),
+    ("weight-decay-inf", lambda w: ["train", "c.txt", "--weight-decay", "inf"], 2, "not a finite number"),
+    ("temp-negative", lambda w: ["sample", "--temp", "-1"], 2, "'--temp'"),
+    ("top-p-zero", lambda w: ["sample", "--top-p", "0"], 2, "'--top-p'"),
+    ("top-p-above-one", lambda w: ["sample", "--top-p", "1.5"], 2, "'--top-p'"),
+    ("top-k-zero", lambda w: ["sample", "--top-k", "0"], 2, "'--top-k'"),
+    ("length-negative", lambda w: ["sample", "--length", "-3"], 2, "'--length'"),
+    ("max-time-words", lambda w: ["train", "c.txt", "--max-time", "soon"], 2, "'--max-time'"),
+    ("hidden-zero", lambda w: ["train", "c.txt", "--hidden-size", "0"], 2, "'--hidden-size'"),
     ("seed-huge", lambda w: ["train", "c.txt", "--seed", str(2**70)], 2, "--seed"),
     ("sample-seed-huge", lambda w: ["sample", "--seed", str(2**70)], 2, "--seed"),
     ("samples-huge", lambda w: ["sample", "-N", str(10**12)], 2, "--num-samples"),
@@ -148,6 +157,7 @@ CASES = [
     ("corpus-empty", lambda w: ["train", "empty.txt", "--out", "e"], 1, "is empty"),
     ("corpus-blank", lambda w: ["train", "blank.txt", "--out", "b"], 1, "only whitespace"),
     ("corpus-binary", lambda w: ["train", "binary.bin", "--out", "b"], 1, "binary"),
+    ("corpus-nul", lambda w: ["train", "nul.txt", "--out", "b"], 1, "NUL byte at byte offset 2"),
     ("corpus-bad-utf8", lambda w: ["train", "bad-utf8.txt", "--out", "b"], 1, "not valid UTF-8"),
     ("corpus-device", lambda w: ["train", "/dev/zero", "--out", "z"], 1, "device or socket"),
     ("encoding-rot13", lambda w: ["train", "c.txt", "--out", "r", "--encoding", "rot13"], 1, "Unknown text encoding"),

@@ -156,7 +156,7 @@ def test_sample_every_writes_samples_and_leaves_training_unchanged(tmp_path):
         assert torch.equal(tensor, b[name]), name
 
 
-def test_the_quick_start_corpus_ships_with_the_package(tmp_path, monkeypatch):
+def test_the_quick_start_corpus_ships_with_the_package(tmp_path, monkeypatch, checkpoints_root):
     from click.testing import CliRunner
 
     from charrnn.cli.app import main
@@ -167,7 +167,7 @@ def test_the_quick_start_corpus_ships_with_the_package(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.stderr
     assert result.stderr.startswith("Note: corpora/tinyshakespeare.txt is not here; using the copy that ships")
-    stored = checkpoint.load(tmp_path / "checkpoints" / "tinyshakespeare" / "best.pt")
+    stored = checkpoint.load(checkpoints_root / "tinyshakespeare" / "best.pt")
     assert stored.corpus["chars"] == 1_115_394 and stored.model_config.vocab_size == 65
     # A file of that name that the user has is always theirs.
     (tmp_path / "corpora").mkdir()
