@@ -32,11 +32,12 @@ demo: install
 	$(BIN)/charrnn train corpora/tinyshakespeare.txt --max-time $(TIME) --overwrite
 	$(BIN)/charrnn sample -c checkpoints/tinyshakespeare --temp 0.8 --length 1000
 
+# -n auto: one pytest worker per CPU (the tests run torch on one thread each).
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n auto -m "not slow"
 
 clean:
 	rm -rf $(VENV) build *.egg-info

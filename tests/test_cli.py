@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import CAT_TEXT, tiny_args
 from click.testing import CliRunner
+from conftest import CAT_TEXT, tiny_args
 
 from charrnn import load, paths
 from charrnn.checkpoint import store as checkpoint

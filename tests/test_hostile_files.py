@@ -6,11 +6,13 @@ traceback; a file of a few KB never costs more than a small multiple of its size
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -73,14 +75,23 @@ def huge_declaration_safetensors(path: Path) -> Path:
 
 
 def zip_bomb(path: Path) -> Path:
-    """A .pt archive whose entries are compressed, one of them 200 MB of zeros in a few KB."""
-    plain = save(payload(), path.with_suffix(".plain.pt"))
-    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as dst:
-        for info in src.infolist():
-            dst.writestr(info.filename, src.read(info))
-        first = src.infolist()[0].filename.split("/")[0]
-        dst.writestr(f"{first}/data/9999", b"\0" * (200 * 2**20))
+    """A .pt archive whose entries are compressed, one of them 200 MB of zeros in a few KB
+    (made once: compressing the zeros is most of a test's time)."""
+    path.write_bytes(_zip_bomb_bytes())
     return path
+
+
+@functools.cache
+def _zip_bomb_bytes() -> bytes:
+    with tempfile.TemporaryDirectory() as folder:
+        plain = save(payload(), Path(folder) / "plain.pt")
+        bomb = Path(folder) / "bomb.pt"
+        with zipfile.ZipFile(plain) as src, zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as dst:
+            for info in src.infolist():
+                dst.writestr(info.filename, src.read(info))
+            first = src.infolist()[0].filename.split("/")[0]
+            dst.writestr(f"{first}/data/9999", b"\0" * (200 * 2**20))
+        return bomb.read_bytes()
 
 
 def weights_as(dtype):

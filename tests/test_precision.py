@@ -85,6 +85,7 @@ def test_an_unwritable_cache_only_costs_a_probe(tmp_path, monkeypatch):
     assert blocker.read_text() == "not a folder"
 
 
+@pytest.mark.slow  # a child process
 def test_the_real_probe_runs_on_this_cpu():
     """The probe's own code: autocast works on every CPU (slowly without native bfloat16),
     so it must report a correct bf16 step and a positive speed ratio here."""

@@ -122,7 +122,7 @@ def test_the_start_line_names_the_update_and_its_peak_rate():
 def test_train_reports_set_up_stages_before_started(tmp_path):
     (tmp_path / "c.txt").write_text(TEXT)
     events = []
-    train(tmp_path / "c.txt", out=tmp_path / "r", max_time=3, dropout=0.0, **{**SMALL, "hidden_size": None},
+    train(tmp_path / "c.txt", out=tmp_path / "r", max_time=1, dropout=0.0, **{**SMALL, "hidden_size": None},
           on_event=events.append)
     kinds = [type(e).__name__ for e in events]
     first_started = kinds.index("Started")

@@ -214,6 +214,7 @@ def generate(browser, wait: bool = True, **fields) -> dict:
                 reason: document.body.dataset.reason || '', chars: Number(document.body.dataset.chars || -1)};""")
 
 
+@pytest.mark.slow  # Chromium
 def test_bundled_page_matches_charrnn_greedy_and_fetches_nothing(browser, tmp_path):
     page = export(BUNDLED, tmp_path / "f32.html", precision="float32")
     browser.get_log("performance")  # start the log from here
@@ -234,6 +235,7 @@ def test_bundled_page_matches_charrnn_greedy_and_fetches_nothing(browser, tmp_pa
     assert not errors, errors
 
 
+@pytest.mark.slow  # Chromium
 def test_float16_page_agrees_with_float32_except_near_ties(browser, tmp_path):
     page = export(BUNDLED, tmp_path / "f16.html")
     open_page(browser, page)
@@ -243,6 +245,7 @@ def test_float16_page_agrees_with_float32_except_near_ties(browser, tmp_path):
     assert agree >= 100, (agree, text[:agree + 20])  # float16 rounding may flip a near-tie, but not at once
 
 
+@pytest.mark.slow  # Chromium
 def test_seed_length_stop_and_stop_button(browser, tmp_path):
     page = export(BUNDLED, tmp_path / "p.html")
     open_page(browser, page)
@@ -271,6 +274,7 @@ def test_seed_length_stop_and_stop_button(browser, tmp_path):
     assert browser.find_element("id", "generate").get_attribute("disabled") is None
 
 
+@pytest.mark.slow  # Chromium
 def test_unknown_characters_are_refused_or_skipped_with_a_message(browser, tmp_path):
     page = export(BUNDLED, tmp_path / "p.html")
     open_page(browser, page)
@@ -297,6 +301,7 @@ def _subword(model_type: str):
     return SentencePieceVocab.train(TEXT, vocab_size=300, model_type=model_type)
 
 
+@pytest.mark.slow  # Chromium
 @pytest.mark.parametrize("name, model", [
     ("lstm", {"cell": "lstm"}),
     ("gru", {"cell": "gru"}),
@@ -328,6 +333,7 @@ def test_every_kind_of_model_gives_charrnn_greedy_text(browser, tmp_path, name, 
         assert out["text"] == expected, (prime, out["text"], expected)
 
 
+@pytest.mark.slow  # Chromium
 def test_a_long_one_line_prime_encodes_quickly_and_as_sentencepiece_does(browser, tmp_path):
     """A BPE vocabulary merges pairs through a heap: a 20,000-character line is quick,
     and its ids are sentencepiece's (the greedy text after it is charrnn's)."""
@@ -341,6 +347,7 @@ def test_a_long_one_line_prime_encodes_quickly_and_as_sentencepiece_does(browser
     assert out["text"] == charrnn_text(path, prime, 40)
 
 
+@pytest.mark.slow  # Chromium
 @pytest.mark.parametrize("name, model", [("lstm", {"cell": "lstm"}), ("gru-odd", {"cell": "gru", "hidden_size": 13})])
 def test_without_webassembly_the_page_runs_in_plain_javascript(browser, tmp_path, name, model):
     """A browser with WebAssembly switched off (iOS Lockdown Mode, some enterprise
@@ -356,6 +363,7 @@ def test_without_webassembly_the_page_runs_in_plain_javascript(browser, tmp_path
         assert generate(browser, prime=prime, length="60")["text"] == charrnn_text(path, prime, 60)
 
 
+@pytest.mark.slow  # Chromium
 def test_screenshot_for_the_readme(browser, tmp_path):
     if not SCREENSHOT:
         pytest.skip("set CHARRNN_SCREENSHOT=1 to write docs/webpage.png")
