@@ -16,6 +16,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from conftest import tiny_args
 import torch
 from click.testing import CliRunner
 
@@ -27,8 +28,8 @@ from charrnn.errors import ConfigError
 
 TEXT = "the cat sat on the mat.\n" * 300
 BIG = "1" + "0" * 400  # an integer of 401 digits
-SMALL = ["--hidden-size", "16", "--num-layers", "1", "--embedding-size", "8", "--batch-size", "4",
-         "--seq-len", "16", "--threads", "1", "-q"]
+# conftest's tiny model at 16 units, quiet, with the rate, warmup and dropout of a new run left to charrnn
+SMALL = [*tiny_args(hidden_size=16, lr=None, warmup_steps=None, dropout=None), "-q"]
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ import io
 import math
 
 import pytest
+from conftest import TINY
 import torch
 from rich.console import Console
 
@@ -15,7 +16,8 @@ from charrnn.events import Evaluated, Finished, Note, Progress, Sampled, Started
 from charrnn.training.sizing import default_lr
 
 TEXT = "the cat sat on the mat. " * 200
-SMALL = dict(hidden_size=32, num_layers=1, embedding_size=8, batch_size=4, seq_len=16, device="cpu")
+# conftest's tiny model at 32 units, with the rate, warmup and dropout of a new run left to charrnn
+SMALL = {**TINY, "hidden_size": 32, "lr": None, "warmup_steps": None, "dropout": None, "device": "cpu"}
 
 
 class FakeClock:
@@ -122,7 +124,7 @@ def test_the_start_line_names_the_update_and_its_peak_rate():
 def test_train_reports_set_up_stages_before_started(tmp_path):
     (tmp_path / "c.txt").write_text(TEXT)
     events = []
-    train(tmp_path / "c.txt", out=tmp_path / "r", max_time=1, dropout=0.0, **{**SMALL, "hidden_size": None},
+    train(tmp_path / "c.txt", out=tmp_path / "r", max_time=1, **{**SMALL, "hidden_size": None, "dropout": 0.0},
           on_event=events.append)
     kinds = [type(e).__name__ for e in events]
     first_started = kinds.index("Started")

@@ -180,9 +180,9 @@ def run_name(path: Path, bundled: bool = False) -> str:
     """The name a checkpoint is served under: its run folder's name for a run's best.pt,
     latest.pt or step snapshot, else the file's own name without .pt (the bundled model is
     `tinyshakespeare`)."""
-    from ..paths import BEST, LATEST
+    from ..paths import RunDir
 
-    if not bundled and (path.name in (BEST, LATEST) or (path.name.startswith("step-") and path.suffix == ".pt")):
+    if not bundled and RunDir.is_checkpoint_name(path.name):
         return path.parent.resolve().name or path.stem
     return path.stem
 

@@ -12,7 +12,7 @@ them, the hidden size and the regularisation of a new run are chosen from two nu
 
 The rule takes the widest layer from `LADDER` whose parameter count ``P`` satisfies
 
-    P <= S / TOKENS_PER_PARAM      the budget shows every weight half a token or more,
+    P <= S / TOKENS_PER_PARAM      the budget shows every weight a third of a token or more,
     P <= PARAMS_PER_TOKEN * N      at most 20 weights per training token, and, when the
                                    budget is a time (the width then sets the step count),
     S / (batch x window) >= MIN_STEPS   at least 800 optimizer steps,
@@ -28,7 +28,10 @@ Why both budget limits: under a time budget a wider model sees fewer characters 
 fewer steps, and the two losses differ. On the 2-core AMD EPYC the project is measured on,
 10 minutes on Tiny Shakespeare gave 1.465 nats/char with 2 x 512 (0.75 tokens per weight,
 494 steps of 32 x 128) against 1.506 with 2 x 384 (1.9 tokens per weight, 800 steps): the
-wider model won with fewer of both. On 49 MB of C in 3 minutes 2 x 384 lost to 2 x 256
+wider model won with fewer of both. On a Zen 5 EPYC that trains in bfloat16, 2 x 768 (0.40
+tokens per weight, 1,443 steps) reached 1.4072 against 1.4221 for the 2 x 512 the limit of
+half a token per weight had chosen (2.2 tokens per weight, 3,643 steps), so the limit is a
+third of a token. On 49 MB of C in 3 minutes 2 x 384 lost to 2 x 256
 both at batch 32 (242 against 491 steps, by 0.11) and at batch 16 (473 against 823
 steps, by 0.02), with about the same tokens per weight as the winning 2 x 512 on Tiny
 Shakespeare (0.6). Tokens per weight alone cannot tell the cases apart; the step count
@@ -51,7 +54,7 @@ if TYPE_CHECKING:
 
 
 LADDER = (64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
-TOKENS_PER_PARAM = 0.5
+TOKENS_PER_PARAM = 0.35
 MIN_STEPS = 800
 PARAMS_PER_TOKEN = 20.0
 MAX_DROPOUT = 0.5
@@ -246,7 +249,7 @@ def choose(
 
 def _too_large(params: int, tokens: float, fixed_seen: float, tokens_per_step: int) -> str | None:
     """Why a time budget that covers `tokens` with this width would not train it well
-    ("budget": under half a token per weight; "steps": under MIN_STEPS optimizer steps,
+    ("budget": under TOKENS_PER_PARAM tokens per weight; "steps": under MIN_STEPS optimizer steps,
     unless a step or epoch budget ends the run first anyway, so that the width does not
     change how many steps it makes), or None."""
     if params > tokens / TOKENS_PER_PARAM:
