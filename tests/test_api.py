@@ -48,6 +48,10 @@ def test_train_accepts_duration_strings_and_rejects_unknown_options(tmp_path):
     corpus.write_text("abc " * 500)
     with pytest.raises(TypeError, match="hiden_size"):
         train(corpus, out=tmp_path / "x", hiden_size=3)
+    from charrnn.training.run import Run
+
+    with pytest.raises(TypeError, match="encoding"):  # a corpus option is not a training option
+        Run(corpus, out=tmp_path / "y", train_options={"encoding": "latin-1"})
     result = train(corpus, out=tmp_path / "t", max_time="1s", **SMALL)
     assert result.elapsed < 10
     with pytest.raises(CharrnnError):

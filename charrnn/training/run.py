@@ -45,11 +45,16 @@ def split_options(options: dict) -> tuple[dict, dict, dict]:
     """`charrnn.train()`'s keyword options as (model, corpus, training) options, by the
     configuration fields that declare them; any other name is refused. The corpus options'
     `vocab_size` is sentencepiece's: a model's vocabulary size comes from its corpus."""
-    unknown = set(options) - set(MODEL_OPTIONS) - set(CORPUS_OPTIONS) - set(TRAIN_OPTIONS)
-    if unknown:
-        raise TypeError(f"train() got unknown option(s): {', '.join(sorted(unknown))}")
+    refuse_unknown(options, (*MODEL_OPTIONS, *CORPUS_OPTIONS, *TRAIN_OPTIONS))
     pick = lambda names: {k: v for k, v in options.items() if k in names}  # noqa: E731
     return pick(MODEL_OPTIONS), pick(CORPUS_OPTIONS), pick(TRAIN_OPTIONS)
+
+
+def refuse_unknown(options: Collection[str], known: Collection[str]) -> None:
+    """The one check of option names: any name no configuration field declares is refused."""
+    unknown = set(options) - set(known)
+    if unknown:
+        raise TypeError(f"train() got unknown option(s): {', '.join(sorted(unknown))}")
 
 
 def flag(name: str) -> str:
@@ -223,9 +228,9 @@ def make_plan(req: Request, stdin: io.BufferedIOBase | None = None, *, main: boo
         model_options, sizing = size_model(model_options, config, encoded, report)
     # 6. The update, now that the passes are known.
     if sizing is not None:
+        before = config.optimizer  # step 3's: the cell's, the user's or the stored one
         config = _with_update(config, cell, sizing.epochs, train_options)
-        sizing = dataclasses.replace(sizing, optimizer=config.optimizer,
-                                     adamw_for_passes=config.optimizer != _with_update(config, cell, None, train_options).optimizer)
+        sizing = dataclasses.replace(sizing, optimizer=config.optimizer, adamw_for_passes=config.optimizer != before)
     # 7. Memory.
     model_config = ModelConfig(vocab_size=encoded.vocab.size, **model_options)
     _check_memory(model_config, config)
@@ -376,7 +381,8 @@ class Run:
 
         model_options = {k: v for k, v in (model_options or {}).items() if v is not None}
         train_options = {k: v for k, v in (train_options or {}).items() if v is not None}
-        split_options({**model_options, **train_options})  # names outside the configurations are refused
+        refuse_unknown(model_options, MODEL_OPTIONS)
+        refuse_unknown(train_options, TRAIN_OPTIONS)
         if resume and init_from is not None:
             raise ConfigError("Use either --resume or --init-from, not both.")
         corpus = None if corpus is None else str(corpus)
