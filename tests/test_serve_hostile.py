@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -178,6 +179,28 @@ def test_clients_that_never_read_lose_their_slots_and_others_are_served(server):
     assert "Traceback" not in log.read_text()
 
 
+def read_reply(s: socket.socket) -> str:
+    """Reads one whole HTTP reply: its head and the body its Content-Length announces.
+
+    The server may send the head and the body in separate segments, so one recv() can
+    hold the head alone.
+    """
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(4096)
+        if not chunk:
+            return data.decode("latin-1")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    while length and len(body) < int(length.group(1)):
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        body += chunk
+    return (head + b"\r\n\r\n" + body).decode("latin-1")
+
+
 def test_slow_headers_and_slow_bodies_time_out(server):
     base, port, log = server
     # headers a byte at a time: the connection is closed once the read timeout (1 s) passes
@@ -200,7 +223,7 @@ def test_slow_headers_and_slow_bodies_time_out(server):
     s.settimeout(10)
     s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
               f"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"prompt\"".encode())
-    reply = s.recv(4096).decode("latin-1")
+    reply = read_reply(s)
     s.close()
     assert reply.startswith("HTTP/1.1 408") and "did not arrive within 1 seconds" in reply
     assert len(normal_request(base)) == 40
