@@ -192,7 +192,9 @@ class TrainConfig:
     optimizer: str = setting("adamw", choices=OPTIMIZERS, unset="muon for lstm, adamw for gru and rnn",
                              help="muon: orthogonalised momentum for the recurrent matrices, AdamW for the rest; "
                                   "or adamw.")
-    weight_decay: float = setting(0.01, lo=0, help="Decoupled weight decay on weight matrices.")
+    # New runs that name none get the update's (`sizing.choose_update`): 0.2 with Muon.
+    weight_decay: float = setting(0.01, lo=0, help="Decoupled weight decay on weight matrices.",
+                                  unset="0.2 with muon, 0.01 with adamw")
     warmup_steps: int = setting(50, lo=0, help="Linear learning-rate warmup steps before the cosine decay.")
     # Ending the cosine at zero instead gained 0.008 on Tiny Shakespeare in 10 minutes but
     # lost 0.017-0.025 on three other corpora in 3 minutes (docs/benchmarks.md), so 5% stays.

@@ -41,6 +41,7 @@ class Started:
     sizing: dict | None = None  # what charrnn.training.sizing chose for a new run, when it chose
     optimizer: str | None = None  # "adamw" or "muon" (charrnn.training.optim)
     lr: float | None = None  # the peak learning rate
+    weight_decay: float | None = None  # decoupled, on the weight matrices
 
 
 @dataclass(frozen=True)

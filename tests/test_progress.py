@@ -13,7 +13,7 @@ from charrnn import train
 from charrnn.checkpoint import store as checkpoint
 from charrnn.cli.live import ClockColumn, TrainView
 from charrnn.events import Evaluated, Finished, Note, Progress, Sampled, Started, Status
-from charrnn.training.sizing import default_lr
+from charrnn.training.sizing import MUON_WEIGHT_DECAY, WEIGHT_DECAY, default_lr
 
 TEXT = "the cat sat on the mat. " * 200
 # conftest's tiny model at 32 units, with the rate, warmup and dropout of a new run left to charrnn
@@ -113,12 +113,12 @@ def test_plain_output_is_periodic_lines_in_bits_first_without_status():
     assert "--- sample at step 30 (val 2.000 bpc) ---" in lines and "to be or not" in lines
 
 
-def test_the_start_line_names_the_update_and_its_peak_rate():
+def test_the_start_line_names_the_update_its_peak_rate_and_weight_decay():
     out = io.StringIO()
     with TrainView(Console(file=out, force_terminal=False, width=400), clock=FakeClock()) as view:
-        view.handle(Started("cpu", 1000, 900, 100, 9, 10, "checkpoints/x", None, "muon", 0.005))
+        view.handle(Started("cpu", 1000, 900, 100, 9, 10, "checkpoints/x", None, "muon", 0.005, 0.1))
     line = next(line for line in out.getvalue().splitlines() if line.startswith("Training on cpu"))
-    assert "10 windows per epoch, Muon at peak lr 0.005; checkpoints in checkpoints/x" in line
+    assert "10 windows per epoch, Muon at peak lr 0.005, weight decay 0.1; checkpoints in checkpoints/x" in line
 
 
 def test_train_reports_set_up_stages_before_started(tmp_path):
@@ -134,7 +134,9 @@ def test_train_reports_set_up_stages_before_started(tmp_path):
     assert set_up[-1].startswith("Building a 1 x ")
     assert all(k in ("Status", "Note") for k in kinds[:first_started])
     chosen = events[first_started].sizing["optimizer"]  # the update the run got, named on the start line
-    assert (events[first_started].optimizer, events[first_started].lr) == (chosen, default_lr("lstm", chosen))
+    started = events[first_started]
+    assert (started.optimizer, started.lr) == (chosen, default_lr("lstm", chosen))
+    assert started.weight_decay == (MUON_WEIGHT_DECAY if chosen == "muon" else WEIGHT_DECAY)
     timed = events[first_started].sizing["timed"]
     assert timed and all(h > 0 and rate > 0 for h, rate in timed)
 

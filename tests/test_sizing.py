@@ -205,27 +205,37 @@ def test_many_passes_over_a_small_text_train_with_adamw_unless_muon_is_named(sha
     with Run(shakespeare_head, out=tmp_path / "a", model_options=small,
              train_options={"max_epochs": many, "device": "cpu"}) as run:
         assert (run.trainer.config.optimizer, run.trainer.config.lr) == ("adamw", sizing.LEARNING_RATE["lstm"])
+        assert run.trainer.config.weight_decay == sizing.WEIGHT_DECAY  # AdamW's decay goes with AdamW
         assert run.plan.sizing.optimizer == "adamw" and run.plan.sizing.adamw_for_passes
     with Run(shakespeare_head, out=tmp_path / "b", model_options=small,
              train_options={"max_epochs": few, "device": "cpu"}) as run:
         assert (run.trainer.config.optimizer, run.trainer.config.lr) == ("muon", sizing.MUON_LEARNING_RATE)
+        assert run.trainer.config.weight_decay == sizing.MUON_WEIGHT_DECAY
     with Run(shakespeare_head, out=tmp_path / "c", model_options=small,
              train_options={"max_epochs": many, "device": "cpu", "optimizer": "muon"}) as run:
         assert run.trainer.config.optimizer == "muon"  # named: kept
     with Run(shakespeare_head, out=tmp_path / "d", model_options=small,
              train_options={"max_epochs": many, "device": "cpu", "lr": 0.02}) as run:
         assert (run.trainer.config.optimizer, run.trainer.config.lr) == ("adamw", 0.02)  # a named rate is kept
+    with Run(shakespeare_head, out=tmp_path / "e", model_options=small,
+             train_options={"max_epochs": few, "device": "cpu", "weight_decay": 0.0}) as run:
+        assert run.trainer.config.weight_decay == 0.0  # a named decay is kept, 0 included
 
 
 def test_choose_update_keeps_what_is_named_and_switches_muon_only_past_the_pass_limit():
     limit = sizing.MUON_MAX_PASSES
-    assert sizing.choose_update("lstm") == ("muon", sizing.MUON_LEARNING_RATE)  # before sizing: no passes yet
-    assert sizing.choose_update("lstm", limit) == ("muon", sizing.MUON_LEARNING_RATE)
-    assert sizing.choose_update("lstm", limit * 1.01) == ("adamw", sizing.LEARNING_RATE["lstm"])
-    assert sizing.choose_update("lstm", limit * 10, optimizer="muon") == ("muon", sizing.MUON_LEARNING_RATE)
-    assert sizing.choose_update("lstm", limit * 10, lr=0.03) == ("adamw", 0.03)
-    assert sizing.choose_update("gru", 0.5) == ("adamw", sizing.LEARNING_RATE["gru"])
-    assert sizing.choose_update("rnn", None, "muon") == ("muon", sizing.MUON_LEARNING_RATE)
+    muon = ("muon", sizing.MUON_LEARNING_RATE, sizing.MUON_WEIGHT_DECAY)
+    assert sizing.choose_update("lstm") == muon  # before sizing: no passes yet
+    assert sizing.choose_update("lstm", limit) == muon
+    assert sizing.choose_update("lstm", limit * 1.01) == ("adamw", sizing.LEARNING_RATE["lstm"], sizing.WEIGHT_DECAY)
+    assert sizing.choose_update("lstm", limit * 10, optimizer="muon") == muon
+    assert sizing.choose_update("lstm", limit * 10, lr=0.03) == ("adamw", 0.03, sizing.WEIGHT_DECAY)
+    assert sizing.choose_update("gru", 0.5) == ("adamw", sizing.LEARNING_RATE["gru"], sizing.WEIGHT_DECAY)
+    assert sizing.choose_update("rnn", None, "muon") == muon
+    # a named weight decay is kept whatever the update, 0 included
+    assert sizing.choose_update("lstm", None, weight_decay=0.0) == ("muon", sizing.MUON_LEARNING_RATE, 0.0)
+    assert sizing.choose_update("gru", None, weight_decay=0.3)[2] == 0.3
+    assert sizing.MUON_WEIGHT_DECAY != sizing.WEIGHT_DECAY  # the update decides it
 
 
 def test_a_burst_of_load_during_timing_does_not_make_a_width_look_slower(monkeypatch):

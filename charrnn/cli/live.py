@@ -33,11 +33,13 @@ def loss_line(nats: float) -> str:
 
 
 def update_text(event: Started) -> str:
-    """The start line's mention of the update, e.g. ", Muon at peak lr 0.005" ("" when unknown)."""
+    """The start line's mention of the update, e.g. ", Muon at peak lr 0.005, weight decay
+    0.1" ("" when unknown)."""
     if event.optimizer is None:
         return ""
     name = {"adamw": "AdamW", "muon": "Muon"}.get(event.optimizer, event.optimizer)
-    return f", {name} at peak lr {event.lr:g}" if event.lr is not None else f", {name}"
+    text = f", {name} at peak lr {event.lr:g}" if event.lr is not None else f", {name}"
+    return text + (f", weight decay {event.weight_decay:g}" if event.weight_decay is not None else "")
 
 
 def sizing_line(sizing: dict) -> str:

@@ -167,7 +167,7 @@ def make_plan(req: Request, stdin: io.BufferedIOBase | None = None, *, main: boo
     4. the corpus: read and encoded once into the run's id cache;
     5. the size and regularisation of a new model (`size_model`: the sizing rule, with the
        widths timed on this machine under the update the cell would get);
-    6. the update (optimizer and peak rate, `sizing.choose_update`): the user's or the
+    6. the update (optimizer, peak rate and weight decay, `sizing.choose_update`): the user's or the
        stored one, else the cell's, which for a text the budget passes over many times is
        AdamW rather than Muon; this needs the passes, so it comes after step 5;
     7. memory: a model whose training state cannot fit is refused before it is built.
@@ -239,13 +239,14 @@ def make_plan(req: Request, stdin: io.BufferedIOBase | None = None, *, main: boo
 
 
 def _with_update(config: TrainConfig, cell: str, passes: float | None, options: dict) -> TrainConfig:
-    """`config` with the run's update (`sizing.choose_update`): the optimizer and peak rate
-    in `options` (the user's, or a resumed run's), else the cell's for `passes` (None: not
-    yet known)."""
+    """`config` with the run's update (`sizing.choose_update`): the optimizer, peak rate and
+    weight decay in `options` (the user's, or a resumed run's), else the cell's for
+    `passes` (None: not yet known)."""
     from .sizing import choose_update
 
-    optimizer, lr = choose_update(cell, passes, options.get("optimizer"), options.get("lr"))
-    return dataclasses.replace(config, optimizer=optimizer, lr=lr)
+    optimizer, lr, weight_decay = choose_update(cell, passes, options.get("optimizer"), options.get("lr"),
+                                                options.get("weight_decay"))
+    return dataclasses.replace(config, optimizer=optimizer, lr=lr, weight_decay=weight_decay)
 
 
 def _available_memory(device_name: str) -> int | None:

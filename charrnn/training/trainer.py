@@ -403,7 +403,8 @@ class Trainer:
             self.run_dir.path.mkdir(parents=True, exist_ok=True)
         yield Started(self.device_text(), self.model.num_parameters(), self.train_streams.numel() * self.world.size,
                       0 if self.val_streams is None else self.val_streams.numel() * self.world.size,
-                      self.vocab.size, self.windows_per_epoch, str(self.run_dir.path), self.sizing, c.optimizer, c.lr)
+                      self.vocab.size, self.windows_per_epoch, str(self.run_dir.path), self.sizing, c.optimizer, c.lr,
+                      c.weight_decay)
         self.model.train()
         sums = _Sums(self.device)
         start = time.monotonic() - p.elapsed
