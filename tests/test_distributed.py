@@ -26,10 +26,20 @@ def torchrun(*args, nproc=2, timeout=240):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
-def test_two_gloo_processes_match_a_single_process(tmp_path, shakespeare_head):
-    single = CliRunner().invoke(main, ["train", str(shakespeare_head), "--out", str(tmp_path / "one"), *ARGS])
+# How close two processes' weights stay to one process's after 30 steps. The all-reduced
+# mean of two half-batch gradients differs from the one-process mean by float32 rounding
+# (about 1e-7 in the weights with AdamW); Muon's orthogonalisation divides by the small
+# singular values of the momentum, which magnifies that rounding a hundredfold (1.0e-5 to
+# 1.7e-5 at the largest with weight decay 0 to 0.2, measured on this test's run).
+TOLERANCE = {"adamw": {"rtol": 1e-5, "atol": 1e-6}, "muon": {"rtol": 1e-4, "atol": 5e-5}}
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_two_gloo_processes_match_a_single_process(tmp_path, shakespeare_head, optimizer):
+    args = [*ARGS, "--optimizer", optimizer]
+    single = CliRunner().invoke(main, ["train", str(shakespeare_head), "--out", str(tmp_path / "one"), *args])
     assert single.exit_code == 0, single.stderr
-    ddp = torchrun("train", str(shakespeare_head), "--out", str(tmp_path / "two"), *ARGS)
+    ddp = torchrun("train", str(shakespeare_head), "--out", str(tmp_path / "two"), *args)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
 
     files = sorted(p.name for p in (tmp_path / "two").glob("*.pt"))
@@ -38,9 +48,11 @@ def test_two_gloo_processes_match_a_single_process(tmp_path, shakespeare_head):
     two = checkpoint.load(tmp_path / "two" / "latest.pt")
     assert two.progress.step == one.progress.step == 30
     for name, w in one.weights.items():
-        torch.testing.assert_close(two.weights[name], w, rtol=1e-4, atol=1e-5)
-    assert two.progress.val_loss == pytest.approx(one.progress.val_loss, abs=1e-4)
+        torch.testing.assert_close(two.weights[name], w, **TOLERANCE[optimizer])
+    assert two.progress.val_loss == pytest.approx(one.progress.val_loss, abs=1e-5)
     assert two.resume.state[0].shape == one.resume.state[0].shape  # all 8 streams' state, same format
+    if optimizer == "adamw":
+        return
 
     sample = CliRunner().invoke(main, ["sample", "-c", str(tmp_path / "two"), "--length", "40", "--seed", "1"])
     assert sample.exit_code == 0 and len(sample.stdout) == 40
