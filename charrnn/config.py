@@ -192,7 +192,7 @@ class TrainConfig:
     optimizer: str = setting("adamw", choices=OPTIMIZERS, unset="muon for lstm, adamw for gru and rnn",
                              help="muon: orthogonalised momentum for the recurrent matrices, AdamW for the rest; "
                                   "or adamw.")
-    # New runs that name none get the update's (`sizing.choose_update`): 0.2 with Muon.
+    # New runs that name none get the update's (`sizing.choose_update`); this default is AdamW's.
     weight_decay: float = setting(0.01, lo=0, help="Decoupled weight decay on weight matrices.",
                                   unset="0.2 with muon, 0.01 with adamw")
     warmup_steps: int = setting(50, lo=0, help="Linear learning-rate warmup steps before the cosine decay.")

@@ -49,6 +49,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
+from ..config import TrainConfig, settings
+
 if TYPE_CHECKING:
     import torch
 
@@ -104,9 +106,9 @@ MUON_MAX_PASSES = 16.0
 # 1.4022-1.4068 nats/char, 0.1 1.3965, 0.2 1.3821 and 0.4 1.3853 (docs/benchmarks.md).
 # Unlike dropout or weight drop it costs nothing per step and does not slow the early
 # learning, so it also pays where the budget sees the text only a few times.
-# AdamW keeps the 0.01 its rates were measured with.
+# AdamW keeps TrainConfig's 0.01, with which its rates were measured.
 MUON_WEIGHT_DECAY = 0.2
-WEIGHT_DECAY = 0.01
+WEIGHT_DECAY = settings(TrainConfig)["weight_decay"].default
 
 
 def choose_update(cell: str, passes: float | None = None, optimizer: str | None = None,
